@@ -1,0 +1,45 @@
+"""Exceptions of rankwise. Each also subclasses the builtin a user would naturally catch."""
+
+from __future__ import annotations
+
+
+class RankwiseError(Exception):
+    """Base class of every error rankwise raises on purpose."""
+
+
+class AdapterFormatError(RankwiseError, ValueError):
+    """An adapter folder, config or safetensors file is malformed or uses an unsupported feature.
+
+    The message names the file, the tensor key (where there is one) and what is wrong.
+    """
+
+
+class AdapterNotFoundError(AdapterFormatError, FileNotFoundError):
+    """An adapter folder or one of its files does not exist."""
+
+
+class IncompatibleAdaptersError(RankwiseError, ValueError):
+    """Adapters that must fit together (a pool, a merge) do not: modules or shapes differ."""
+
+
+class MergeConfigError(RankwiseError, ValueError):
+    """A merge or SMoRA option is out of its domain (k < 1, wrong number of weights, ...)."""
+
+
+class OutputExistsError(RankwiseError, FileExistsError):
+    """The output folder exists and is not empty (pass ``overwrite=True`` to replace it)."""
+
+
+class InternalError(RankwiseError, RuntimeError):
+    """A bug in rankwise (a panic in the Rust core, caught at the boundary). Please report it."""
+
+
+__all__ = [
+    "AdapterFormatError",
+    "AdapterNotFoundError",
+    "IncompatibleAdaptersError",
+    "InternalError",
+    "MergeConfigError",
+    "OutputExistsError",
+    "RankwiseError",
+]

@@ -1,0 +1,160 @@
+"""LoRA-LEGO (Zhao et al., ICLR 2025, arXiv 2409.16167): merge by clustering rank units.
+
+Per module: pool the units ``u = [w·s·b_i ; a_i]`` of every adapter (the paper's Minimal
+Semantic Units), cluster them into k groups with k-means, and use each centroid as one unit of
+the merged rank-k LoRA. Then the dual reweighting (see ../shared/PAPERS.md; the formulas are our
+reading of the paper's "parameter reweighting for norm decay and output reweighting for
+variance expansion"):
+
+- parameter reweighting: each centroid's b part and a part are rescaled to the mean norm of
+  their members' b and a parts (a mean of non-parallel vectors is shorter than they are);
+- output reweighting (``scale="union"``): the merged delta is multiplied by sqrt(r̄/k), r̄ the
+  mean source rank of the module (k roughly independent units sum with k/r̄ times the variance).
+
+``scale="mass"`` is the alternative target: centroid c is weighted by n_c / Σ_j w_j (n_c the
+number of units in its cluster), so the merged delta approximates the weighted average
+Σ_j w_j·ΔW_j / Σ_j w_j instead of a union of units. Output reweighting does not apply there.
+
+Identity (tested): with k = the number of units and no reweighting, every cluster is one unit
+and ``scale="union"`` reproduces Σ_j w_j·ΔW_j exactly (concatenation-summation equivalence).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .. import peft_format as pf
+from ..api import kmeans
+from ..errors import MergeConfigError
+from ..pool import AdapterPool
+from .registry import Factors, ModuleContext, register_method
+
+FEATURES = ("raw", "normalized")
+SCALES = ("union", "mass")
+REWEIGHTS = (True, False, "param", "output")
+
+
+def _prepare(pool: AdapterPool, weights: np.ndarray, opts: dict[str, Any]) -> dict[str, Any]:
+    rank = opts.get("rank")
+    ranks: dict[str, int] = {}
+    for m in pool.modules:
+        k = _rank_for(rank, m, pool)
+        n_units = sum(pool.ranks(m))
+        if k > n_units:
+            raise MergeConfigError(
+                f"module '{m}': rank k={k} is larger than the {n_units} rank units the pool has "
+                f"for it ({len(pool)} adapters, ranks {sorted(set(pool.ranks(m)))})"
+            )
+        ranks[m] = k
+    opts["rank"] = ranks
+    if opts.get("features", "raw") not in FEATURES:
+        raise MergeConfigError(f"features must be one of {FEATURES}, got {opts['features']!r}")
+    if opts.get("scale", "union") not in SCALES:
+        raise MergeConfigError(f"scale must be one of {SCALES}, got {opts['scale']!r}")
+    if opts.get("reweight", True) not in REWEIGHTS:
+        raise MergeConfigError(f"reweight must be True, False, 'param' or 'output', got {opts['reweight']!r}")
+    for name in ("n_init", "max_iter"):
+        v = opts.get(name, 1)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise MergeConfigError(f"{name} must be a positive int, got {v!r}")
+    if opts.get("scale", "union") == "mass" and not weights.sum() > 0:
+        raise MergeConfigError(f"scale='mass' needs weights with a positive sum, got {list(weights)}")
+    return opts
+
+
+def _rank_for(rank: Any, module: str, pool: AdapterPool) -> int:
+    if rank is None:
+        rs = pool.ranks(module)
+        return max(set(rs), key=rs.count)  # the sources' (most common) rank
+    if isinstance(rank, Mapping):
+        key = pf.pattern_key(rank, module)
+        if key not in rank:
+            raise MergeConfigError(f"rank mapping gives no rank for module '{module}'")
+        rank = rank[key]
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 1:
+        raise MergeConfigError(f"rank k must be a positive int, got {rank!r} (module '{module}')")
+    return int(rank)
+
+
+@register_method("lego", prepare=_prepare)
+def lego(
+    ctx: ModuleContext,
+    *,
+    rank: Any = None,
+    features: str = "raw",
+    canonicalize: bool = False,
+    reweight: bool | str = True,
+    scale: str = "union",
+    n_init: int = 3,
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    seed: int = 0,
+    init: str | None = None,
+) -> Factors:
+    """LoRA-LEGO: k-means over the pool's rank units, dual reweighting (arXiv 2409.16167)."""
+    k = rank[ctx.module] if isinstance(rank, Mapping) else int(rank)
+    d_out, _ = ctx.shape
+    units = ctx.units(canonical=canonicalize)
+    x = units if features == "raw" else _normalized(units, d_out)
+    init_c = None
+    if init == "aligned":
+        from .aligned import aligned_init
+
+        init_c = aligned_init(ctx, k, units, canonical=canonicalize)
+        if init_c is not None and features != "raw":
+            init_c = _normalized(init_c, d_out)
+    elif init is not None:
+        raise MergeConfigError(f"init must be None or 'aligned', got {init!r}")
+    res = kmeans(x, k, n_init=1 if init_c is not None else n_init, max_iter=max_iter, tol=tol, seed=seed, init=init_c)
+    labels = res.labels
+    counts = np.bincount(labels, minlength=k).astype(np.float64)
+    # Centroids are the means of the raw member units (for raw features k-means' own centroids).
+    cent = res.centroids.astype(np.float64) if features == "raw" else _cluster_means(units, labels, k)
+    b, a = cent[:, :d_out], cent[:, d_out:]
+    if reweight in (True, "param"):
+        b = _restore_norm(b, units[:, :d_out], labels, counts)
+        a = _restore_norm(a, units[:, d_out:], labels, counts)
+    if scale == "mass":
+        b = b * (counts / ctx.weights.sum())[:, None]
+    elif reweight in (True, "output"):
+        r_bar = float(np.mean(ctx.ranks))
+        b = b * np.sqrt(r_bar / k)
+    return a.astype(np.float32), np.ascontiguousarray(b.T, dtype=np.float32)
+
+
+def _normalized(units: np.ndarray, d_out: int) -> np.ndarray:
+    """cat(b/‖b‖, a/‖a‖) per unit (zero parts stay zero)."""
+    b, a = units[:, :d_out], units[:, d_out:]
+    nb = np.linalg.norm(b, axis=1, keepdims=True)
+    na = np.linalg.norm(a, axis=1, keepdims=True)
+    return np.concatenate([b / np.where(nb > 0, nb, 1), a / np.where(na > 0, na, 1)], axis=1).astype(np.float32)
+
+
+def _cluster_means(units: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    sums = np.zeros((k, units.shape[1]), dtype=np.float64)
+    np.add.at(sums, labels, units)
+    counts = np.bincount(labels, minlength=k)
+    return sums / np.maximum(counts, 1)[:, None]
+
+
+def _restore_norm(part: np.ndarray, members: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Rescales each centroid part to the mean norm of its members' parts."""
+    norms = np.linalg.norm(members.astype(np.float64), axis=1)
+    mean_norm = np.bincount(labels, weights=norms, minlength=part.shape[0]) / np.maximum(counts, 1)
+    cur = np.linalg.norm(part, axis=1)
+    factor = np.where(cur > 0, mean_norm / np.where(cur > 0, cur, 1), 1.0)
+    return part * factor[:, None]
+
+
+def prune(adapter: Any, rank: Any, **options: Any) -> Any:
+    """The paper's single-adapter pruning: LEGO over one adapter's own units, to rank k."""
+    from ..adapter import Adapter
+    from .registry import merge
+
+    pool = adapter if isinstance(adapter, AdapterPool) else AdapterPool([adapter if isinstance(adapter, Adapter) else Adapter.load(adapter)])
+    if len(pool) != 1:
+        raise MergeConfigError(f"prune takes one adapter, got a pool of {len(pool)}")
+    return merge(pool, "lego", rank=rank, **options)

@@ -1,0 +1,175 @@
+"""The merge-method registry and the one loop every method runs in.
+
+A method is a function ``fn(ctx: ModuleContext, **options) -> (A, B)`` that merges one module
+and returns folded factors (delta = B @ A). ``merge`` validates the options once, streams the
+pool module by module (one module's units in memory at a time), and builds the merged Adapter.
+Adding a method is one file with one ``@register_method`` function, plus its test.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..adapter import Adapter, normalize_dtype
+from ..errors import MergeConfigError
+from ..pool import AdapterPool
+
+Factors = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass
+class ModuleContext:
+    """What a method sees of one module of the pool."""
+
+    pool: AdapterPool
+    module: str
+    index: int  # position of the module in the pool's module list
+    weights: np.ndarray  # per-adapter weights (float64)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.pool.shape(self.module)
+
+    @property
+    def ranks(self) -> list[int]:
+        return self.pool.ranks(self.module)
+
+    def units(self, *, canonical: bool = False, weighted: bool = True) -> np.ndarray:
+        """``U[Σ ranks, d_out + d_in]``: rows ``[w_j·s_j·b_i ; a_i]`` (Rust, from the mapped files)."""
+        w = self.weights if weighted else None
+        return self.pool.unit_matrix(self.module, w, canonical=canonical)[0]
+
+    def factors(self, j: int, *, folded: bool = True) -> Factors:
+        """Adapter j's ``(A, B)`` for this module (scaling folded into B, weight not applied)."""
+        return self.pool[j].factors(self.module, folded=folded)
+
+
+@dataclass
+class MergeMethod:
+    name: str
+    fn: Callable[..., Factors]
+    prepare: Callable[[AdapterPool, np.ndarray, dict[str, Any]], dict[str, Any]] | None
+    summary: str
+    params: list[str] = field(default_factory=list)
+
+
+_METHODS: dict[str, MergeMethod] = {}
+
+
+def register_method(
+    name: str,
+    *,
+    prepare: Callable[[AdapterPool, np.ndarray, dict[str, Any]], dict[str, Any]] | None = None,
+) -> Callable[[Callable[..., Factors]], Callable[..., Factors]]:
+    """Registers ``fn(ctx, **options) -> (A, B)`` under ``name``. ``prepare(pool, weights,
+    options) -> options`` (optional) validates and resolves options once, before any work."""
+
+    def deco(fn: Callable[..., Factors]) -> Callable[..., Factors]:
+        params = [p for p in inspect.signature(fn).parameters if p != "ctx"]
+        doc = (fn.__doc__ or "").strip().splitlines()
+        _METHODS[name] = MergeMethod(name, fn, prepare, doc[0] if doc else "", params)
+        return fn
+
+    return deco
+
+
+def merge_methods() -> dict[str, str]:
+    """The registered methods and a one-line summary of each."""
+    _load_builtin_methods()
+    return {n: m.summary for n, m in sorted(_METHODS.items())}
+
+
+def _load_builtin_methods() -> None:
+    from . import lego  # noqa: F401
+
+    try:
+        from . import baselines  # noqa: F401
+    except ImportError:  # pragma: no cover - baselines land in their own module
+        pass
+    try:
+        from . import aligned  # noqa: F401
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def get_method(name: str) -> MergeMethod:
+    _load_builtin_methods()
+    try:
+        return _METHODS[name]
+    except KeyError:
+        raise MergeConfigError(
+            f"unknown merge method {name!r}; available: {', '.join(sorted(_METHODS))}"
+        ) from None
+
+
+def merge(
+    pool: AdapterPool | Sequence[Any] | str,
+    method: str = "lego",
+    *,
+    weights: Sequence[float] | None = None,
+    dtype: str | None = None,
+    progress: bool | Callable[[int, int, str], None] = False,
+    **options: Any,
+) -> Adapter:
+    """Merges the adapters of ``pool`` with ``method`` into one Adapter.
+
+    ``pool``: an AdapterPool, or paths/a glob to load one. ``weights``: one per adapter
+    (default 1). ``dtype``: of the written factors (default: the pool's dtype when all
+    adapters share one, else float32). ``progress``: True for a tqdm bar on stderr, or a
+    callable ``(done, total, module)``. Other keywords are the method's options.
+    """
+    if not isinstance(pool, AdapterPool):
+        pool = AdapterPool.load(pool)
+    m = get_method(method)
+    unknown = sorted(set(options) - set(m.params))
+    if unknown:
+        raise MergeConfigError(
+            f"method {method!r} has no option(s) {', '.join(unknown)}; it takes: {', '.join(m.params)}"
+        )
+    w = pool.check_weights(weights)
+    opts = m.prepare(pool, w, dict(options)) if m.prepare else dict(options)
+    out_dtype = normalize_dtype(dtype) if dtype is not None else _pool_dtype(pool)
+
+    modules = pool.modules
+    bar = None
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(modules), desc=f"merge ({method})", unit="module", leave=False)
+    merged: dict[str, Factors] = {}
+    t0 = time.perf_counter()
+    for i, name in enumerate(modules):
+        merged[name] = m.fn(ModuleContext(pool, name, i, w), **opts)
+        pool.release()  # keep the resident set to one module's pages
+        if bar is not None:
+            bar.update(1)
+        elif callable(progress):
+            progress(i + 1, len(modules), name)
+    if bar is not None:
+        bar.close()
+    out = Adapter.from_factors(merged, base_config=pool[0].config, dtype=out_dtype)
+    out.merge_info = {
+        "method": method,
+        "adapters": len(pool),
+        "modules": len(modules),
+        "seconds": time.perf_counter() - t0,
+        "options": {k: v for k, v in opts.items() if _jsonable(v)},
+    }
+    return out
+
+
+def _pool_dtype(pool: AdapterPool) -> str:
+    dts = {m.dtype for a in pool for m in a.modules.values()}
+    return dts.pop() if len(dts) == 1 else "F32"
+
+
+def _jsonable(v: Any) -> bool:
+    return isinstance(v, (int, float, str, bool, type(None))) or (
+        isinstance(v, Mapping) and all(isinstance(x, (int, float, str)) for x in v.values())
+    )

@@ -1,0 +1,196 @@
+"""The PEFT LoRA adapter format: ``adapter_config.json`` + ``adapter_model.safetensors``.
+
+What PEFT writes, and how it reads it back (peft/tuners/lora, peft/utils/save_and_load.py):
+- keys: ``<prefix><module>.lora_A.weight`` (rank × in_features) and ``...lora_B.weight``
+  (out_features × rank), prefix ``base_model.model.``, the adapter name stripped;
+- scaling per module: ``alpha / r`` (``alpha / sqrt(r)`` with ``use_rslora``), where ``r`` and
+  ``alpha`` come from ``rank_pattern`` / ``alpha_pattern`` when a pattern key matches the module
+  name (``re.match(rf"(.*\\.)?({key})$", module)``, first match wins), else ``r`` / ``lora_alpha``;
+- ``fan_in_fan_out`` transposes only the base weight (GPT-2's Conv1D): the factors keep the
+  nn.Linear layout, and the delta PEFT adds is ``(B @ A).T * scaling``.
+Features whose tensors rankwise would have to drop to merge (DoRA, LoRA bias, modules_to_save,
+embedding or conv LoRA, ...) are refused with an error naming the feature, never dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import AdapterFormatError, AdapterNotFoundError
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+KEY_PREFIX = "base_model.model."
+
+_A_SUFFIX = ".lora_A.weight"
+_B_SUFFIX = ".lora_B.weight"
+
+# Config switches that change what the adapter computes in ways a (B, A) merge cannot keep.
+_UNSUPPORTED_FLAGS = {
+    "use_dora": "DoRA (use_dora=true)",
+    "use_qalora": "QALoRA (use_qalora=true)",
+    "layer_replication": "layer_replication",
+    "trainable_token_indices": "trainable_token_indices",
+    "lora_bias": "LoRA bias on lora_B (lora_bias=true)",
+}
+
+# Tensor-name markers of the same features, for adapters whose config does not say.
+_UNSUPPORTED_KEYS = [
+    ("lora_magnitude_vector", "DoRA"),
+    ("lora_embedding_A", "LoRA on embedding layers"),
+    ("lora_embedding_B", "LoRA on embedding layers"),
+    ("modules_to_save", "modules_to_save"),
+    ("trainable_tokens", "trainable_token_indices"),
+]
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """The parts of a LoRA ``adapter_config.json`` that decide the numerics."""
+
+    r: int
+    lora_alpha: float
+    use_rslora: bool
+    rank_pattern: dict[str, int]
+    alpha_pattern: dict[str, float]
+    fan_in_fan_out: bool
+    target_modules: Any
+    raw: dict[str, Any]
+
+    def rank_and_alpha(self, module: str) -> tuple[int, float]:
+        r = self.rank_pattern.get(pattern_key(self.rank_pattern, module), self.r)
+        alpha = self.alpha_pattern.get(pattern_key(self.alpha_pattern, module), self.lora_alpha)
+        return int(r), float(alpha)
+
+    def scaling(self, module: str) -> float:
+        r, alpha = self.rank_and_alpha(module)
+        return alpha / math.sqrt(r) if self.use_rslora else alpha / r
+
+
+def pattern_key(patterns: dict[str, Any], module: str) -> str:
+    """PEFT's ``get_pattern_key``: the first pattern that matches the end of ``module``."""
+    for key in patterns:
+        if re.match(rf"(.*\.)?({key})$", module):
+            return key
+    return module
+
+
+def read_config(folder: Path) -> LoraSpec:
+    """Reads and validates ``folder/adapter_config.json``."""
+    if not folder.exists():
+        raise AdapterNotFoundError(f"{folder}: adapter folder does not exist")
+    if not folder.is_dir():
+        raise AdapterFormatError(f"{folder}: is not a folder (expected a PEFT adapter folder)")
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        raise AdapterNotFoundError(f"{path}: missing; {folder} is not a PEFT adapter folder")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AdapterFormatError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(raw, dict):
+        raise AdapterFormatError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    peft_type = str(raw.get("peft_type", "LORA")).upper()
+    if peft_type != "LORA":
+        raise AdapterFormatError(f"{path}: peft_type is {peft_type}; rankwise reads LoRA adapters")
+    for flag, feature in _UNSUPPORTED_FLAGS.items():
+        if raw.get(flag):
+            raise AdapterFormatError(f"{path}: {feature} is not supported by rankwise")
+    bias = raw.get("bias", "none")
+    if bias not in (None, "none"):
+        raise AdapterFormatError(
+            f"{path}: bias={bias!r} trains base-layer biases; rankwise supports bias='none' only"
+        )
+    if raw.get("modules_to_save"):
+        raise AdapterFormatError(
+            f"{path}: modules_to_save={raw['modules_to_save']} (full copies of modules) "
+            "is not supported by rankwise"
+        )
+
+    def number(name: str, default: Any, kind: type) -> Any:
+        v = raw.get(name, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+            raise AdapterFormatError(f"{path}: '{name}' must be a positive number, got {v!r}")
+        if kind is int and v != int(v):
+            raise AdapterFormatError(f"{path}: '{name}' must be an integer, got {v!r}")
+        return kind(v)
+
+    def pattern(name: str, kind: type) -> dict[str, Any]:
+        p = raw.get(name) or {}
+        if not isinstance(p, dict):
+            raise AdapterFormatError(f"{path}: '{name}' must be an object, got {p!r}")
+        for k, v in p.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+                raise AdapterFormatError(f"{path}: {name}['{k}'] must be a positive number, got {v!r}")
+        return {k: kind(v) for k, v in p.items()}
+
+    return LoraSpec(
+        r=number("r", 8, int),
+        lora_alpha=number("lora_alpha", 8, float),
+        use_rslora=bool(raw.get("use_rslora", False)),
+        rank_pattern=pattern("rank_pattern", int),
+        alpha_pattern=pattern("alpha_pattern", float),
+        fan_in_fan_out=bool(raw.get("fan_in_fan_out", False)),
+        target_modules=raw.get("target_modules"),
+        raw=raw,
+    )
+
+
+@dataclass(frozen=True)
+class ModuleKeys:
+    """Where one adapted module's factors live in the safetensors file."""
+
+    name: str  # module name in the base model, e.g. "model.layers.0.self_attn.q_proj"
+    key_a: str
+    key_b: str
+
+
+def module_keys(weights: Path, tensor_names: list[str]) -> dict[str, ModuleKeys]:
+    """Pairs the lora_A/lora_B keys of a file into modules; anything else is an error."""
+    a_keys: dict[str, str] = {}
+    b_keys: dict[str, str] = {}
+    for key in tensor_names:
+        for marker, feature in _UNSUPPORTED_KEYS:
+            if marker in key:
+                raise AdapterFormatError(
+                    f"{weights}: tensor '{key}': {feature} is not supported by rankwise"
+                )
+        if key.endswith(_A_SUFFIX):
+            a_keys[_module_name(key[: -len(_A_SUFFIX)])] = key
+        elif key.endswith(_B_SUFFIX):
+            b_keys[_module_name(key[: -len(_B_SUFFIX)])] = key
+        elif key.endswith(".lora_B.bias"):
+            raise AdapterFormatError(
+                f"{weights}: tensor '{key}': LoRA bias (lora_bias=true) is not supported by rankwise"
+            )
+        else:
+            raise AdapterFormatError(
+                f"{weights}: tensor '{key}' is not a LoRA factor "
+                f"(expected keys ending in '{_A_SUFFIX}' or '{_B_SUFFIX}')"
+            )
+    for name in sorted(a_keys.keys() - b_keys.keys()):
+        raise AdapterFormatError(f"{weights}: tensor '{a_keys[name]}' has no matching lora_B")
+    for name in sorted(b_keys.keys() - a_keys.keys()):
+        raise AdapterFormatError(f"{weights}: tensor '{b_keys[name]}' has no matching lora_A")
+    if not a_keys:
+        raise AdapterFormatError(f"{weights}: holds no LoRA factors")
+    return {n: ModuleKeys(n, a_keys[n], b_keys[n]) for n in sorted(a_keys, key=natural_key)}
+
+
+def _module_name(stem: str) -> str:
+    return stem[len(KEY_PREFIX) :] if stem.startswith(KEY_PREFIX) else stem
+
+
+def factor_keys(module: str) -> tuple[str, str]:
+    """The PEFT keys under which a module's factors are saved."""
+    return f"{KEY_PREFIX}{module}{_A_SUFFIX}", f"{KEY_PREFIX}{module}{_B_SUFFIX}"
+
+
+def natural_key(name: str) -> list[Any]:
+    """Sort key that puts layers.2 before layers.10."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]

@@ -1,0 +1,163 @@
+"""``AdapterPool``: many adapters, validated against each other, read one module at a time."""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from . import _core
+from . import peft_format as pf
+from .adapter import Adapter, modules_from_listing, weights_path
+from .errors import IncompatibleAdaptersError, MergeConfigError, RankwiseError
+
+
+def expand_paths(paths_or_glob: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """A glob string, one path, or a list of paths (globs inside are expanded, in sorted order)."""
+    items = [paths_or_glob] if isinstance(paths_or_glob, (str, os.PathLike)) else list(paths_or_glob)
+    out: list[Path] = []
+    for item in items:
+        s = os.fspath(item)
+        if glob.has_magic(s):
+            hits = sorted(glob.glob(s))
+            if not hits:
+                raise RankwiseError(f"{s}: the pattern matches no adapter folder")
+            out.extend(Path(h) for h in hits)
+        else:
+            out.append(Path(s))
+    return out
+
+
+def open_adapters(folders: Sequence[Path], *, check_finite: bool = True) -> list[Adapter]:
+    """Parses the configs, then maps every weights file in one parallel Rust call."""
+    specs = [pf.read_config(f) for f in folders]
+    weights = [weights_path(f) for f in folders]
+    files = _core.MappedFiles.open([str(w) for w in weights])
+    adapters = []
+    for i, (folder, w, spec) in enumerate(zip(folders, weights, specs)):
+        mods = modules_from_listing(folder, w, spec, files.tensors(i))
+        adapters.append(Adapter(spec.raw, mods, path=folder, files=files, file_index=i))
+    if check_finite:
+        files.check_finite([(i, k) for i, a in enumerate(adapters) for m in a.modules.values() for k in (m.key_a, m.key_b)])
+        for i in range(len(adapters)):
+            files.release(i)
+    return adapters
+
+
+class AdapterPool:
+    """Adapters that fit together: the same modules with the same (out, in) shapes.
+
+    Ranks may differ between adapters and between modules. Factors stay in the mapped files;
+    ``unit_matrix(module)`` reads one module across the pool.
+    """
+
+    def __init__(self, adapters: Sequence[Adapter]) -> None:
+        if not adapters:
+            raise MergeConfigError("an AdapterPool needs at least one adapter")
+        self.adapters = list(adapters)
+        _check_compatible(self.adapters)
+
+    @classmethod
+    def load(
+        cls,
+        paths_or_glob: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        *,
+        check_finite: bool = True,
+    ) -> AdapterPool:
+        """Loads PEFT adapter folders (a list, or a glob such as ``"runs/*/"``)."""
+        folders = expand_paths(paths_or_glob)
+        if not folders:
+            raise MergeConfigError("no adapter folders given")
+        return cls(open_adapters(folders, check_finite=check_finite))
+
+    def __len__(self) -> int:
+        return len(self.adapters)
+
+    def __iter__(self) -> Iterator[Adapter]:
+        return iter(self.adapters)
+
+    def __getitem__(self, i: int) -> Adapter:
+        return self.adapters[i]
+
+    def __repr__(self) -> str:
+        return f"<rankwise.AdapterPool: {len(self)} adapters, {len(self.modules)} modules>"
+
+    @property
+    def modules(self) -> list[str]:
+        return list(self.adapters[0].modules)
+
+    def shape(self, module: str) -> tuple[int, int]:
+        """(d_out, d_in) of a module."""
+        m = self.adapters[0].module(module)
+        return m.d_out, m.d_in
+
+    def ranks(self, module: str) -> list[int]:
+        return [a.modules[module].rank for a in self.adapters]
+
+    def check_weights(self, weights: Sequence[float] | None) -> np.ndarray:
+        """Per-adapter weights as float64, validated (length, finite)."""
+        if weights is None:
+            return np.ones(len(self), dtype=np.float64)
+        w = np.asarray(weights, dtype=np.float64).reshape(-1)
+        if w.shape[0] != len(self):
+            raise MergeConfigError(f"got {w.shape[0]} weights for {len(self)} adapters")
+        if not np.all(np.isfinite(w)):
+            raise MergeConfigError(f"weights must be finite, got {list(w)}")
+        return w
+
+    def unit_matrix(
+        self, module: str, weights: Sequence[float] | None = None, *, canonical: bool = False
+    ) -> tuple[np.ndarray, list[int]]:
+        """Units of one module across the pool: ``U[Σ ranks, d_out + d_in]`` (float32), rows
+        ``[w_j·s_j·b_i ; a_i]``, and the rank each adapter contributed.
+
+        Built in Rust straight from the mapped bytes; the pages read are released afterwards.
+        """
+        w = self.check_weights(weights)
+        sources = []
+        for a, wj in zip(self.adapters, w):
+            if a._files is None:
+                raise RankwiseError("unit_matrix needs adapters loaded from files")
+            m = a.module(module)
+            sources.append((a._files, (a._file_index, m.key_a, m.key_b, float(m.scaling * wj))))
+        files = sources[0][0]
+        if all(f is files for f, _ in sources):
+            units, ranks = files.unit_matrix([s for _, s in sources], canonical)
+            return units, list(ranks)
+        # Adapters loaded separately (each its own file set): one call each, stacked in order.
+        parts = [f.unit_matrix([s], canonical) for f, s in sources]
+        return np.concatenate([u for u, _ in parts]), [r for _, rs in parts for r in rs]
+
+    def release(self) -> None:
+        """Drops every mapped page from this process's resident set."""
+        seen = set()
+        for a in self.adapters:
+            if a._files is not None and (id(a._files), a._file_index) not in seen:
+                seen.add((id(a._files), a._file_index))
+                a._files.release(a._file_index)
+
+
+def _check_compatible(adapters: Sequence[Adapter]) -> None:
+    ref = adapters[0]
+    ref_name = ref.path or "adapter 0"
+    for j, a in enumerate(adapters[1:], start=1):
+        name = a.path or f"adapter {j}"
+        missing = [m for m in ref.modules if m not in a.modules]
+        extra = [m for m in a.modules if m not in ref.modules]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"lacks {len(missing)} module(s) of {ref_name}, e.g. '{missing[0]}'")
+            if extra:
+                parts.append(f"has {len(extra)} module(s) {ref_name} lacks, e.g. '{extra[0]}'")
+            raise IncompatibleAdaptersError(f"{name}: {'; '.join(parts)}: adapters in a pool must adapt the same modules")
+        for m, info in ref.modules.items():
+            o = a.modules[m]
+            if (o.d_out, o.d_in) != (info.d_out, info.d_in):
+                raise IncompatibleAdaptersError(
+                    f"{name}: module '{m}' is {o.d_out}×{o.d_in} (out × in) but in {ref_name} "
+                    f"it is {info.d_out}×{info.d_in}: adapters in a pool must share a base model"
+                )

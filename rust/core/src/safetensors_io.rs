@@ -1,0 +1,505 @@
+//! Memory-mapped safetensors files: header validation, f32 reads straight from the mapped bytes,
+//! and a writer.
+//!
+//! The header is validated in full when a file is opened (offsets inside the data and
+//! non-overlapping, dtype known, shape × element size = byte length), so that every later read
+//! is a plain slice of the map. Values are only touched when a module asks for them.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use rayon::prelude::*;
+use serde_json::Value;
+
+use crate::dtype::{self, DType};
+use crate::error::{Error, Result};
+
+/// Largest header we accept, as the reference implementation does: a bigger one is a corrupt
+/// length field, not a real file.
+const MAX_HEADER_BYTES: u64 = 100 * 1024 * 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorInfo {
+    /// The dtype as the header names it (kept for messages and `inspect`).
+    pub dtype_name: String,
+    /// `None` for a dtype safetensors knows but rankwise does not convert (integers, fp8).
+    pub dtype: Option<DType>,
+    pub shape: Vec<usize>,
+    /// Byte range of the data, absolute in the file.
+    pub begin: usize,
+    pub end: usize,
+}
+
+impl TensorInfo {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+pub struct MappedFile {
+    path: PathBuf,
+    map: Option<Mmap>,
+    tensors: BTreeMap<String, TensorInfo>,
+    metadata: BTreeMap<String, String>,
+}
+
+impl MappedFile {
+    pub fn open(path: &Path) -> Result<MappedFile> {
+        let io_err = |source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = File::open(path).map_err(io_err)?;
+        let len = file.metadata().map_err(io_err)?.len();
+        if len < 8 {
+            return Err(Error::header(
+                path,
+                format!("file is {len} bytes, too short for the 8-byte header length (truncated?)"),
+            ));
+        }
+        // SAFETY: the map is read-only; a file truncated underneath us by another process is
+        // the one hazard of every mmap reader (safetensors' own included) and is documented.
+        let map = unsafe { Mmap::map(&file) }.map_err(io_err)?;
+        let (tensors, metadata) = parse_header(path, &map)?;
+        Ok(MappedFile {
+            path: path.to_path_buf(),
+            map: Some(map),
+            tensors,
+            metadata,
+        })
+    }
+
+    /// Opens many files in parallel; one result per path, in order.
+    pub fn open_many(paths: &[PathBuf]) -> Vec<Result<MappedFile>> {
+        paths
+            .par_iter()
+            .map(|p| crate::error::catch_panic("opening safetensors", || MappedFile::open(p)))
+            .collect()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn tensors(&self) -> &BTreeMap<String, TensorInfo> {
+        &self.tensors
+    }
+
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+
+    pub fn info(&self, key: &str) -> Result<&TensorInfo> {
+        self.tensors
+            .get(key)
+            .ok_or_else(|| Error::tensor(&self.path, key, "no such tensor in the file"))
+    }
+
+    /// The raw bytes of a tensor and its (supported) dtype.
+    pub fn bytes(&self, key: &str) -> Result<(&[u8], DType, &TensorInfo)> {
+        let info = self.info(key)?;
+        let dtype = info.dtype.ok_or_else(|| {
+            Error::tensor(
+                &self.path,
+                key,
+                format!(
+                    "dtype {} is not supported (rankwise reads F16, BF16, F32 and F64)",
+                    info.dtype_name
+                ),
+            )
+        })?;
+        let map = self.map.as_deref().unwrap_or(&[]);
+        Ok((&map[info.begin..info.end], dtype, info))
+    }
+
+    /// Converts a tensor to f32 into `out` (which must hold exactly `numel` values), times `scale`.
+    pub fn read_into(&self, key: &str, out: &mut [f32]) -> Result<()> {
+        let (bytes, dtype, info) = self.bytes(key)?;
+        if out.len() != info.numel() {
+            return Err(Error::tensor(
+                &self.path,
+                key,
+                format!("expected {} values, the tensor has {}", out.len(), info.numel()),
+            ));
+        }
+        dtype::to_f32(dtype, bytes, out);
+        Ok(())
+    }
+
+    pub fn read(&self, key: &str) -> Result<Vec<f32>> {
+        let n = self.info(key)?.numel();
+        let mut out = vec![0f32; n];
+        self.read_into(key, &mut out)?;
+        Ok(out)
+    }
+
+    /// Fails with the file, key and flat index of the first NaN or Inf. Works on the bit
+    /// patterns, so no conversion is paid for.
+    pub fn check_finite(&self, key: &str) -> Result<()> {
+        let (bytes, dtype, _) = self.bytes(key)?;
+        let first_bad = match dtype {
+            DType::F16 => first_nonfinite(bytes, 2, |b| (b & 0x7C00) == 0x7C00),
+            DType::BF16 => first_nonfinite(bytes, 2, |b| (b & 0x7F80) == 0x7F80),
+            DType::F32 => first_nonfinite(bytes, 4, |b| (b & 0x7F80_0000) == 0x7F80_0000),
+            DType::F64 => first_nonfinite(bytes, 8, |b| {
+                (b & 0x7FF0_0000_0000_0000) == 0x7FF0_0000_0000_0000
+            }),
+        };
+        match first_bad {
+            None => Ok(()),
+            Some(i) => {
+                let mut v = [0f32; 1];
+                let sz = dtype.size();
+                dtype::to_f32(dtype, &bytes[i * sz..(i + 1) * sz], &mut v);
+                let what = if v[0].is_nan() { "NaN" } else { "Inf" };
+                Err(Error::tensor(
+                    &self.path,
+                    key,
+                    format!("contains {what} (first at flat index {i}); weights must be finite"),
+                ))
+            }
+        }
+    }
+
+    /// Tells the kernel this process is done with a tensor's pages, so they leave our resident
+    /// set (they stay in the page cache). Purely advisory: errors are ignored.
+    pub fn release(&self, key: &str) {
+        let (Some(map), Some(info)) = (self.map.as_ref(), self.tensors.get(key)) else {
+            return;
+        };
+        release_range(map, info.begin, info.end);
+    }
+
+    /// Releases every page of the file from the resident set (see `release`).
+    pub fn release_all(&self) {
+        if let Some(map) = self.map.as_ref() {
+            release_range(map, 0, map.len());
+        }
+    }
+}
+
+#[cfg(unix)]
+fn release_range(map: &Mmap, begin: usize, end: usize) {
+    const PAGE: usize = 4096;
+    // Round inwards: pages shared with a neighbouring tensor stay mapped.
+    let start = begin.div_ceil(PAGE) * PAGE;
+    let stop = (end / PAGE) * PAGE;
+    if stop > start {
+        // SAFETY: the map is a private read-only file mapping; DONTNEED only drops our page
+        // table entries, and a later read faults the same bytes back in from the file.
+        let _ = unsafe {
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, stop - start)
+        };
+    }
+}
+
+#[cfg(not(unix))]
+fn release_range(_map: &Mmap, _begin: usize, _end: usize) {}
+
+fn first_nonfinite(bytes: &[u8], size: usize, bad: impl Fn(u64) -> bool) -> Option<usize> {
+    bytes.chunks_exact(size).position(|c| {
+        let mut b = [0u8; 8];
+        b[..size].copy_from_slice(c);
+        bad(u64::from_le_bytes(b))
+    })
+}
+
+type Header = (BTreeMap<String, TensorInfo>, BTreeMap<String, String>);
+
+/// Parses and validates the header of a whole safetensors file held in `buf`.
+pub fn parse_header(path: &Path, buf: &[u8]) -> Result<Header> {
+    let herr = |r: String| Error::header(path, r);
+    let file_len = buf.len() as u64;
+    if file_len < 8 {
+        return Err(herr(format!(
+            "file is {file_len} bytes, too short for the 8-byte header length (truncated?)"
+        )));
+    }
+    let mut n8 = [0u8; 8];
+    n8.copy_from_slice(&buf[..8]);
+    let n = u64::from_le_bytes(n8);
+    if n > MAX_HEADER_BYTES {
+        return Err(herr(format!(
+            "header length field says {n} bytes, more than the {MAX_HEADER_BYTES} allowed (corrupt file?)"
+        )));
+    }
+    if 8 + n > file_len {
+        return Err(herr(format!(
+            "header length field says {n} bytes but the file has only {} after it (truncated?)",
+            file_len - 8
+        )));
+    }
+    let n = n as usize;
+    let data_start = 8 + n;
+    let data_len = buf.len() - data_start;
+    let json: Value = serde_json::from_slice(&buf[8..data_start])
+        .map_err(|e| herr(format!("header is not valid JSON: {e}")))?;
+    let Value::Object(entries) = json else {
+        return Err(herr("header is not a JSON object".into()));
+    };
+
+    let mut tensors = BTreeMap::new();
+    let mut metadata = BTreeMap::new();
+    for (key, entry) in entries {
+        if key == "__metadata__" {
+            let Value::Object(m) = entry else {
+                return Err(herr("__metadata__ is not an object of strings".into()));
+            };
+            for (k, v) in m {
+                match v {
+                    Value::String(s) => metadata.insert(k, s),
+                    _ => return Err(herr(format!("__metadata__ value of '{k}' is not a string"))),
+                };
+            }
+            continue;
+        }
+        let info = parse_entry(path, &key, &entry, data_start, data_len)?;
+        tensors.insert(key, info);
+    }
+
+    // Non-overlapping: sort by start and compare each with its predecessor.
+    let mut spans: Vec<(&String, &TensorInfo)> = tensors.iter().collect();
+    spans.sort_by_key(|(_, t)| (t.begin, t.end));
+    for pair in spans.windows(2) {
+        let ((ka, a), (kb, b)) = (pair[0], pair[1]);
+        if b.begin < a.end && b.end > b.begin {
+            return Err(Error::tensor(
+                path,
+                kb,
+                format!("data overlaps the data of tensor '{ka}'"),
+            ));
+        }
+    }
+    Ok((tensors, metadata))
+}
+
+fn parse_entry(
+    path: &Path,
+    key: &str,
+    entry: &Value,
+    data_start: usize,
+    data_len: usize,
+) -> Result<TensorInfo> {
+    let terr = |r: String| Error::tensor(path, key, r);
+    let obj = entry
+        .as_object()
+        .ok_or_else(|| terr("header entry is not an object".into()))?;
+    let dtype_name = obj
+        .get("dtype")
+        .and_then(Value::as_str)
+        .ok_or_else(|| terr("header entry has no string 'dtype'".into()))?;
+    let elem = dtype::safetensors_dtype_size(dtype_name)
+        .ok_or_else(|| terr(format!("unknown dtype '{dtype_name}'")))?;
+    let shape = obj
+        .get("shape")
+        .and_then(Value::as_array)
+        .ok_or_else(|| terr("header entry has no 'shape' list".into()))?
+        .iter()
+        .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+        .collect::<Option<Vec<usize>>>()
+        .ok_or_else(|| terr("shape has an entry that is not a non-negative integer".into()))?;
+    let offsets = obj
+        .get("data_offsets")
+        .and_then(Value::as_array)
+        .filter(|a| a.len() == 2)
+        .and_then(|a| Some((a[0].as_u64()?, a[1].as_u64()?)))
+        .ok_or_else(|| terr("'data_offsets' is not a pair of non-negative integers".into()))?;
+    let (b, e) = offsets;
+    if b > e {
+        return Err(terr(format!("data_offsets [{b}, {e}] end before they begin")));
+    }
+    if e > data_len as u64 {
+        return Err(terr(format!(
+            "data_offsets [{b}, {e}] run past the end of the data ({data_len} bytes; truncated file?)"
+        )));
+    }
+    let (b, e) = (b as usize, e as usize);
+    let nbytes = shape
+        .iter()
+        .try_fold(elem, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| terr(format!("shape {shape:?} overflows")))?;
+    if nbytes != e - b {
+        return Err(terr(format!(
+            "shape {shape:?} of {dtype_name} needs {nbytes} bytes but data_offsets [{b}, {e}] hold {}",
+            e - b
+        )));
+    }
+    Ok(TensorInfo {
+        dtype_name: dtype_name.to_string(),
+        dtype: DType::from_safetensors(dtype_name),
+        shape,
+        begin: data_start + b,
+        end: data_start + e,
+    })
+}
+
+/// One tensor to write: f32 values converted to `dtype` on the way out.
+pub struct TensorOut<'a> {
+    pub name: &'a str,
+    pub dtype: DType,
+    pub shape: &'a [usize],
+    pub data: &'a [f32],
+}
+
+/// Writes a safetensors file (keys in sorted order, header padded to 8 bytes).
+pub fn write(path: &Path, tensors: &[TensorOut], metadata: &BTreeMap<String, String>) -> Result<()> {
+    let mut sorted: Vec<&TensorOut> = tensors.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(b.name));
+    let mut header = serde_json::Map::new();
+    if !metadata.is_empty() {
+        header.insert("__metadata__".into(), serde_json::to_value(metadata).unwrap_or_default());
+    }
+    let mut offset = 0usize;
+    for t in &sorted {
+        if t.shape.iter().product::<usize>() != t.data.len() {
+            return Err(Error::invalid(format!(
+                "tensor '{}': shape {:?} does not hold {} values",
+                t.name,
+                t.shape,
+                t.data.len()
+            )));
+        }
+        let nbytes = t.data.len() * t.dtype.size();
+        header.insert(
+            t.name.to_string(),
+            serde_json::json!({
+                "dtype": t.dtype.name(),
+                "shape": t.shape,
+                "data_offsets": [offset, offset + nbytes],
+            }),
+        );
+        offset += nbytes;
+    }
+    let mut hbytes = serde_json::to_vec(&Value::Object(header))
+        .map_err(|e| Error::invalid(format!("cannot encode header: {e}")))?;
+    while hbytes.len() % 8 != 0 {
+        hbytes.push(b' ');
+    }
+    let mut buf = Vec::with_capacity(8 + hbytes.len() + offset);
+    buf.extend_from_slice(&(hbytes.len() as u64).to_le_bytes());
+    buf.extend_from_slice(&hbytes);
+    for t in &sorted {
+        dtype::from_f32(t.dtype, t.data, &mut buf);
+    }
+    let io_err = |source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut f = File::create(path).map_err(io_err)?;
+    f.write_all(&buf).map_err(io_err)?;
+    f.sync_all().map_err(io_err)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header_file(header: &str, data: &[u8]) -> Vec<u8> {
+        let mut buf = (header.len() as u64).to_le_bytes().to_vec();
+        buf.extend_from_slice(header.as_bytes());
+        buf.extend_from_slice(data);
+        buf
+    }
+
+    fn err_of(buf: &[u8]) -> String {
+        parse_header(Path::new("x.safetensors"), buf)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn accepts_what_the_reference_writer_writes() {
+        use safetensors::tensor::{serialize, TensorView};
+        let a: Vec<u8> = (0..24).collect();
+        let b: Vec<u8> = (0..8).collect();
+        let views = vec![
+            ("w.a", TensorView::new(safetensors::Dtype::F32, vec![2, 3], &a).unwrap()),
+            ("w.b", TensorView::new(safetensors::Dtype::BF16, vec![4], &b).unwrap()),
+        ];
+        let buf = serialize(views, None).unwrap();
+        let (t, _) = parse_header(Path::new("x"), &buf).unwrap();
+        assert_eq!(t["w.a"].shape, vec![2, 3]);
+        assert_eq!(t["w.b"].dtype, Some(DType::BF16));
+        assert_eq!(t["w.a"].end - t["w.a"].begin, 24);
+    }
+
+    #[test]
+    fn too_short_and_truncated_header() {
+        assert!(err_of(&[1, 2, 3]).contains("too short"));
+        let mut buf = header_file("{}", &[]);
+        buf[0] = 200;
+        assert!(err_of(&buf).contains("truncated"));
+        let mut huge = header_file("{}", &[]);
+        huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(err_of(&huge).contains("corrupt"));
+    }
+
+    #[test]
+    fn invalid_json_and_entries() {
+        assert!(err_of(&header_file("{not json", &[])).contains("not valid JSON"));
+        assert!(err_of(&header_file("[1,2]", &[])).contains("not a JSON object"));
+        let e = err_of(&header_file(
+            r#"{"k":{"dtype":"F32","shape":[2],"data_offsets":[0]}}"#,
+            &[0; 8],
+        ));
+        assert!(e.contains("'k'") && e.contains("data_offsets"), "{e}");
+        let e = err_of(&header_file(
+            r#"{"k":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}}"#,
+            &[0; 8],
+        ));
+        assert!(e.contains("shape"), "{e}");
+    }
+
+    #[test]
+    fn offsets_past_end_overlap_and_size_mismatch() {
+        let past = header_file(r#"{"k":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#, &[0; 8]);
+        let e = err_of(&past);
+        assert!(e.contains("tensor 'k'") && e.contains("past the end"), "{e}");
+        let overlap = header_file(
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
+            &[0; 12],
+        );
+        let e = err_of(&overlap);
+        assert!(e.contains("overlaps") && e.contains("'a'") && e.contains("'b'"), "{e}");
+        let size = header_file(r#"{"k":{"dtype":"F16","shape":[3],"data_offsets":[0,8]}}"#, &[0; 8]);
+        assert!(err_of(&size).contains("needs 6 bytes"));
+        let backwards = header_file(r#"{"k":{"dtype":"F16","shape":[0],"data_offsets":[8,4]}}"#, &[0; 8]);
+        assert!(err_of(&backwards).contains("end before"));
+    }
+
+    #[test]
+    fn dtypes_unknown_and_unsupported() {
+        let e = err_of(&header_file(r#"{"k":{"dtype":"F12","shape":[1],"data_offsets":[0,2]}}"#, &[0; 2]));
+        assert!(e.contains("unknown dtype 'F12'"), "{e}");
+        let buf = header_file(r#"{"k":{"dtype":"I8","shape":[2],"data_offsets":[0,2]}}"#, &[0; 2]);
+        let (t, _) = parse_header(Path::new("x"), &buf).unwrap();
+        assert_eq!(t["k"].dtype, None);
+    }
+
+    #[test]
+    fn write_then_open_round_trips_and_finds_nonfinite() {
+        let dir = std::env::temp_dir().join(format!("rw-st-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.safetensors");
+        let vals = [1.0f32, -2.0, 0.5, f32::NAN];
+        let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+        let outs = [
+            TensorOut { name: "b", dtype: DType::F16, shape: &[2, 2], data: &vals },
+            TensorOut { name: "a", dtype: DType::BF16, shape: &[3], data: &vals[..3] },
+        ];
+        write(&path, &outs, &meta).unwrap();
+        let f = MappedFile::open(&path).unwrap();
+        assert_eq!(f.metadata()["format"], "pt");
+        assert_eq!(f.read("a").unwrap(), vec![1.0, -2.0, 0.5]);
+        f.check_finite("a").unwrap();
+        let e = f.check_finite("b").unwrap_err().to_string();
+        assert!(e.contains("NaN") && e.contains("index 3") && e.contains("'b'"), "{e}");
+        assert!(f.read("zzz").unwrap_err().to_string().contains("no such tensor"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

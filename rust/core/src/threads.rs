@@ -1,0 +1,64 @@
+//! The thread pool every parallel core call runs in.
+//!
+//! rayon's global pool can be sized only once per process; users change their mind
+//! (`rw.set_num_threads`), so we keep our own pool and rebuild it on request.
+//! Default size: `RANKWISE_NUM_THREADS`, else the number of available cores.
+
+use std::sync::{Arc, RwLock};
+
+use rayon::{ThreadPool, ThreadPoolBuilder};
+
+use crate::error::{Error, Result};
+
+static POOL: RwLock<Option<Arc<ThreadPool>>> = RwLock::new(None);
+
+fn default_threads() -> usize {
+    std::env::var("RANKWISE_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+}
+
+fn build(n: usize) -> Result<Arc<ThreadPool>> {
+    ThreadPoolBuilder::new()
+        .num_threads(n)
+        .thread_name(|i| format!("rankwise-{i}"))
+        .build()
+        .map(Arc::new)
+        .map_err(|e| Error::invalid(format!("cannot start {n} threads: {e}")))
+}
+
+fn pool() -> Result<Arc<ThreadPool>> {
+    if let Some(p) = POOL.read().ok().and_then(|g| g.clone()) {
+        return Ok(p);
+    }
+    let mut guard = POOL.write().map_err(|_| Error::invalid("thread pool lock poisoned"))?;
+    if let Some(p) = guard.as_ref() {
+        return Ok(p.clone());
+    }
+    let p = build(default_threads())?;
+    *guard = Some(p.clone());
+    Ok(p)
+}
+
+/// Resizes the pool; `n = 0` restores the default.
+pub fn set_num_threads(n: usize) -> Result<()> {
+    let n = if n == 0 { default_threads() } else { n };
+    let p = build(n)?;
+    *POOL.write().map_err(|_| Error::invalid("thread pool lock poisoned"))? = Some(p);
+    Ok(())
+}
+
+pub fn num_threads() -> usize {
+    pool().map(|p| p.current_num_threads()).unwrap_or(1)
+}
+
+/// Runs `f` inside the pool (its rayon calls use the pool's threads).
+pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> Result<R> {
+    Ok(pool()?.install(f))
+}

@@ -1,0 +1,288 @@
+//! Rank units of one module across a pool of adapters.
+//!
+//! Unit i of an adapter with factors A (r × d_in) and B (d_out × r) is the row
+//! `[s·b_i ; a_i]` of length d_out + d_in, where b_i is column i of B, a_i row i of A and s the
+//! adapter's scaling times its pool weight. Stacking every adapter's units gives the unit matrix
+//! `U[n_units, d_out + d_in]`; `Σ_i b_i a_iᵀ` over its rows is the (weighted) sum of the deltas.
+
+use rayon::prelude::*;
+
+use crate::error::{catch_panic, Error, Result};
+use crate::safetensors_io::MappedFile;
+
+/// Where one adapter's factors for the module live, and the factor folded into its b's.
+pub struct UnitSource<'a> {
+    pub file: &'a MappedFile,
+    pub key_a: &'a str,
+    pub key_b: &'a str,
+    pub b_scale: f32,
+}
+
+pub struct UnitMatrix {
+    /// Row-major `[n_units, d_out + d_in]`.
+    pub data: Vec<f32>,
+    pub n_units: usize,
+    pub d_out: usize,
+    pub d_in: usize,
+    /// The rank each source contributed, in order.
+    pub ranks: Vec<usize>,
+}
+
+/// Checks the factor shapes of one source: returns (rank, d_out, d_in).
+pub fn factor_dims(src: &UnitSource) -> Result<(usize, usize, usize)> {
+    let path = src.file.path();
+    let a = src.file.info(src.key_a)?;
+    let b = src.file.info(src.key_b)?;
+    if a.shape.len() != 2 {
+        return Err(Error::tensor(
+            path,
+            src.key_a,
+            format!("lora_A must be 2-D (rank × in_features), got shape {:?}", a.shape),
+        ));
+    }
+    if b.shape.len() != 2 {
+        return Err(Error::tensor(
+            path,
+            src.key_b,
+            format!("lora_B must be 2-D (out_features × rank), got shape {:?}", b.shape),
+        ));
+    }
+    if a.shape[0] != b.shape[1] {
+        return Err(Error::tensor(
+            path,
+            src.key_b,
+            format!(
+                "rank mismatch: lora_B has shape {:?} but lora_A ('{}') has rank {}",
+                b.shape, src.key_a, a.shape[0]
+            ),
+        ));
+    }
+    Ok((a.shape[0], b.shape[0], a.shape[1]))
+}
+
+/// Builds the unit matrix of one module. All sources must share d_out and d_in; ranks may differ.
+/// With `canonical`, each unit is put in canonical form (see `canonicalize`).
+pub fn unit_matrix(sources: &[UnitSource], canonical: bool) -> Result<UnitMatrix> {
+    if sources.is_empty() {
+        return Err(Error::invalid("no adapters given for the module"));
+    }
+    let dims = sources
+        .iter()
+        .map(factor_dims)
+        .collect::<Result<Vec<_>>>()?;
+    let (_, d_out, d_in) = dims[0];
+    for (src, &(_, o, i)) in sources.iter().zip(&dims).skip(1) {
+        if (o, i) != (d_out, d_in) {
+            return Err(Error::incompatible(format!(
+                "{}: module of '{}' is {o}×{i} (out × in) but {}: '{}' is {d_out}×{d_in}",
+                src.file.path().display(),
+                src.key_b,
+                sources[0].file.path().display(),
+                sources[0].key_b
+            )));
+        }
+    }
+    let width = d_out + d_in;
+    let ranks: Vec<usize> = dims.iter().map(|d| d.0).collect();
+    let n_units: usize = ranks.iter().sum();
+    let mut data = vec![0f32; n_units * width];
+
+    // Split the output into one disjoint block of rows per source, then fill them in parallel.
+    let mut blocks: Vec<&mut [f32]> = Vec::with_capacity(sources.len());
+    let mut rest = data.as_mut_slice();
+    for &r in &ranks {
+        let (head, tail) = rest.split_at_mut(r * width);
+        blocks.push(head);
+        rest = tail;
+    }
+    blocks
+        .into_par_iter()
+        .zip(sources.par_iter())
+        .zip(ranks.par_iter())
+        .try_for_each(|((block, src), &r)| {
+            catch_panic("building the unit matrix", || {
+                fill_units(src, r, d_out, d_in, canonical, block)
+            })
+        })?;
+    Ok(UnitMatrix {
+        data,
+        n_units,
+        d_out,
+        d_in,
+        ranks,
+    })
+}
+
+fn fill_units(
+    src: &UnitSource,
+    r: usize,
+    d_out: usize,
+    d_in: usize,
+    canonical: bool,
+    block: &mut [f32],
+) -> Result<()> {
+    let width = d_out + d_in;
+    let b = src.file.read(src.key_b)?; // d_out × r, small next to the block
+    if let Some(i) = b.iter().position(|v| !v.is_finite()) {
+        return Err(nonfinite(src, src.key_b, i));
+    }
+    for (u, row) in block.chunks_exact_mut(width).enumerate() {
+        for o in 0..d_out {
+            row[o] = src.b_scale * b[o * r + u];
+        }
+    }
+    // A's rows are contiguous: convert each straight into its place in the unit row.
+    let (bytes, dtype, _) = src.file.bytes(src.key_a)?;
+    let stride = d_in * dtype.size();
+    for (u, row) in block.chunks_exact_mut(width).enumerate() {
+        let a_row = &mut row[d_out..];
+        crate::dtype::to_f32(dtype, &bytes[u * stride..(u + 1) * stride], a_row);
+        if let Some(i) = a_row.iter().position(|v| !v.is_finite()) {
+            return Err(nonfinite(src, src.key_a, u * d_in + i));
+        }
+        if canonical {
+            canonicalize(row, d_out);
+        }
+    }
+    Ok(())
+}
+
+fn nonfinite(src: &UnitSource, key: &str, index: usize) -> Error {
+    Error::tensor(
+        src.file.path(),
+        key,
+        format!("contains NaN or Inf (first at flat index {index}); weights must be finite"),
+    )
+}
+
+/// Canonical form of one unit `[b ; a]` (b the first `d_out` entries): rescale so that
+/// ‖b‖ = ‖a‖ (the product b·aᵀ is unchanged), then flip both signs so that the entry of `a`
+/// with the largest magnitude is positive (first such entry on ties). Zero units stay zero.
+pub fn canonicalize(row: &mut [f32], d_out: usize) {
+    let (b, a) = row.split_at_mut(d_out);
+    let nb = b.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt();
+    let na = a.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt();
+    if nb == 0.0 || na == 0.0 {
+        return;
+    }
+    let c = (na / nb).sqrt();
+    let mut pivot = 0usize;
+    for (j, v) in a.iter().enumerate() {
+        if v.abs() > a[pivot].abs() {
+            pivot = j;
+        }
+    }
+    let sign = if a[pivot] < 0.0 { -1.0 } else { 1.0 };
+    let (cb, ca) = ((sign * c) as f32, (sign / c) as f32);
+    b.iter_mut().for_each(|v| *v *= cb);
+    a.iter_mut().for_each(|v| *v *= ca);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dtype::DType;
+    use crate::safetensors_io::{write, TensorOut};
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    fn adapter(dir: &std::path::Path, name: &str, r: usize, d_out: usize, d_in: usize, seed: f32) -> PathBuf {
+        let a: Vec<f32> = (0..r * d_in).map(|i| (i as f32 * 0.37 + seed).sin()).collect();
+        let b: Vec<f32> = (0..d_out * r).map(|i| (i as f32 * 0.11 - seed).cos()).collect();
+        let path = dir.join(name);
+        write(
+            &path,
+            &[
+                TensorOut { name: "m.lora_A.weight", dtype: DType::F32, shape: &[r, d_in], data: &a },
+                TensorOut { name: "m.lora_B.weight", dtype: DType::F32, shape: &[d_out, r], data: &b },
+            ],
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        path
+    }
+
+    fn delta_from_units(u: &UnitMatrix) -> Vec<f64> {
+        let w = u.d_out + u.d_in;
+        let mut d = vec![0f64; u.d_out * u.d_in];
+        for row in u.data.chunks_exact(w) {
+            for o in 0..u.d_out {
+                for i in 0..u.d_in {
+                    d[o * u.d_in + i] += row[o] as f64 * row[u.d_out + i] as f64;
+                }
+            }
+        }
+        d
+    }
+
+    #[test]
+    fn units_sum_to_weighted_deltas_and_canonical_form_keeps_them() {
+        let dir = std::env::temp_dir().join(format!("rw-units-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (d_out, d_in) = (5, 7);
+        let files: Vec<MappedFile> = [(2usize, 0.3f32), (4, 1.7)]
+            .iter()
+            .enumerate()
+            .map(|(j, &(r, s))| MappedFile::open(&adapter(&dir, &format!("{j}.st"), r, d_out, d_in, s)).unwrap())
+            .collect();
+        let srcs: Vec<UnitSource> = files
+            .iter()
+            .zip([0.5f32, 2.0])
+            .map(|(f, s)| UnitSource { file: f, key_a: "m.lora_A.weight", key_b: "m.lora_B.weight", b_scale: s })
+            .collect();
+        let raw = unit_matrix(&srcs, false).unwrap();
+        assert_eq!((raw.n_units, raw.ranks.clone()), (6, vec![2, 4]));
+        // Reference: Σ_j s_j · B_j A_j computed directly from the factors.
+        let mut want = vec![0f64; d_out * d_in];
+        for (f, s) in files.iter().zip([0.5f64, 2.0]) {
+            let a = f.read("m.lora_A.weight").unwrap();
+            let b = f.read("m.lora_B.weight").unwrap();
+            let r = a.len() / d_in;
+            for o in 0..d_out {
+                for i in 0..d_in {
+                    let dot: f64 = (0..r).map(|k| b[o * r + k] as f64 * a[k * d_in + i] as f64).sum();
+                    want[o * d_in + i] += s * dot;
+                }
+            }
+        }
+        let canon = unit_matrix(&srcs, true).unwrap();
+        for u in [&raw, &canon] {
+            for (g, w) in delta_from_units(u).iter().zip(&want) {
+                assert!((g - w).abs() < 1e-4, "{g} vs {w}");
+            }
+        }
+        for row in canon.data.chunks_exact(d_out + d_in) {
+            let nb: f32 = row[..d_out].iter().map(|v| v * v).sum::<f32>().sqrt();
+            let na: f32 = row[d_out..].iter().map(|v| v * v).sum::<f32>().sqrt();
+            assert!((nb - na).abs() < 1e-4 * na);
+            let piv = row[d_out..].iter().cloned().fold(0f32, |m, v| if v.abs() > m.abs() { v } else { m });
+            assert!(piv > 0.0);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn canonical_form_is_invariant_to_scale_and_sign() {
+        let mut u1 = vec![1.0f32, -2.0, 3.0, 0.5, -4.0];
+        let mut u2: Vec<f32> = u1.iter().enumerate().map(|(i, v)| if i < 2 { -3.0 * v } else { -v / 3.0 }).collect();
+        canonicalize(&mut u1, 2);
+        canonicalize(&mut u2, 2);
+        for (a, b) in u1.iter().zip(&u2) {
+            assert!((a - b).abs() < 1e-5, "{u1:?} {u2:?}");
+        }
+    }
+
+    #[test]
+    fn mismatched_dims_and_ranks_are_reported() {
+        let dir = std::env::temp_dir().join(format!("rw-units-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f1 = MappedFile::open(&adapter(&dir, "a.st", 2, 5, 7, 0.0)).unwrap();
+        let f2 = MappedFile::open(&adapter(&dir, "b.st", 2, 6, 7, 0.0)).unwrap();
+        let src = |f| UnitSource { file: f, key_a: "m.lora_A.weight", key_b: "m.lora_B.weight", b_scale: 1.0 };
+        let e = unit_matrix(&[src(&f1), src(&f2)], false).err().unwrap().to_string();
+        assert!(e.contains("6×7") && e.contains("5×7") && e.contains("b.st"), "{e}");
+        let bad = UnitSource { file: &f1, key_a: "m.lora_A.weight", key_b: "m.lora_A.weight", b_scale: 1.0 };
+        assert!(unit_matrix(&[bad], false).err().unwrap().to_string().contains("rank mismatch"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,177 @@
+//! Mapped safetensors files and the per-module unit matrix, as seen from Python.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use numpy::ndarray::{Array2, ArrayD, IxDyn};
+use numpy::{IntoPyArray, PyArray2, PyArrayDyn, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use pyo3::prelude::*;
+
+use rankwise_core::dtype::DType;
+use rankwise_core::safetensors_io::{self, MappedFile, TensorOut};
+use rankwise_core::units::{self, UnitSource};
+use rankwise_core::{threads, Error};
+
+use crate::errors::to_pyerr;
+
+/// Runs `f` with the GIL released inside the rankwise pool, mapping errors.
+fn run<T: Send>(py: Python<'_>, f: impl FnOnce() -> rankwise_core::Result<T> + Send) -> PyResult<T> {
+    py.allow_threads(|| threads::install(f).and_then(|r| r))
+        .map_err(to_pyerr)
+}
+
+/// A set of memory-mapped safetensors files with validated headers.
+#[pyclass(module = "rankwise._core", frozen)]
+pub struct MappedFiles {
+    files: Arc<Vec<MappedFile>>,
+}
+
+impl MappedFiles {
+    fn file(&self, i: usize) -> PyResult<&MappedFile> {
+        self.files.get(i).ok_or_else(|| {
+            to_pyerr(Error::invalid(format!(
+                "file index {i} out of range ({} files)",
+                self.files.len()
+            )))
+        })
+    }
+}
+
+#[pymethods]
+impl MappedFiles {
+    /// Maps and validates every file in parallel; raises for the first file that fails.
+    #[staticmethod]
+    fn open(py: Python<'_>, paths: Vec<PathBuf>) -> PyResult<Self> {
+        let files = run(py, || {
+            MappedFile::open_many(&paths)
+                .into_iter()
+                .collect::<rankwise_core::Result<Vec<_>>>()
+        })?;
+        Ok(MappedFiles {
+            files: Arc::new(files),
+        })
+    }
+
+    fn __len__(&self) -> usize {
+        self.files.len()
+    }
+
+    fn path(&self, i: usize) -> PyResult<String> {
+        Ok(self.file(i)?.path().display().to_string())
+    }
+
+    /// `{key: (dtype name, shape)}` of file `i`.
+    fn tensors(&self, i: usize) -> PyResult<BTreeMap<String, (String, Vec<usize>)>> {
+        Ok(self
+            .file(i)?
+            .tensors()
+            .iter()
+            .map(|(k, t)| (k.clone(), (t.dtype_name.clone(), t.shape.clone())))
+            .collect())
+    }
+
+    fn metadata(&self, i: usize) -> PyResult<BTreeMap<String, String>> {
+        Ok(self.file(i)?.metadata().clone())
+    }
+
+    /// Tensor `key` of file `i` as a float32 array of its shape.
+    fn read<'py>(&self, py: Python<'py>, i: usize, key: String) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+        let f = self.file(i)?;
+        let (data, shape) = run(py, || {
+            let shape = f.info(&key)?.shape.clone();
+            Ok((f.read(&key)?, shape))
+        })?;
+        let arr = ArrayD::from_shape_vec(IxDyn(&shape), data)
+            .map_err(|e| to_pyerr(Error::invalid(e.to_string())))?;
+        Ok(arr.into_pyarray(py))
+    }
+
+    /// Checks that the listed tensors `(file index, key)` hold only finite values (in parallel).
+    fn check_finite(&self, py: Python<'_>, items: Vec<(usize, String)>) -> PyResult<()> {
+        for (i, _) in &items {
+            self.file(*i)?;
+        }
+        let files = &self.files;
+        run(py, || {
+            use rayon::prelude::*;
+            items
+                .par_iter()
+                .try_for_each(|(i, key)| files[*i].check_finite(key))
+        })
+    }
+
+    /// Drops file `i`'s pages from this process's resident set (they stay in the page cache).
+    fn release(&self, i: usize) -> PyResult<()> {
+        self.file(i)?.release_all();
+        Ok(())
+    }
+
+    /// The unit matrix of one module: `sources` lists `(file index, key_A, key_B, b_scale)` per
+    /// adapter. Returns `(U, ranks)` with `U` float32 `[Σ ranks, d_out + d_in]`.
+    #[pyo3(signature = (sources, canonical=false))]
+    fn unit_matrix<'py>(
+        &self,
+        py: Python<'py>,
+        sources: Vec<(usize, String, String, f32)>,
+        canonical: bool,
+    ) -> PyResult<(Bound<'py, PyArray2<f32>>, Vec<usize>)> {
+        for (i, ..) in &sources {
+            self.file(*i)?;
+        }
+        let files = &self.files;
+        let um = run(py, || {
+            let srcs: Vec<UnitSource> = sources
+                .iter()
+                .map(|(i, ka, kb, s)| UnitSource {
+                    file: &files[*i],
+                    key_a: ka,
+                    key_b: kb,
+                    b_scale: *s,
+                })
+                .collect();
+            units::unit_matrix(&srcs, canonical)
+        })?;
+        let width = um.d_out + um.d_in;
+        let arr = Array2::from_shape_vec((um.n_units, width), um.data)
+            .map_err(|e| to_pyerr(Error::invalid(e.to_string())))?;
+        Ok((arr.into_pyarray(py), um.ranks))
+    }
+}
+
+/// Writes a safetensors file from `(name, dtype, float32 array)` triples; values are converted
+/// to `dtype` ("F32", "F16", "BF16" or "F64") with round-to-nearest-even.
+#[pyfunction]
+#[pyo3(signature = (path, tensors, metadata=None))]
+pub fn write_safetensors(
+    py: Python<'_>,
+    path: PathBuf,
+    tensors: Vec<(String, String, PyReadonlyArrayDyn<'_, f32>)>,
+    metadata: Option<BTreeMap<String, String>>,
+) -> PyResult<()> {
+    let mut owned = Vec::with_capacity(tensors.len());
+    for (name, dtype, arr) in &tensors {
+        let dt = DType::from_safetensors(dtype).ok_or_else(|| {
+            to_pyerr(Error::invalid(format!(
+                "tensor '{name}': cannot write dtype '{dtype}' (F32, F16, BF16, F64)"
+            )))
+        })?;
+        let data = arr.as_slice().map_err(|_| {
+            to_pyerr(Error::invalid(format!("tensor '{name}': array is not contiguous")))
+        })?;
+        owned.push((name.as_str(), dt, arr.shape().to_vec(), data));
+    }
+    let metadata = metadata.unwrap_or_default();
+    run(py, || {
+        let outs: Vec<TensorOut> = owned
+            .iter()
+            .map(|(name, dtype, shape, data)| TensorOut {
+                name,
+                dtype: *dtype,
+                shape,
+                data,
+            })
+            .collect();
+        safetensors_io::write(&path, &outs, &metadata)
+    })
+}

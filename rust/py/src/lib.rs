@@ -1,0 +1,56 @@
+//! `rankwise._core`: the thin PyO3 layer over rankwise-core.
+//!
+//! Every function here converts arguments, releases the GIL, calls one core function inside
+//! the rankwise thread pool, and converts the result or the error. Logic belongs in the core.
+
+mod errors;
+mod files;
+
+use pyo3::prelude::*;
+
+use rankwise_core::threads;
+
+/// Sets the number of threads used by every parallel call (0 restores the default:
+/// `RANKWISE_NUM_THREADS`, else the number of cores).
+#[pyfunction]
+fn set_num_threads(n: usize) -> PyResult<()> {
+    threads::set_num_threads(n).map_err(errors::to_pyerr)
+}
+
+/// The number of threads parallel calls use.
+#[pyfunction]
+fn get_num_threads() -> usize {
+    threads::num_threads()
+}
+
+/// Panics inside a worker thread; exists so that tests can check that no panic crosses into
+/// Python (it must come back as `rankwise.InternalError`).
+#[pyfunction]
+fn _panic_in_worker(py: Python<'_>) -> PyResult<()> {
+    py.allow_threads(|| {
+        threads::install(|| {
+            rankwise_core::error::catch_panic("_panic_in_worker", || -> rankwise_core::Result<()> {
+                use rayon::prelude::*;
+                (0..4).into_par_iter().for_each(|i| {
+                    if i == 3 {
+                        panic!("deliberate test panic");
+                    }
+                });
+                Ok(())
+            })
+        })
+        .and_then(|r| r)
+    })
+    .map_err(errors::to_pyerr)
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<files::MappedFiles>()?;
+    m.add_function(wrap_pyfunction!(files::write_safetensors, m)?)?;
+    m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(_panic_in_worker, m)?)?;
+    Ok(())
+}
