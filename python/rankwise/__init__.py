@@ -66,8 +66,8 @@ def __dir__() -> list[str]:
     return sorted(__all__)
 
 
-if TYPE_CHECKING:
-    from .adapter import Adapter, ModuleInfo
-    from .api import KMeansResult, get_num_threads, kmeans, load_adapter, set_num_threads
-    from .merge import align, merge, merge_methods, prune, register_method
-    from .pool import AdapterPool
+if TYPE_CHECKING:  # the lazy names, for type checkers and IDEs
+    from .adapter import Adapter, ModuleInfo  # noqa: F401
+    from .api import KMeansResult, get_num_threads, kmeans, load_adapter, set_num_threads  # noqa: F401
+    from .merge import align, merge, merge_methods, prune, register_method  # noqa: F401
+    from .pool import AdapterPool  # noqa: F401

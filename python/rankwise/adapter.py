@@ -113,9 +113,7 @@ class Adapter:
             a = np.ascontiguousarray(a, dtype=np.float32)
             b = np.ascontiguousarray(b, dtype=np.float32)
             if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
-                raise MergeConfigError(
-                    f"module '{name}': A {a.shape} and B {b.shape} are not rank-compatible"
-                )
+                raise MergeConfigError(f"module '{name}': A {a.shape} and B {b.shape} are not rank-compatible")
             key_a, key_b = pf.factor_keys(name)
             r = int(a.shape[0])
             mods[name] = ModuleInfo(name, r, float(r), 1.0, a.shape[1], b.shape[0], dtype, key_a, key_b)
@@ -181,9 +179,7 @@ class Adapter:
         return out
 
     # ----------------------------------------------------------------------------- saving
-    def save(
-        self, path: str | os.PathLike[str], *, overwrite: bool = False, dtype: str | None = None
-    ) -> Path:
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False, dtype: str | None = None) -> Path:
         """Writes a PEFT folder (``adapter_config.json`` + ``adapter_model.safetensors``)
         atomically: into a temp folder beside ``path``, then renamed. Returns the path."""
         from . import _core
@@ -250,8 +246,7 @@ def modules_from_listing(
         ):
             if dt not in DTYPES:
                 raise AdapterFormatError(
-                    f"{weights}: tensor '{key}': dtype {dt} is not supported "
-                    "(rankwise reads F16, BF16, F32 and F64)"
+                    f"{weights}: tensor '{key}': dtype {dt} is not supported (rankwise reads F16, BF16, F32 and F64)"
                 )
             if len(shape) != 2:
                 raise AdapterFormatError(
@@ -271,9 +266,7 @@ def modules_from_listing(
                 f"gives this module rank {cfg_rank} (r / rank_pattern)"
             )
         dtype = a_dt if a_dt == b_dt else "F32"
-        mods[name] = ModuleInfo(
-            name, rank, alpha, spec.scaling(name), a_shape[1], b_shape[0], dtype, k.key_a, k.key_b
-        )
+        mods[name] = ModuleInfo(name, rank, alpha, spec.scaling(name), a_shape[1], b_shape[0], dtype, k.key_a, k.key_b)
     return mods
 
 

@@ -103,13 +103,10 @@ def read_config(folder: Path) -> LoraSpec:
             raise AdapterFormatError(f"{path}: {feature} is not supported by rankwise")
     bias = raw.get("bias", "none")
     if bias not in (None, "none"):
-        raise AdapterFormatError(
-            f"{path}: bias={bias!r} trains base-layer biases; rankwise supports bias='none' only"
-        )
+        raise AdapterFormatError(f"{path}: bias={bias!r} trains base-layer biases; rankwise supports bias='none' only")
     if raw.get("modules_to_save"):
         raise AdapterFormatError(
-            f"{path}: modules_to_save={raw['modules_to_save']} (full copies of modules) "
-            "is not supported by rankwise"
+            f"{path}: modules_to_save={raw['modules_to_save']} (full copies of modules) is not supported by rankwise"
         )
 
     def number(name: str, default: Any, kind: type) -> Any:
@@ -157,9 +154,7 @@ def module_keys(weights: Path, tensor_names: list[str]) -> dict[str, ModuleKeys]
     for key in tensor_names:
         for marker, feature in _UNSUPPORTED_KEYS:
             if marker in key:
-                raise AdapterFormatError(
-                    f"{weights}: tensor '{key}': {feature} is not supported by rankwise"
-                )
+                raise AdapterFormatError(f"{weights}: tensor '{key}': {feature} is not supported by rankwise")
         if key.endswith(_A_SUFFIX):
             a_keys[_module_name(key[: -len(_A_SUFFIX)])] = key
         elif key.endswith(_B_SUFFIX):

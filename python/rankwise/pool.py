@@ -41,7 +41,9 @@ def open_adapters(folders: Sequence[Path], *, check_finite: bool = True) -> list
         mods = modules_from_listing(folder, w, spec, files.tensors(i))
         adapters.append(Adapter(spec.raw, mods, path=folder, files=files, file_index=i))
     if check_finite:
-        files.check_finite([(i, k) for i, a in enumerate(adapters) for m in a.modules.values() for k in (m.key_a, m.key_b)])
+        files.check_finite(
+            [(i, k) for i, a in enumerate(adapters) for m in a.modules.values() for k in (m.key_a, m.key_b)]
+        )
         for i in range(len(adapters)):
             files.release(i)
     return adapters
@@ -153,7 +155,9 @@ def _check_compatible(adapters: Sequence[Adapter]) -> None:
                 parts.append(f"lacks {len(missing)} module(s) of {ref_name}, e.g. '{missing[0]}'")
             if extra:
                 parts.append(f"has {len(extra)} module(s) {ref_name} lacks, e.g. '{extra[0]}'")
-            raise IncompatibleAdaptersError(f"{name}: {'; '.join(parts)}: adapters in a pool must adapt the same modules")
+            raise IncompatibleAdaptersError(
+                f"{name}: {'; '.join(parts)}: adapters in a pool must adapt the same modules"
+            )
         for m, info in ref.modules.items():
             o = a.modules[m]
             if (o.d_out, o.d_in) != (info.d_out, info.d_in):

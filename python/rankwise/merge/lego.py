@@ -154,7 +154,11 @@ def prune(adapter: Any, rank: Any, **options: Any) -> Any:
     from ..adapter import Adapter
     from .registry import merge
 
-    pool = adapter if isinstance(adapter, AdapterPool) else AdapterPool([adapter if isinstance(adapter, Adapter) else Adapter.load(adapter)])
+    pool = (
+        adapter
+        if isinstance(adapter, AdapterPool)
+        else AdapterPool([adapter if isinstance(adapter, Adapter) else Adapter.load(adapter)])
+    )
     if len(pool) != 1:
         raise MergeConfigError(f"prune takes one adapter, got a pool of {len(pool)}")
     return merge(pool, "lego", rank=rank, **options)

@@ -103,9 +103,7 @@ def get_method(name: str) -> MergeMethod:
     try:
         return _METHODS[name]
     except KeyError:
-        raise MergeConfigError(
-            f"unknown merge method {name!r}; available: {', '.join(sorted(_METHODS))}"
-        ) from None
+        raise MergeConfigError(f"unknown merge method {name!r}; available: {', '.join(sorted(_METHODS))}") from None
 
 
 def merge(

@@ -1,0 +1,78 @@
+"""The command line: inspect, merge (progress, summary, errors), demo."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from peft_factory import make_adapter
+from rankwise.cli import main
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "rankwise", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("cli")
+    return [
+        make_adapter(root / f"a{i}", seed=i, r=4, target_modules=["q_proj", "v_proj"], dtype="F16") for i in range(2)
+    ]
+
+
+def test_inspect_prints_a_table(two: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inspect", str(two[0])]) == 0
+    out = capsys.readouterr().out
+    assert "4 modules" in out
+    header = next(line for line in out.splitlines() if line.startswith("module"))
+    assert header.split() == ["module", "count", "rank", "alpha", "scaling", "out×in", "dtype", "params"]
+    q = next(line for line in out.splitlines() if line.startswith("q_proj")).split()
+    assert q == ["q_proj", "2", "4", "8", "2", "32×32", "F16", "512"]
+
+
+def test_merge_writes_a_peft_folder_and_summarises(two: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "m"
+    res = run("merge", *map(str, two), "-o", str(out), "--rank", "3", "--weights", "1,0.5", "--seed", "2")
+    assert res.returncode == 0, res.stderr
+    assert "merged 2 adapters (4 modules, source ranks [4]) with lego -> rank 3, F16" in res.stdout
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["r"] == 3 and cfg["lora_alpha"] == 3
+    assert "merge (lego)" in res.stderr  # the progress bar
+
+
+def test_merge_bad_input_is_one_line_exit_1(two: list[Path], tmp_path: Path) -> None:
+    res = run("merge", *map(str, two), "-o", str(tmp_path / "m"), "--rank", "100")
+    assert res.returncode == 1
+    assert res.stderr.strip().startswith("rankwise: error: module '")
+    assert "larger than the 8 rank units" in res.stderr and "Traceback" not in res.stderr
+    res = run("merge", str(tmp_path / "missing"), "-o", str(tmp_path / "m"))
+    assert res.returncode == 1 and "adapter folder does not exist" in res.stderr
+    debug = run("--debug", "merge", str(tmp_path / "missing"), "-o", str(tmp_path / "m"))
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_demo_runs_with_numpy_only(tmp_path: Path) -> None:
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # importing torch would fail
+        "from rankwise.cli import main; raise SystemExit(main(['demo', '-o', sys.argv[1]]))"
+    )
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "d")], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "skills recovered" in res.stdout
+    best = [
+        float(line.split("min ")[1].split(",")[0]) for line in res.stdout.splitlines() if "skills recovered" in line
+    ]
+    assert len(best) == 4 and min(best) > 0.95
+    assert (tmp_path / "d" / "adapter_model.safetensors").exists()
+
+
+def test_import_does_not_load_torch() -> None:
+    code = "import sys, rankwise; rankwise.AdapterPool; rankwise.merge; print('torch' in sys.modules)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.stdout.strip() == "False", res.stderr
