@@ -29,6 +29,9 @@ pub enum Error {
     /// An argument is out of its domain (k < 1, k > n, wrong lengths, ...).
     #[error("{reason}")]
     InvalidArgument { reason: String },
+    /// The caller asked to stop (Ctrl-C in Python): see `threads::cancel`.
+    #[error("cancelled")]
+    Cancelled,
     /// A bug: a panic inside a worker, caught before it could cross into Python.
     #[error("internal error in {context}: {message}")]
     Panic { context: String, message: String },
@@ -74,6 +77,7 @@ impl Error {
             Error::Header { .. } | Error::Tensor { .. } => "format",
             Error::Incompatible { .. } => "incompatible",
             Error::InvalidArgument { .. } => "value",
+            Error::Cancelled => "cancelled",
             Error::Panic { .. } => "internal",
         }
     }

@@ -4,6 +4,7 @@
 //! (`rw.set_num_threads`), so we keep our own pool and rebuild it on request.
 //! Default size: `RANKWISE_NUM_THREADS`, else the number of available cores.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use rayon::{ThreadPool, ThreadPoolBuilder};
@@ -11,6 +12,27 @@ use rayon::{ThreadPool, ThreadPoolBuilder};
 use crate::error::{Error, Result};
 
 static POOL: RwLock<Option<Arc<ThreadPool>>> = RwLock::new(None);
+
+/// Set when the caller wants the running computation to stop (Ctrl-C); long loops poll it
+/// between steps through `check_cancelled`.
+static CANCELLED: AtomicBool = AtomicBool::new(false);
+
+pub fn cancel() {
+    CANCELLED.store(true, Ordering::Relaxed);
+}
+
+pub fn clear_cancel() {
+    CANCELLED.store(false, Ordering::Relaxed);
+}
+
+/// `Err(Error::Cancelled)` once `cancel` was called (until `clear_cancel`).
+pub fn check_cancelled() -> Result<()> {
+    if CANCELLED.load(Ordering::Relaxed) {
+        Err(Error::Cancelled)
+    } else {
+        Ok(())
+    }
+}
 
 fn default_threads() -> usize {
     std::env::var("RANKWISE_NUM_THREADS")
@@ -37,7 +59,9 @@ fn pool() -> Result<Arc<ThreadPool>> {
     if let Some(p) = POOL.read().ok().and_then(|g| g.clone()) {
         return Ok(p);
     }
-    let mut guard = POOL.write().map_err(|_| Error::invalid("thread pool lock poisoned"))?;
+    let mut guard = POOL
+        .write()
+        .map_err(|_| Error::invalid("thread pool lock poisoned"))?;
     if let Some(p) = guard.as_ref() {
         return Ok(p.clone());
     }
@@ -50,7 +74,9 @@ fn pool() -> Result<Arc<ThreadPool>> {
 pub fn set_num_threads(n: usize) -> Result<()> {
     let n = if n == 0 { default_threads() } else { n };
     let p = build(n)?;
-    *POOL.write().map_err(|_| Error::invalid("thread pool lock poisoned"))? = Some(p);
+    *POOL
+        .write()
+        .map_err(|_| Error::invalid("thread pool lock poisoned"))? = Some(p);
     Ok(())
 }
 

@@ -2,12 +2,15 @@
 //! `rankwise.errors` (they subclass both RankwiseError and a builtin, which is simpler to
 //! declare in Python), so we look them up by name.
 
-use pyo3::exceptions::PyRuntimeError;
+use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError};
 use pyo3::prelude::*;
 
 use rankwise_core::Error;
 
 pub fn to_pyerr(err: Error) -> PyErr {
+    if let Error::Cancelled = err {
+        return PyKeyboardInterrupt::new_err("cancelled");
+    }
     let class = match err.kind() {
         "not_found" => "AdapterNotFoundError",
         "io" | "format" => "AdapterFormatError",

@@ -11,15 +11,10 @@ use pyo3::prelude::*;
 use rankwise_core::dtype::DType;
 use rankwise_core::safetensors_io::{self, MappedFile, TensorOut};
 use rankwise_core::units::{self, UnitSource};
-use rankwise_core::{threads, Error};
+use rankwise_core::Error;
 
 use crate::errors::to_pyerr;
-
-/// Runs `f` with the GIL released inside the rankwise pool, mapping errors.
-fn run<T: Send>(py: Python<'_>, f: impl FnOnce() -> rankwise_core::Result<T> + Send) -> PyResult<T> {
-    py.allow_threads(|| threads::install(f).and_then(|r| r))
-        .map_err(to_pyerr)
-}
+use crate::run::{run, run_quick};
 
 /// A set of memory-mapped safetensors files with validated headers.
 #[pyclass(module = "rankwise._core", frozen)]
@@ -76,9 +71,14 @@ impl MappedFiles {
     }
 
     /// Tensor `key` of file `i` as a float32 array of its shape.
-    fn read<'py>(&self, py: Python<'py>, i: usize, key: String) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    fn read<'py>(
+        &self,
+        py: Python<'py>,
+        i: usize,
+        key: String,
+    ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
         let f = self.file(i)?;
-        let (data, shape) = run(py, || {
+        let (data, shape) = run_quick(py, || {
             let shape = f.info(&key)?.shape.clone();
             Ok((f.read(&key)?, shape))
         })?;
@@ -157,12 +157,14 @@ pub fn write_safetensors(
             )))
         })?;
         let data = arr.as_slice().map_err(|_| {
-            to_pyerr(Error::invalid(format!("tensor '{name}': array is not contiguous")))
+            to_pyerr(Error::invalid(format!(
+                "tensor '{name}': array is not contiguous"
+            )))
         })?;
         owned.push((name.as_str(), dt, arr.shape().to_vec(), data));
     }
     let metadata = metadata.unwrap_or_default();
-    run(py, || {
+    run_quick(py, || {
         let outs: Vec<TensorOut> = owned
             .iter()
             .map(|(name, dtype, shape, data)| TensorOut {

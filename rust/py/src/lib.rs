@@ -3,8 +3,10 @@
 //! Every function here converts arguments, releases the GIL, calls one core function inside
 //! the rankwise thread pool, and converts the result or the error. Logic belongs in the core.
 
+mod align;
 mod errors;
 mod files;
+mod run;
 
 use pyo3::prelude::*;
 
@@ -29,15 +31,18 @@ fn get_num_threads() -> usize {
 fn _panic_in_worker(py: Python<'_>) -> PyResult<()> {
     py.allow_threads(|| {
         threads::install(|| {
-            rankwise_core::error::catch_panic("_panic_in_worker", || -> rankwise_core::Result<()> {
-                use rayon::prelude::*;
-                (0..4).into_par_iter().for_each(|i| {
-                    if i == 3 {
-                        panic!("deliberate test panic");
-                    }
-                });
-                Ok(())
-            })
+            rankwise_core::error::catch_panic(
+                "_panic_in_worker",
+                || -> rankwise_core::Result<()> {
+                    use rayon::prelude::*;
+                    (0..4).into_par_iter().for_each(|i| {
+                        if i == 3 {
+                            panic!("deliberate test panic");
+                        }
+                    });
+                    Ok(())
+                },
+            )
         })
         .and_then(|r| r)
     })
@@ -49,6 +54,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<files::MappedFiles>()?;
     m.add_function(wrap_pyfunction!(files::write_safetensors, m)?)?;
+    m.add_function(wrap_pyfunction!(align::hungarian, m)?)?;
+    m.add_function(wrap_pyfunction!(align::align_factors, m)?)?;
+    m.add_function(wrap_pyfunction!(align::align_units, m)?)?;
+    m.add_function(wrap_pyfunction!(align::delta_gram, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_in_worker, m)?)?;
