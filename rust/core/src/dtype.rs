@@ -162,7 +162,11 @@ mod tests {
             from_f32(dtype, &vals, &mut back);
             for i in 0..65536 {
                 if !vals[i].is_nan() {
-                    assert_eq!(back[2 * i..2 * i + 2], bytes[2 * i..2 * i + 2], "{dtype:?} {i}");
+                    assert_eq!(
+                        back[2 * i..2 * i + 2],
+                        bytes[2 * i..2 * i + 2],
+                        "{dtype:?} {i}"
+                    );
                 }
             }
         }

@@ -122,7 +122,11 @@ impl MappedFile {
             return Err(Error::tensor(
                 &self.path,
                 key,
-                format!("expected {} values, the tensor has {}", out.len(), info.numel()),
+                format!(
+                    "expected {} values, the tensor has {}",
+                    out.len(),
+                    info.numel()
+                ),
             ));
         }
         dtype::to_f32(dtype, bytes, out);
@@ -309,7 +313,9 @@ fn parse_entry(
         .ok_or_else(|| terr("'data_offsets' is not a pair of non-negative integers".into()))?;
     let (b, e) = offsets;
     if b > e {
-        return Err(terr(format!("data_offsets [{b}, {e}] end before they begin")));
+        return Err(terr(format!(
+            "data_offsets [{b}, {e}] end before they begin"
+        )));
     }
     if e > data_len as u64 {
         return Err(terr(format!(
@@ -345,12 +351,19 @@ pub struct TensorOut<'a> {
 }
 
 /// Writes a safetensors file (keys in sorted order, header padded to 8 bytes).
-pub fn write(path: &Path, tensors: &[TensorOut], metadata: &BTreeMap<String, String>) -> Result<()> {
+pub fn write(
+    path: &Path,
+    tensors: &[TensorOut],
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
     let mut sorted: Vec<&TensorOut> = tensors.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(b.name));
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
-        header.insert("__metadata__".into(), serde_json::to_value(metadata).unwrap_or_default());
+        header.insert(
+            "__metadata__".into(),
+            serde_json::to_value(metadata).unwrap_or_default(),
+        );
     }
     let mut offset = 0usize;
     for t in &sorted {
@@ -418,8 +431,14 @@ mod tests {
         let a: Vec<u8> = (0..24).collect();
         let b: Vec<u8> = (0..8).collect();
         let views = vec![
-            ("w.a", TensorView::new(safetensors::Dtype::F32, vec![2, 3], &a).unwrap()),
-            ("w.b", TensorView::new(safetensors::Dtype::BF16, vec![4], &b).unwrap()),
+            (
+                "w.a",
+                TensorView::new(safetensors::Dtype::F32, vec![2, 3], &a).unwrap(),
+            ),
+            (
+                "w.b",
+                TensorView::new(safetensors::Dtype::BF16, vec![4], &b).unwrap(),
+            ),
         ];
         let buf = serialize(views, None).unwrap();
         let (t, _) = parse_header(Path::new("x"), &buf).unwrap();
@@ -457,26 +476,47 @@ mod tests {
 
     #[test]
     fn offsets_past_end_overlap_and_size_mismatch() {
-        let past = header_file(r#"{"k":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#, &[0; 8]);
+        let past = header_file(
+            r#"{"k":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#,
+            &[0; 8],
+        );
         let e = err_of(&past);
-        assert!(e.contains("tensor 'k'") && e.contains("past the end"), "{e}");
+        assert!(
+            e.contains("tensor 'k'") && e.contains("past the end"),
+            "{e}"
+        );
         let overlap = header_file(
             r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
             &[0; 12],
         );
         let e = err_of(&overlap);
-        assert!(e.contains("overlaps") && e.contains("'a'") && e.contains("'b'"), "{e}");
-        let size = header_file(r#"{"k":{"dtype":"F16","shape":[3],"data_offsets":[0,8]}}"#, &[0; 8]);
+        assert!(
+            e.contains("overlaps") && e.contains("'a'") && e.contains("'b'"),
+            "{e}"
+        );
+        let size = header_file(
+            r#"{"k":{"dtype":"F16","shape":[3],"data_offsets":[0,8]}}"#,
+            &[0; 8],
+        );
         assert!(err_of(&size).contains("needs 6 bytes"));
-        let backwards = header_file(r#"{"k":{"dtype":"F16","shape":[0],"data_offsets":[8,4]}}"#, &[0; 8]);
+        let backwards = header_file(
+            r#"{"k":{"dtype":"F16","shape":[0],"data_offsets":[8,4]}}"#,
+            &[0; 8],
+        );
         assert!(err_of(&backwards).contains("end before"));
     }
 
     #[test]
     fn dtypes_unknown_and_unsupported() {
-        let e = err_of(&header_file(r#"{"k":{"dtype":"F12","shape":[1],"data_offsets":[0,2]}}"#, &[0; 2]));
+        let e = err_of(&header_file(
+            r#"{"k":{"dtype":"F12","shape":[1],"data_offsets":[0,2]}}"#,
+            &[0; 2],
+        ));
         assert!(e.contains("unknown dtype 'F12'"), "{e}");
-        let buf = header_file(r#"{"k":{"dtype":"I8","shape":[2],"data_offsets":[0,2]}}"#, &[0; 2]);
+        let buf = header_file(
+            r#"{"k":{"dtype":"I8","shape":[2],"data_offsets":[0,2]}}"#,
+            &[0; 2],
+        );
         let (t, _) = parse_header(Path::new("x"), &buf).unwrap();
         assert_eq!(t["k"].dtype, None);
     }
@@ -489,8 +529,18 @@ mod tests {
         let vals = [1.0f32, -2.0, 0.5, f32::NAN];
         let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
         let outs = [
-            TensorOut { name: "b", dtype: DType::F16, shape: &[2, 2], data: &vals },
-            TensorOut { name: "a", dtype: DType::BF16, shape: &[3], data: &vals[..3] },
+            TensorOut {
+                name: "b",
+                dtype: DType::F16,
+                shape: &[2, 2],
+                data: &vals,
+            },
+            TensorOut {
+                name: "a",
+                dtype: DType::BF16,
+                shape: &[3],
+                data: &vals[..3],
+            },
         ];
         write(&path, &outs, &meta).unwrap();
         let f = MappedFile::open(&path).unwrap();
@@ -498,8 +548,15 @@ mod tests {
         assert_eq!(f.read("a").unwrap(), vec![1.0, -2.0, 0.5]);
         f.check_finite("a").unwrap();
         let e = f.check_finite("b").unwrap_err().to_string();
-        assert!(e.contains("NaN") && e.contains("index 3") && e.contains("'b'"), "{e}");
-        assert!(f.read("zzz").unwrap_err().to_string().contains("no such tensor"));
+        assert!(
+            e.contains("NaN") && e.contains("index 3") && e.contains("'b'"),
+            "{e}"
+        );
+        assert!(f
+            .read("zzz")
+            .unwrap_err()
+            .to_string()
+            .contains("no such tensor"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

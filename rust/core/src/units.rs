@@ -37,14 +37,20 @@ pub fn factor_dims(src: &UnitSource) -> Result<(usize, usize, usize)> {
         return Err(Error::tensor(
             path,
             src.key_a,
-            format!("lora_A must be 2-D (rank × in_features), got shape {:?}", a.shape),
+            format!(
+                "lora_A must be 2-D (rank × in_features), got shape {:?}",
+                a.shape
+            ),
         ));
     }
     if b.shape.len() != 2 {
         return Err(Error::tensor(
             path,
             src.key_b,
-            format!("lora_B must be 2-D (out_features × rank), got shape {:?}", b.shape),
+            format!(
+                "lora_B must be 2-D (out_features × rank), got shape {:?}",
+                b.shape
+            ),
         ));
     }
     if a.shape[0] != b.shape[1] {
@@ -160,8 +166,16 @@ fn nonfinite(src: &UnitSource, key: &str, index: usize) -> Error {
 /// with the largest magnitude is positive (first such entry on ties). Zero units stay zero.
 pub fn canonicalize(row: &mut [f32], d_out: usize) {
     let (b, a) = row.split_at_mut(d_out);
-    let nb = b.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt();
-    let na = a.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt();
+    let nb = b
+        .iter()
+        .map(|&v| (v as f64) * (v as f64))
+        .sum::<f64>()
+        .sqrt();
+    let na = a
+        .iter()
+        .map(|&v| (v as f64) * (v as f64))
+        .sum::<f64>()
+        .sqrt();
     if nb == 0.0 || na == 0.0 {
         return;
     }
@@ -186,15 +200,36 @@ mod tests {
     use std::collections::BTreeMap;
     use std::path::PathBuf;
 
-    fn adapter(dir: &std::path::Path, name: &str, r: usize, d_out: usize, d_in: usize, seed: f32) -> PathBuf {
-        let a: Vec<f32> = (0..r * d_in).map(|i| (i as f32 * 0.37 + seed).sin()).collect();
-        let b: Vec<f32> = (0..d_out * r).map(|i| (i as f32 * 0.11 - seed).cos()).collect();
+    fn adapter(
+        dir: &std::path::Path,
+        name: &str,
+        r: usize,
+        d_out: usize,
+        d_in: usize,
+        seed: f32,
+    ) -> PathBuf {
+        let a: Vec<f32> = (0..r * d_in)
+            .map(|i| (i as f32 * 0.37 + seed).sin())
+            .collect();
+        let b: Vec<f32> = (0..d_out * r)
+            .map(|i| (i as f32 * 0.11 - seed).cos())
+            .collect();
         let path = dir.join(name);
         write(
             &path,
             &[
-                TensorOut { name: "m.lora_A.weight", dtype: DType::F32, shape: &[r, d_in], data: &a },
-                TensorOut { name: "m.lora_B.weight", dtype: DType::F32, shape: &[d_out, r], data: &b },
+                TensorOut {
+                    name: "m.lora_A.weight",
+                    dtype: DType::F32,
+                    shape: &[r, d_in],
+                    data: &a,
+                },
+                TensorOut {
+                    name: "m.lora_B.weight",
+                    dtype: DType::F32,
+                    shape: &[d_out, r],
+                    data: &b,
+                },
             ],
             &BTreeMap::new(),
         )
@@ -223,12 +258,19 @@ mod tests {
         let files: Vec<MappedFile> = [(2usize, 0.3f32), (4, 1.7)]
             .iter()
             .enumerate()
-            .map(|(j, &(r, s))| MappedFile::open(&adapter(&dir, &format!("{j}.st"), r, d_out, d_in, s)).unwrap())
+            .map(|(j, &(r, s))| {
+                MappedFile::open(&adapter(&dir, &format!("{j}.st"), r, d_out, d_in, s)).unwrap()
+            })
             .collect();
         let srcs: Vec<UnitSource> = files
             .iter()
             .zip([0.5f32, 2.0])
-            .map(|(f, s)| UnitSource { file: f, key_a: "m.lora_A.weight", key_b: "m.lora_B.weight", b_scale: s })
+            .map(|(f, s)| UnitSource {
+                file: f,
+                key_a: "m.lora_A.weight",
+                key_b: "m.lora_B.weight",
+                b_scale: s,
+            })
             .collect();
         let raw = unit_matrix(&srcs, false).unwrap();
         assert_eq!((raw.n_units, raw.ranks.clone()), (6, vec![2, 4]));
@@ -240,7 +282,9 @@ mod tests {
             let r = a.len() / d_in;
             for o in 0..d_out {
                 for i in 0..d_in {
-                    let dot: f64 = (0..r).map(|k| b[o * r + k] as f64 * a[k * d_in + i] as f64).sum();
+                    let dot: f64 = (0..r)
+                        .map(|k| b[o * r + k] as f64 * a[k * d_in + i] as f64)
+                        .sum();
                     want[o * d_in + i] += s * dot;
                 }
             }
@@ -255,7 +299,11 @@ mod tests {
             let nb: f32 = row[..d_out].iter().map(|v| v * v).sum::<f32>().sqrt();
             let na: f32 = row[d_out..].iter().map(|v| v * v).sum::<f32>().sqrt();
             assert!((nb - na).abs() < 1e-4 * na);
-            let piv = row[d_out..].iter().cloned().fold(0f32, |m, v| if v.abs() > m.abs() { v } else { m });
+            let piv =
+                row[d_out..]
+                    .iter()
+                    .cloned()
+                    .fold(0f32, |m, v| if v.abs() > m.abs() { v } else { m });
             assert!(piv > 0.0);
         }
         std::fs::remove_dir_all(&dir).unwrap();
@@ -264,7 +312,11 @@ mod tests {
     #[test]
     fn canonical_form_is_invariant_to_scale_and_sign() {
         let mut u1 = vec![1.0f32, -2.0, 3.0, 0.5, -4.0];
-        let mut u2: Vec<f32> = u1.iter().enumerate().map(|(i, v)| if i < 2 { -3.0 * v } else { -v / 3.0 }).collect();
+        let mut u2: Vec<f32> = u1
+            .iter()
+            .enumerate()
+            .map(|(i, v)| if i < 2 { -3.0 * v } else { -v / 3.0 })
+            .collect();
         canonicalize(&mut u1, 2);
         canonicalize(&mut u2, 2);
         for (a, b) in u1.iter().zip(&u2) {
@@ -278,11 +330,31 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let f1 = MappedFile::open(&adapter(&dir, "a.st", 2, 5, 7, 0.0)).unwrap();
         let f2 = MappedFile::open(&adapter(&dir, "b.st", 2, 6, 7, 0.0)).unwrap();
-        let src = |f| UnitSource { file: f, key_a: "m.lora_A.weight", key_b: "m.lora_B.weight", b_scale: 1.0 };
-        let e = unit_matrix(&[src(&f1), src(&f2)], false).err().unwrap().to_string();
-        assert!(e.contains("6×7") && e.contains("5×7") && e.contains("b.st"), "{e}");
-        let bad = UnitSource { file: &f1, key_a: "m.lora_A.weight", key_b: "m.lora_A.weight", b_scale: 1.0 };
-        assert!(unit_matrix(&[bad], false).err().unwrap().to_string().contains("rank mismatch"));
+        let src = |f| UnitSource {
+            file: f,
+            key_a: "m.lora_A.weight",
+            key_b: "m.lora_B.weight",
+            b_scale: 1.0,
+        };
+        let e = unit_matrix(&[src(&f1), src(&f2)], false)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("6×7") && e.contains("5×7") && e.contains("b.st"),
+            "{e}"
+        );
+        let bad = UnitSource {
+            file: &f1,
+            key_a: "m.lora_A.weight",
+            key_b: "m.lora_A.weight",
+            b_scale: 1.0,
+        };
+        assert!(unit_matrix(&[bad], false)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("rank mismatch"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
