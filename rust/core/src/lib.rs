@@ -4,8 +4,10 @@
 //! safetensors files, lays out the unit matrix of one module across a pool of adapters,
 //! clusters it (k-means) and aligns units between adapters.
 
+pub mod align;
 pub mod dtype;
 pub mod error;
+pub mod kmeans;
 pub mod safetensors_io;
 pub mod threads;
 pub mod units;

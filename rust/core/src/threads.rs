@@ -25,6 +25,10 @@ pub fn clear_cancel() {
     CANCELLED.store(false, Ordering::Relaxed);
 }
 
+pub fn is_cancelled() -> bool {
+    CANCELLED.load(Ordering::Relaxed)
+}
+
 /// `Err(Error::Cancelled)` once `cancel` was called (until `clear_cancel`).
 pub fn check_cancelled() -> Result<()> {
     if CANCELLED.load(Ordering::Relaxed) {

@@ -6,6 +6,7 @@
 mod align;
 mod errors;
 mod files;
+mod kmeans;
 mod run;
 
 use pyo3::prelude::*;
@@ -54,6 +55,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<files::MappedFiles>()?;
     m.add_function(wrap_pyfunction!(files::write_safetensors, m)?)?;
+    m.add_function(wrap_pyfunction!(kmeans::kmeans, m)?)?;
     m.add_function(wrap_pyfunction!(align::hungarian, m)?)?;
     m.add_function(wrap_pyfunction!(align::align_factors, m)?)?;
     m.add_function(wrap_pyfunction!(align::align_units, m)?)?;

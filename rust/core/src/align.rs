@@ -1,0 +1,825 @@
+//! Alignment of one adapter's rank units onto a reference adapter's, per module.
+//!
+//! A LoRA's units (b_i, a_i) have no order (permutation invariance), no sign (−b_i, −a_i) and no
+//! scale (c·b_i, a_i/c): two adapters trained from the same start, or copies of one adapter, can
+//! hold the same units in a different order with different signs and scales. Aligning `other`
+//! onto `reference` finds the permutation `perm` (reference unit i ↔ other unit `perm[i]`) and
+//! the signs that make matched units agree, by an exact maximum-weight matching (Hungarian
+//! algorithm, O(r³)) on a similarity of units that ignores sign and scale.
+//!
+//! Similarity of reference unit (b, a) and other unit (b', a'), with cos_b = cos(b, b') and
+//! cos_a = cos(a, a') (0 where a vector is zero); both depend only on the *canonical* units (see
+//! `crate::units::canonicalize`), never on the arbitrary scale of a unit:
+//! - [`Similarity::Delta`] (default): cos_b · cos_a, the cosine between the rank-one updates
+//!   b·aᵀ and b'·a'ᵀ (Frobenius inner product over norms). Invariant to sign flips, and it pairs
+//!   units by what they add to ΔW: a pair whose b's agree but whose a's are orthogonal scores 0.
+//! - [`Similarity::Units`]: |cos_b + cos_a| / 2, the absolute cosine between the canonical units
+//!   `[b̃ ; ã]` (‖b̃‖ = ‖ã‖): what LEGO's Euclidean k-means over canonical units sees.
+//!
+//! The sign of a matched pair is the sign of cos_b + cos_a (the dot product of the canonical
+//! units; +1 on a tie): flipping other's unit by it makes the two canonical units point the same
+//! way. The factors are read in place, in either layout ([`UnitsView::from_units`] for rows
+//! `[b ; a]` of a unit matrix, [`UnitsView::from_factors`] for PEFT's A (r × d_in) and
+//! B (d_out × r)); the only O(r·d) work is two r × r Gram matrices per pair, one GEMM each
+//! (`matrixmultiply`, runtime-dispatched SIMD, f32 products; the similarities and everything
+//! after are f64).
+
+use rayon::prelude::*;
+
+use crate::error::{catch_panic, Error, Result};
+
+/// `count` vectors of length `len` inside `data`: element k of vector i is
+/// `data[i * vec_stride + k * elem_stride]`. Every such index is checked to be in bounds when
+/// the set is made, which is what makes the GEMM call below sound.
+#[derive(Clone, Copy, Debug)]
+pub struct VecSet<'a> {
+    data: &'a [f32],
+    count: usize,
+    len: usize,
+    vec_stride: usize,
+    elem_stride: usize,
+}
+
+impl<'a> VecSet<'a> {
+    pub fn new(
+        data: &'a [f32],
+        count: usize,
+        len: usize,
+        vec_stride: usize,
+        elem_stride: usize,
+    ) -> Result<Self> {
+        if count > 0 && len > 0 {
+            let last = (count - 1).checked_mul(vec_stride).and_then(|x| {
+                (len - 1)
+                    .checked_mul(elem_stride)
+                    .and_then(|y| x.checked_add(y))
+            });
+            match last {
+                Some(l) if l < data.len() => {}
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "{count} vectors of length {len} with strides ({vec_stride}, \
+                         {elem_stride}) do not fit in {} values",
+                        data.len()
+                    )))
+                }
+            }
+        }
+        // Strides of an axis of length ≤ 1 are never used; keep them small for the GEMM's isize.
+        Ok(VecSet {
+            data,
+            count,
+            len,
+            vec_stride: if count > 1 { vec_stride } else { 1 },
+            elem_stride: if len > 1 { elem_stride } else { 1 },
+        })
+    }
+
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0 || self.len == 0
+    }
+
+    /// Euclidean norm of each vector, accumulated in f64.
+    pub fn norms(&self) -> Vec<f64> {
+        if self.count > 1 && self.vec_stride < self.elem_stride {
+            // Vectors interleaved (columns of a row-major matrix): walk memory in order.
+            let mut acc = vec![0f64; self.count];
+            for k in 0..self.len {
+                let base = k * self.elem_stride;
+                for (i, s) in acc.iter_mut().enumerate() {
+                    let v = self.data[base + i * self.vec_stride] as f64;
+                    *s += v * v;
+                }
+            }
+            return acc.into_iter().map(f64::sqrt).collect();
+        }
+        (0..self.count)
+            .map(|i| {
+                let base = i * self.vec_stride;
+                (0..self.len)
+                    .map(|k| {
+                        let v = self.data[base + k * self.elem_stride] as f64;
+                        v * v
+                    })
+                    .sum::<f64>()
+                    .sqrt()
+            })
+            .collect()
+    }
+}
+
+/// `G[i, j] = p_i · q_j` (row-major `p.count × q.count`), one f32 GEMM.
+pub fn gram(p: &VecSet, q: &VecSet) -> Result<Vec<f32>> {
+    if p.len != q.len {
+        return Err(Error::invalid(format!(
+            "Gram of vectors of different lengths ({} and {})",
+            p.len, q.len
+        )));
+    }
+    let (m, k, n) = (p.count, p.len, q.count);
+    let mut c = vec![0f32; m * n];
+    if m == 0 || n == 0 || k == 0 {
+        return Ok(c);
+    }
+    let is = |s: usize| {
+        isize::try_from(s).map_err(|_| Error::invalid(format!("stride {s} is too large")))
+    };
+    let (p_vs, p_es, q_vs, q_es, ldc) = (
+        is(p.vec_stride)?,
+        is(p.elem_stride)?,
+        is(q.vec_stride)?,
+        is(q.elem_stride)?,
+        is(n)?,
+    );
+    // SAFETY: `VecSet::new` checked that every index i·vec_stride + k·elem_stride (i < count,
+    // k < len) lies inside its slice, so the GEMM reads only memory of `p.data` and `q.data`;
+    // C is m × n row-major and `c` holds exactly m·n values. A = P (m × k), B = Qᵀ (k × n).
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            p.data.as_ptr(),
+            p_vs,
+            p_es,
+            q.data.as_ptr(),
+            q_es,
+            q_vs,
+            0.0,
+            c.as_mut_ptr(),
+            ldc,
+            1,
+        );
+    }
+    Ok(c)
+}
+
+/// The units of one module of one adapter: b_i (length d_out) and a_i (length d_in), i < r.
+#[derive(Clone, Copy, Debug)]
+pub struct UnitsView<'a> {
+    pub b: VecSet<'a>,
+    pub a: VecSet<'a>,
+}
+
+impl<'a> UnitsView<'a> {
+    pub fn new(b: VecSet<'a>, a: VecSet<'a>) -> Result<Self> {
+        if b.count != a.count {
+            return Err(Error::invalid(format!(
+                "{} b vectors but {} a vectors",
+                b.count, a.count
+            )));
+        }
+        Ok(UnitsView { b, a })
+    }
+
+    /// Rows `[b_i ; a_i]` of a row-major unit matrix `r × (d_out + d_in)`.
+    pub fn from_units(data: &'a [f32], r: usize, d_out: usize, d_in: usize) -> Result<Self> {
+        let width = d_out
+            .checked_add(d_in)
+            .ok_or_else(|| Error::invalid("unit width overflows"))?;
+        if r.checked_mul(width) != Some(data.len()) {
+            return Err(Error::invalid(format!(
+                "a unit matrix of {r} units of width {d_out} + {d_in} needs {} values, got {}",
+                r.saturating_mul(width),
+                data.len()
+            )));
+        }
+        let b = VecSet::new(data, r, d_out, width, 1)?;
+        let a = VecSet::new(&data[d_out.min(data.len())..], r, d_in, width, 1)?;
+        UnitsView::new(b, a)
+    }
+
+    /// PEFT's factors: A row-major `r × d_in`, B row-major `d_out × r` (b_i is column i of B).
+    pub fn from_factors(
+        a: &'a [f32],
+        b: &'a [f32],
+        r: usize,
+        d_out: usize,
+        d_in: usize,
+    ) -> Result<Self> {
+        if r.checked_mul(d_in) != Some(a.len()) {
+            return Err(Error::invalid(format!(
+                "A must hold {r} × {d_in} values, got {}",
+                a.len()
+            )));
+        }
+        if d_out.checked_mul(r) != Some(b.len()) {
+            return Err(Error::invalid(format!(
+                "B must hold {d_out} × {r} values, got {}",
+                b.len()
+            )));
+        }
+        UnitsView::new(
+            VecSet::new(b, r, d_out, 1, r)?,
+            VecSet::new(a, r, d_in, d_in, 1)?,
+        )
+    }
+
+    pub fn rank(&self) -> usize {
+        self.a.count
+    }
+
+    pub fn d_out(&self) -> usize {
+        self.b.len
+    }
+
+    pub fn d_in(&self) -> usize {
+        self.a.len
+    }
+}
+
+/// How units are compared (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Similarity {
+    /// cos_b · cos_a: the cosine between the rank-one updates b·aᵀ.
+    #[default]
+    Delta,
+    /// |cos_b + cos_a| / 2: the absolute cosine between the canonical units.
+    Units,
+}
+
+impl Similarity {
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "delta" => Ok(Similarity::Delta),
+            "units" => Ok(Similarity::Units),
+            _ => Err(Error::invalid(format!(
+                "similarity must be 'delta' or 'units', got '{name}'"
+            ))),
+        }
+    }
+}
+
+/// Other's unit `perm[i]`, multiplied by `signs[i]` (both b and a), matches reference unit i.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Alignment {
+    pub perm: Vec<usize>,
+    pub signs: Vec<f32>,
+    /// Mean similarity of the matched pairs (1 for an exact permuted, flipped, rescaled copy).
+    pub score: f64,
+}
+
+/// Exact minimum-cost assignment of a square `n × n` cost matrix (row-major): returns `assign`
+/// with row i assigned to column `assign[i]`, Σ cost[i, assign[i]] minimal. Shortest augmenting
+/// paths with potentials (Kuhn–Munkres in the Jonker–Volgenant form), O(n³), deterministic:
+/// among equal-cost columns the lowest index wins. Costs must be finite.
+pub fn hungarian(cost: &[f64], n: usize) -> Result<Vec<usize>> {
+    if n.checked_mul(n) != Some(cost.len()) {
+        return Err(Error::invalid(format!(
+            "the cost matrix must be square: {} values for n = {n}",
+            cost.len()
+        )));
+    }
+    if let Some(i) = cost.iter().position(|c| !c.is_finite()) {
+        return Err(Error::invalid(format!(
+            "the cost matrix must be finite; entry ({}, {}) is {}",
+            i / n,
+            i % n,
+            cost[i]
+        )));
+    }
+    // 1-based rows and columns; index 0 is the virtual start of each augmenting path.
+    let mut u = vec![0f64; n + 1];
+    let mut v = vec![0f64; n + 1];
+    let mut p = vec![0usize; n + 1]; // p[j]: the row matched to column j (0: none)
+    let mut way = vec![0usize; n + 1];
+    for i in 1..=n {
+        p[0] = i;
+        let mut j0 = 0usize;
+        let mut minv = vec![f64::INFINITY; n + 1];
+        let mut used = vec![false; n + 1];
+        loop {
+            used[j0] = true;
+            let i0 = p[j0];
+            let row = &cost[(i0 - 1) * n..i0 * n];
+            let mut delta = f64::INFINITY;
+            let mut j1 = 0usize;
+            for j in 1..=n {
+                if !used[j] {
+                    let cur = row[j - 1] - u[i0] - v[j];
+                    if cur < minv[j] {
+                        minv[j] = cur;
+                        way[j] = j0;
+                    }
+                    if minv[j] < delta {
+                        delta = minv[j];
+                        j1 = j;
+                    }
+                }
+            }
+            if j1 == 0 {
+                // Only reachable if the potentials stopped being finite.
+                return Err(Error::Panic {
+                    context: "hungarian".into(),
+                    message: "no augmenting path (non-finite potentials)".into(),
+                });
+            }
+            for j in 0..=n {
+                if used[j] {
+                    u[p[j]] += delta;
+                    v[j] -= delta;
+                } else {
+                    minv[j] -= delta;
+                }
+            }
+            j0 = j1;
+            if p[j0] == 0 {
+                break;
+            }
+        }
+        loop {
+            let j1 = way[j0];
+            p[j0] = p[j1];
+            j0 = j1;
+            if j0 == 0 {
+                break;
+            }
+        }
+    }
+    let mut assign = vec![0usize; n];
+    for j in 1..=n {
+        assign[p[j] - 1] = j - 1;
+    }
+    Ok(assign)
+}
+
+fn check_same_module(reference: &UnitsView, other: &UnitsView) -> Result<()> {
+    if (reference.d_out(), reference.d_in()) != (other.d_out(), other.d_in()) {
+        return Err(Error::incompatible(format!(
+            "cannot align a {}×{} module onto a {}×{} one (out × in)",
+            other.d_out(),
+            other.d_in(),
+            reference.d_out(),
+            reference.d_in()
+        )));
+    }
+    Ok(())
+}
+
+/// cos(p_i, q_j) for all i, j (0 where either vector is zero), clamped to [−1, 1].
+fn cosines(p: &VecSet, q: &VecSet) -> Result<Vec<f64>> {
+    let g = gram(p, q)?;
+    let (np, nq) = (p.norms(), q.norms());
+    let n = q.count;
+    Ok(g.iter()
+        .enumerate()
+        .map(|(ij, &g)| {
+            let d = np[ij / n] * nq[ij % n];
+            if d > 0.0 {
+                (g as f64 / d).clamp(-1.0, 1.0)
+            } else {
+                0.0
+            }
+        })
+        .collect())
+}
+
+/// Aligns `other`'s units onto `reference`'s (same module shape, same rank).
+pub fn align(
+    reference: &UnitsView,
+    other: &UnitsView,
+    similarity: Similarity,
+) -> Result<Alignment> {
+    check_same_module(reference, other)?;
+    let r = reference.rank();
+    if other.rank() != r {
+        return Err(Error::incompatible(format!(
+            "cannot align rank-{} units onto rank-{r} units: alignment needs equal ranks",
+            other.rank()
+        )));
+    }
+    let cb = cosines(&reference.b, &other.b)?;
+    let ca = cosines(&reference.a, &other.a)?;
+    let sim: Vec<f64> = cb
+        .iter()
+        .zip(&ca)
+        .map(|(&b, &a)| match similarity {
+            Similarity::Delta => b * a,
+            Similarity::Units => (b + a).abs() / 2.0,
+        })
+        .collect();
+    let cost: Vec<f64> = sim.iter().map(|s| -s).collect();
+    let perm = hungarian(&cost, r)?;
+    let mut signs = Vec::with_capacity(r);
+    let mut total = 0f64;
+    for (i, &j) in perm.iter().enumerate() {
+        let ij = i * r + j;
+        signs.push(if cb[ij] + ca[ij] < 0.0 { -1.0 } else { 1.0 });
+        total += sim[ij];
+    }
+    let score = if r > 0 { total / r as f64 } else { 1.0 };
+    Ok(Alignment { perm, signs, score })
+}
+
+/// Aligns many `(reference, other)` pairs (modules and/or adapters) in parallel; results in the
+/// order of `pairs`.
+pub fn align_many(
+    pairs: &[(UnitsView, UnitsView)],
+    similarity: Similarity,
+) -> Result<Vec<Alignment>> {
+    pairs
+        .par_iter()
+        .enumerate()
+        .map(|(i, (reference, other))| {
+            catch_panic("aligning units", || {
+                crate::threads::check_cancelled()?;
+                align(reference, other, similarity).map_err(|e| match e {
+                    Error::Incompatible { reason } => {
+                        Error::incompatible(format!("pair {i}: {reason}"))
+                    }
+                    Error::InvalidArgument { reason } => {
+                        Error::invalid(format!("pair {i}: {reason}"))
+                    }
+                    e => e,
+                })
+            })
+        })
+        .collect()
+}
+
+/// ⟨ΔW_i, ΔW_j⟩_F for every pair of adapters' units of one module (row-major n × n, symmetric),
+/// with ΔW = Σ_k b_k·a_kᵀ, never forming ΔW: ⟨ΔW, ΔW'⟩ = Σ_{k,l} (b_k·b'_l)(a_k·a'_l), two
+/// r × r' Gram matrices. Ranks may differ. Pairs are computed in parallel.
+/// ‖ΔW_i − ΔW_j‖² = G_ii + G_jj − 2·G_ij (what the medoid reference is chosen by).
+pub fn delta_gram(views: &[UnitsView]) -> Result<Vec<f64>> {
+    let n = views.len();
+    if let Some(first) = views.first() {
+        for v in &views[1..] {
+            check_same_module(first, v)?;
+        }
+    }
+    let pairs: Vec<(usize, usize)> = (0..n).flat_map(|i| (i..n).map(move |j| (i, j))).collect();
+    let vals = pairs
+        .par_iter()
+        .map(|&(i, j)| {
+            catch_panic("delta Gram matrix", || {
+                crate::threads::check_cancelled()?;
+                let gb = gram(&views[i].b, &views[j].b)?;
+                let ga = gram(&views[i].a, &views[j].a)?;
+                Ok(gb
+                    .iter()
+                    .zip(&ga)
+                    .map(|(&b, &a)| b as f64 * a as f64)
+                    .sum::<f64>())
+            })
+        })
+        .collect::<Result<Vec<f64>>>()?;
+    let mut g = vec![0f64; n * n];
+    for (&(i, j), v) in pairs.iter().zip(vals) {
+        g[i * n + j] = v;
+        g[j * n + i] = v;
+    }
+    Ok(g)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// splitmix64: deterministic test randomness without a dependency.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+        fn uniform(&mut self) -> f64 {
+            (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        }
+        fn normal(&mut self) -> f32 {
+            let (u1, u2) = (self.uniform().max(1e-300), self.uniform());
+            ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+        fn shuffle(&mut self, n: usize) -> Vec<usize> {
+            let mut p: Vec<usize> = (0..n).collect();
+            for i in (1..n).rev() {
+                p.swap(i, self.below(i + 1));
+            }
+            p
+        }
+    }
+
+    fn assignment_cost(cost: &[f64], n: usize, assign: &[usize]) -> f64 {
+        assign
+            .iter()
+            .enumerate()
+            .map(|(i, &j)| cost[i * n + j])
+            .sum()
+    }
+
+    fn brute_force(cost: &[f64], n: usize) -> f64 {
+        fn rec(cost: &[f64], n: usize, i: usize, used: &mut [bool], acc: f64, best: &mut f64) {
+            if i == n {
+                *best = best.min(acc);
+                return;
+            }
+            for j in 0..n {
+                if !used[j] {
+                    used[j] = true;
+                    rec(cost, n, i + 1, used, acc + cost[i * n + j], best);
+                    used[j] = false;
+                }
+            }
+        }
+        let mut best = f64::INFINITY;
+        rec(cost, n, 0, &mut vec![false; n], 0.0, &mut best);
+        best
+    }
+
+    fn is_permutation(p: &[usize]) -> bool {
+        let mut seen = vec![false; p.len()];
+        p.iter()
+            .all(|&j| j < p.len() && !std::mem::replace(&mut seen[j], true))
+    }
+
+    #[test]
+    fn hungarian_matches_brute_force() {
+        let mut rng = Rng(7);
+        for n in 1..=7 {
+            for trial in 0..30 {
+                let cost: Vec<f64> = (0..n * n)
+                    .map(|_| match trial % 3 {
+                        0 => rng.uniform() * 10.0 - 5.0,
+                        // Ties: few distinct values.
+                        1 => rng.below(3) as f64,
+                        _ => (rng.normal() as f64) * 1e6,
+                    })
+                    .collect();
+                let assign = hungarian(&cost, n).unwrap();
+                assert!(is_permutation(&assign), "{assign:?}");
+                let (got, want) = (assignment_cost(&cost, n, &assign), brute_force(&cost, n));
+                assert!(
+                    (got - want).abs() <= 1e-9 * want.abs().max(1.0),
+                    "n={n}: {got} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn hungarian_ties_and_edge_cases() {
+        // All equal: any permutation is optimal; ours is the identity (lowest column first).
+        assert_eq!(hungarian(&[1.0; 16], 4).unwrap(), vec![0, 1, 2, 3]);
+        assert_eq!(hungarian(&[], 0).unwrap(), Vec::<usize>::new());
+        assert_eq!(hungarian(&[3.0], 1).unwrap(), vec![0]);
+        // A known answer: anti-diagonal is cheapest.
+        let c = [9.0, 9.0, 1.0, 9.0, 1.0, 9.0, 1.0, 9.0, 9.0];
+        assert_eq!(hungarian(&c, 3).unwrap(), vec![2, 1, 0]);
+        assert!(hungarian(&[1.0, 2.0, 3.0], 2)
+            .unwrap_err()
+            .to_string()
+            .contains("square"));
+        let e = hungarian(&[1.0, f64::NAN, 0.0, 0.0], 2)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("finite") && e.contains("(0, 1)"), "{e}");
+        // Deterministic on repeated calls.
+        let mut rng = Rng(3);
+        let cost: Vec<f64> = (0..400).map(|_| rng.below(4) as f64).collect();
+        let assign = hungarian(&cost, 20).unwrap();
+        assert!(is_permutation(&assign));
+        assert_eq!(assign, hungarian(&cost, 20).unwrap());
+    }
+
+    struct Factors {
+        a: Vec<f32>, // r × d_in
+        b: Vec<f32>, // d_out × r
+        r: usize,
+        d_out: usize,
+        d_in: usize,
+    }
+
+    impl Factors {
+        fn random(rng: &mut Rng, r: usize, d_out: usize, d_in: usize) -> Self {
+            Factors {
+                a: (0..r * d_in).map(|_| rng.normal()).collect(),
+                b: (0..d_out * r).map(|_| rng.normal()).collect(),
+                r,
+                d_out,
+                d_in,
+            }
+        }
+        fn view(&self) -> UnitsView<'_> {
+            UnitsView::from_factors(&self.a, &self.b, self.r, self.d_out, self.d_in).unwrap()
+        }
+        /// New unit i = old unit perm[i] times (sign·c, sign/c).
+        fn permuted(&self, perm: &[usize], signs: &[f32], scales: &[f32]) -> Self {
+            let (r, d_out, d_in) = (self.r, self.d_out, self.d_in);
+            let mut a = vec![0f32; r * d_in];
+            let mut b = vec![0f32; d_out * r];
+            for i in 0..r {
+                let (s, c) = (signs[i], scales[i]);
+                for k in 0..d_in {
+                    a[i * d_in + k] = s / c * self.a[perm[i] * d_in + k];
+                }
+                for o in 0..d_out {
+                    b[o * r + i] = s * c * self.b[o * r + perm[i]];
+                }
+            }
+            Factors {
+                a,
+                b,
+                r,
+                d_out,
+                d_in,
+            }
+        }
+        fn units(&self) -> Vec<f32> {
+            let w = self.d_out + self.d_in;
+            let mut u = vec![0f32; self.r * w];
+            for i in 0..self.r {
+                for o in 0..self.d_out {
+                    u[i * w + o] = self.b[o * self.r + i];
+                }
+                u[i * w + self.d_out..(i + 1) * w]
+                    .copy_from_slice(&self.a[i * self.d_in..(i + 1) * self.d_in]);
+            }
+            u
+        }
+        fn delta(&self) -> Vec<f64> {
+            let mut d = vec![0f64; self.d_out * self.d_in];
+            for o in 0..self.d_out {
+                for k in 0..self.d_in {
+                    d[o * self.d_in + k] = (0..self.r)
+                        .map(|i| self.b[o * self.r + i] as f64 * self.a[i * self.d_in + k] as f64)
+                        .sum();
+                }
+            }
+            d
+        }
+    }
+
+    #[test]
+    fn align_recovers_permutation_signs_under_rescaling() {
+        let mut rng = Rng(11);
+        let (r, d_out, d_in) = (8, 13, 17);
+        let base = Factors::random(&mut rng, r, d_out, d_in);
+        for sim in [Similarity::Delta, Similarity::Units] {
+            for _ in 0..5 {
+                let perm = rng.shuffle(r);
+                let signs: Vec<f32> = (0..r)
+                    .map(|_| if rng.below(2) == 0 { -1.0 } else { 1.0 })
+                    .collect();
+                let scales: Vec<f32> = (0..r).map(|_| 0.1 + 5.0 * rng.uniform() as f32).collect();
+                let other = base.permuted(&perm, &signs, &scales);
+                // other unit i = base unit perm[i]: base unit perm[i] ↔ other unit i.
+                let mut want = vec![0usize; r];
+                for (i, &p) in perm.iter().enumerate() {
+                    want[p] = i;
+                }
+                let (ru, ou) = (base.units(), other.units());
+                let views = [
+                    (base.view(), other.view()),
+                    (
+                        UnitsView::from_units(&ru, r, d_out, d_in).unwrap(),
+                        UnitsView::from_units(&ou, r, d_out, d_in).unwrap(),
+                    ),
+                    // Mixed layouts.
+                    (
+                        base.view(),
+                        UnitsView::from_units(&ou, r, d_out, d_in).unwrap(),
+                    ),
+                ];
+                for (rv, ov) in &views {
+                    let al = align(rv, ov, sim).unwrap();
+                    assert_eq!(al.perm, want);
+                    for i in 0..r {
+                        assert_eq!(al.signs[i], signs[al.perm[i]], "sign of unit {i}");
+                    }
+                    assert!((al.score - 1.0).abs() < 1e-5, "{}", al.score);
+                    // Applying the alignment gives back base's units up to scale, and the delta.
+                    let aligned = other.permuted(&al.perm, &al.signs, &vec![1.0; r]);
+                    for (x, y) in aligned.delta().iter().zip(base.delta()) {
+                        assert!((x - y).abs() < 1e-4 * (1.0 + y.abs()), "{x} vs {y}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn align_many_is_parallel_and_ordered() {
+        let mut rng = Rng(5);
+        let fs: Vec<Factors> = (0..9)
+            .map(|_| Factors::random(&mut rng, 6, 10, 12))
+            .collect();
+        let perms: Vec<Vec<usize>> = (0..9).map(|_| rng.shuffle(6)).collect();
+        let others: Vec<Factors> = fs
+            .iter()
+            .zip(&perms)
+            .map(|(f, p)| f.permuted(p, &[1.0; 6], &[2.0; 6]))
+            .collect();
+        let pairs: Vec<_> = fs
+            .iter()
+            .zip(&others)
+            .map(|(f, o)| (f.view(), o.view()))
+            .collect();
+        let many = align_many(&pairs, Similarity::Delta).unwrap();
+        for ((rv, ov), al) in pairs.iter().zip(&many) {
+            assert_eq!(al, &align(rv, ov, Similarity::Delta).unwrap());
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        assert_eq!(
+            pool.install(|| align_many(&pairs, Similarity::Delta))
+                .unwrap(),
+            many
+        );
+    }
+
+    #[test]
+    fn align_rejects_mismatches() {
+        let mut rng = Rng(1);
+        let (f4, f5) = (
+            Factors::random(&mut rng, 4, 6, 7),
+            Factors::random(&mut rng, 5, 6, 7),
+        );
+        let e = align(&f4.view(), &f5.view(), Similarity::Delta).unwrap_err();
+        assert!(
+            matches!(e, Error::Incompatible { .. }) && e.to_string().contains("equal ranks"),
+            "{e}"
+        );
+        let g = Factors::random(&mut rng, 4, 6, 8);
+        let e = align_many(
+            &[(f4.view(), f4.view()), (f4.view(), g.view())],
+            Similarity::Units,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("pair 1") && e.to_string().contains("6×8"),
+            "{e}"
+        );
+        assert!(UnitsView::from_factors(&f4.a, &f4.b, 4, 6, 8).is_err());
+        assert!(UnitsView::from_units(&f4.a, 4, 6, 7).is_err());
+        assert!(VecSet::new(&[0.0; 10], 3, 4, 4, 1).is_err());
+        assert!(VecSet::new(&[0.0; 10], 3, 4, 3, 1).is_ok());
+        assert!(VecSet::new(&[0.0; 10], 2, 2, usize::MAX, 1).is_err());
+        assert!(Similarity::parse("cos").is_err());
+    }
+
+    #[test]
+    fn zero_units_and_rank_zero() {
+        let mut rng = Rng(2);
+        let mut f = Factors::random(&mut rng, 3, 4, 5);
+        f.a[5..10].iter_mut().for_each(|v| *v = 0.0); // unit 1 has a = 0
+        let al = align(&f.view(), &f.view(), Similarity::Delta).unwrap();
+        assert!(is_permutation(&al.perm));
+        assert_eq!(al.perm[0], 0);
+        assert_eq!(al.perm[2], 2);
+        let empty = Factors {
+            a: vec![],
+            b: vec![],
+            r: 0,
+            d_out: 4,
+            d_in: 5,
+        };
+        let al = align(&empty.view(), &empty.view(), Similarity::Delta).unwrap();
+        assert!(al.perm.is_empty());
+    }
+
+    #[test]
+    fn delta_gram_matches_direct_computation() {
+        let mut rng = Rng(9);
+        let fs = [
+            Factors::random(&mut rng, 3, 7, 5),
+            Factors::random(&mut rng, 5, 7, 5),
+            Factors::random(&mut rng, 2, 7, 5),
+        ];
+        let views: Vec<_> = fs.iter().map(|f| f.view()).collect();
+        let g = delta_gram(&views).unwrap();
+        for i in 0..3 {
+            for j in 0..3 {
+                let want: f64 = fs[i]
+                    .delta()
+                    .iter()
+                    .zip(fs[j].delta())
+                    .map(|(x, y)| x * y)
+                    .sum();
+                assert!(
+                    (g[i * 3 + j] - want).abs() < 1e-4 * want.abs().max(1.0),
+                    "{i},{j}"
+                );
+            }
+        }
+        let bad = Factors::random(&mut rng, 3, 7, 6);
+        assert!(delta_gram(&[views[0], bad.view()]).is_err());
+        assert!(delta_gram(&[]).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,69 @@
+//! `rankwise._core.kmeans`: numpy in, numpy out, GIL released, interruptible.
+
+use numpy::ndarray::Array2;
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray2, PyUntypedArrayMethods};
+use pyo3::prelude::*;
+
+use rankwise_core::kmeans::{kmeans as core_kmeans, KMeansParams};
+use rankwise_core::Error;
+
+use crate::errors::to_pyerr;
+use crate::run::run;
+
+type KMeansOut<'py> = (
+    Bound<'py, PyArray2<f32>>,
+    Bound<'py, PyArray1<i64>>,
+    f64,
+    usize,
+);
+
+/// k-means of the rows of `x` (n × d, float32, C-contiguous): returns
+/// `(centroids k × d, labels n, inertia, n_iter)`.
+#[pyfunction]
+#[pyo3(signature = (x, k, n_init=1, max_iter=300, tol=1e-4, seed=0, init=None))]
+#[allow(clippy::too_many_arguments)]
+pub fn kmeans<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray2<'py, f32>,
+    k: usize,
+    n_init: usize,
+    max_iter: usize,
+    tol: f64,
+    seed: u64,
+    init: Option<PyReadonlyArray2<'py, f32>>,
+) -> PyResult<KMeansOut<'py>> {
+    let (n, d) = (x.shape()[0], x.shape()[1]);
+    let xs = x
+        .as_slice()
+        .map_err(|_| to_pyerr(Error::invalid("x must be a C-contiguous float32 array")))?;
+    let init_s = match &init {
+        Some(c) => {
+            if c.shape() != [k, d] {
+                return Err(to_pyerr(Error::invalid(format!(
+                    "init has shape {:?}, expected (k, d) = ({k}, {d})",
+                    c.shape()
+                ))));
+            }
+            Some(c.as_slice().map_err(|_| {
+                to_pyerr(Error::invalid("init must be a C-contiguous float32 array"))
+            })?)
+        }
+        None => None,
+    };
+    let params = KMeansParams {
+        k,
+        n_init,
+        max_iter,
+        tol,
+        seed,
+    };
+    let res = run(py, || core_kmeans(xs, n, d, &params, init_s))?;
+    let c = Array2::from_shape_vec((k, d), res.centroids)
+        .map_err(|e| to_pyerr(Error::invalid(e.to_string())))?;
+    Ok((
+        c.into_pyarray(py),
+        PyArray1::from_vec(py, res.labels),
+        res.inertia,
+        res.n_iter,
+    ))
+}
