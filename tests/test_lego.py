@@ -251,3 +251,22 @@ def test_kmeans_bad_input() -> None:
         rw.kmeans(bad, 2)
     with pytest.raises(rw.MergeConfigError, match="init"):
         rw.kmeans(x, 2, init=np.zeros((3, 3), dtype=np.float32))
+
+
+def test_sign_invariant_kmeans_groups_units_with_either_sign() -> None:
+    """Noisy copies of 5 prototypes with random signs: clusters are the prototypes, and the
+    returned signs orient every member like its cluster."""
+    from rankwise.merge.lego import sign_invariant_kmeans
+
+    rng = np.random.default_rng(0)
+    protos = rng.standard_normal((5, 40)).astype(np.float32)
+    truth = rng.integers(0, 5, size=300)
+    flips = rng.choice([-1.0, 1.0], size=300).astype(np.float32)
+    x = (protos[truth] + 0.05 * rng.standard_normal((300, 40))).astype(np.float32) * flips[:, None]
+    labels, signs = sign_invariant_kmeans(x, 5, seed=1)
+    # Same partition as the truth (up to relabelling) ...
+    pairs = set(zip(labels.tolist(), truth.tolist()))
+    assert len(pairs) == 5
+    # ... and within each cluster, sign·flip is constant (members oriented alike).
+    for c in range(5):
+        assert len(set((signs * flips)[labels == c].tolist())) == 1

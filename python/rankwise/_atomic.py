@@ -41,6 +41,9 @@ def atomic_dir(target: str | os.PathLike[str], *, overwrite: bool = False) -> It
                 f"{target}: folder is not empty; pass overwrite=True (CLI: --overwrite) to replace it"
             )
     parent = target.parent
+    blocker = next((p for p in (parent, *parent.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise RankwiseError(f"{target}: cannot create the output folder: {blocker} is a file, not a folder")
     try:
         parent.mkdir(parents=True, exist_ok=True)
         _clear_stale(target)

@@ -69,7 +69,7 @@ def run_demo(n_adapters: int = 12, out: str | None = None) -> None:
         pool = AdapterPool.load(paths)
         n_skills = next(iter(skills.values())).shape[0]
         t1 = time.perf_counter()
-        merged = merge(pool, "lego", rank=n_skills, seed=0)
+        merged = merge(pool, "lego", rank=n_skills, seed=0, canonicalize=True)
         t_merge = time.perf_counter() - t1
         n_units = sum(pool.ranks(MODULES[0]))
         print(

@@ -107,7 +107,7 @@ class AdapterPool:
         if w.shape[0] != len(self):
             raise MergeConfigError(f"got {w.shape[0]} weights for {len(self)} adapters")
         if not np.all(np.isfinite(w)):
-            raise MergeConfigError(f"weights must be finite, got {list(w)}")
+            raise MergeConfigError(f"weights must be finite, got {[float(x) for x in w]}")
         return w
 
     def unit_matrix(
