@@ -61,21 +61,13 @@ class SMoRAConfig:
             )
         alpha = self.lora_alpha
         if not _is_real(alpha) or not math.isfinite(alpha) or alpha <= 0:
-            raise MergeConfigError(
-                f"SMoRAConfig.lora_alpha must be a finite number > 0, got {self.lora_alpha!r}"
-            )
+            raise MergeConfigError(f"SMoRAConfig.lora_alpha must be a finite number > 0, got {self.lora_alpha!r}")
         if not _is_real(self.dropout) or not 0.0 <= self.dropout < 1.0:
             raise MergeConfigError(f"SMoRAConfig.dropout must be in [0, 1), got {self.dropout!r}")
         if not isinstance(self.balance, bool):
             raise MergeConfigError(f"SMoRAConfig.balance must be a bool, got {self.balance!r}")
-        if (
-            not _is_real(self.balance_rate)
-            or not math.isfinite(self.balance_rate)
-            or self.balance_rate < 0
-        ):
-            raise MergeConfigError(
-                f"SMoRAConfig.balance_rate must be a finite number >= 0, got {self.balance_rate!r}"
-            )
+        if not _is_real(self.balance_rate) or not math.isfinite(self.balance_rate) or self.balance_rate < 0:
+            raise MergeConfigError(f"SMoRAConfig.balance_rate must be a finite number >= 0, got {self.balance_rate!r}")
         if self.path not in PATHS:
             raise MergeConfigError(f"SMoRAConfig.path must be one of {PATHS}, got {self.path!r}")
         _validate_targets(self.target_modules)
@@ -99,9 +91,7 @@ class SMoRAConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise MergeConfigError(
-                f"unknown SMoRA config key(s) {unknown}; known keys: {sorted(known)}"
-            )
+            raise MergeConfigError(f"unknown SMoRA config key(s) {unknown}; known keys: {sorted(known)}")
         return cls(**dict(d))
 
 
@@ -121,9 +111,7 @@ def _validate_targets(t: object) -> None:
             try:
                 re.compile(t)
             except re.error as e:
-                raise MergeConfigError(
-                    f"SMoRAConfig.target_modules {t!r} is not a valid regex: {e}"
-                ) from e
+                raise MergeConfigError(f"SMoRAConfig.target_modules {t!r} is not a valid regex: {e}") from e
         return
     if not isinstance(t, list) or not t:
         raise MergeConfigError(
@@ -133,6 +121,5 @@ def _validate_targets(t: object) -> None:
     for name in t:
         if not isinstance(name, str) or not name or name != name.strip() or name.startswith("."):
             raise MergeConfigError(
-                "SMoRAConfig.target_modules entries must be module names like 'q_proj', "
-                f"got {name!r}"
+                f"SMoRAConfig.target_modules entries must be module names like 'q_proj', got {name!r}"
             )

@@ -10,6 +10,7 @@ hook that releases it afterwards; layers use it when its shape equals their toke
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import re
 from collections.abc import Iterator
@@ -33,7 +34,7 @@ class _SMoRAState:
     """
 
     def __init__(self, model: nn.Module, config: SMoRAConfig) -> None:
-        self.config = config
+        self.config = copy.deepcopy(config)  # later edits of the caller's config do not leak in
         self.slot = _MaskSlot()
         self._stack: list[torch.Tensor | None] = []
         self._mask_pos: int | None = None
@@ -102,17 +103,13 @@ def find_targets(model: nn.Module, config: SMoRAConfig) -> list[str]:
     if isinstance(t, str):
         names = [n for n in linears if re.fullmatch(t, n)]
         if not names:
-            raise MergeConfigError(
-                f"target_modules regex {t!r} matches no nn.Linear module; {_examples(linears)}"
-            )
+            raise MergeConfigError(f"target_modules regex {t!r} matches no nn.Linear module; {_examples(linears)}")
         return names
     chosen: list[str] = []
     for suffix in t:
         hits = [n for n in modules if n == suffix or n.endswith("." + suffix)]
         if not hits:
-            raise MergeConfigError(
-                f"target module {suffix!r} matches no module of the model; {_examples(linears)}"
-            )
+            raise MergeConfigError(f"target module {suffix!r} matches no module of the model; {_examples(linears)}")
         for n in hits:
             m = modules[n]
             if isinstance(m, SMoRALinear):
@@ -199,7 +196,7 @@ def smora_balance_step(model: nn.Module) -> None:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         flat = torch.cat([m.balance_counts for m in layers])
         dist.all_reduce(flat)
-        for m, c in zip(layers, flat.split([m.rank for m in layers]), strict=True):
+        for m, c in zip(layers, flat.split([m.rank for m in layers])):
             m.balance_counts.copy_(c)
     for m in layers:
         m.balance_step()
@@ -208,6 +205,8 @@ def smora_balance_step(model: nn.Module) -> None:
 def attach_balancer(optimizer: torch.optim.Optimizer, model: nn.Module) -> Any:
     """Runs ``smora_balance_step(model)`` after every ``optimizer.step()``; returns the hook
     handle (``.remove()`` detaches it). A step skipped by a GradScaler does not call it, and the
-    counts roll over into the next step."""
+    counts roll over into the next step. With the HF Trainer: ``attach_balancer(
+    trainer.create_optimizer(), model)`` before ``trainer.train()`` (the Trainer keeps an
+    optimizer that already exists, and accelerate's wrapper calls its ``step``)."""
     _state(model)
     return optimizer.register_step_post_hook(lambda opt, args, kwargs: smora_balance_step(model))

@@ -53,9 +53,7 @@ def smora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {f"{n}.{p}": _tensor(m, p).detach() for n, m in layers.items() for p in _PARTS}
 
 
-def save_smora(
-    model: nn.Module, directory: str | os.PathLike[str], *, overwrite: bool = False
-) -> Path:
+def save_smora(model: nn.Module, directory: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """Writes the adapter to ``directory`` atomically (a failed save leaves no partial folder;
     an existing non-empty folder needs ``overwrite=True``). Returns the folder's path."""
     sd = {k: v.to("cpu").contiguous() for k, v in smora_state_dict(model).items()}
@@ -85,8 +83,7 @@ def read_smora_config(directory: str | os.PathLike[str]) -> tuple[SMoRAConfig, l
         raise AdapterFormatError(f"{path}: key 'format' must be {FORMAT!r}")
     if meta.get("format_version") != FORMAT_VERSION:
         raise AdapterFormatError(
-            f"{path}: key 'format_version' is {meta.get('format_version')!r}, "
-            f"this rankwise reads {FORMAT_VERSION}"
+            f"{path}: key 'format_version' is {meta.get('format_version')!r}, this rankwise reads {FORMAT_VERSION}"
         )
     for key in ("config", "modules"):
         if key not in meta:
@@ -96,16 +93,12 @@ def read_smora_config(directory: str | os.PathLike[str]) -> tuple[SMoRAConfig, l
     except (MergeConfigError, TypeError) as e:
         raise AdapterFormatError(f"{path}: key 'config': {e}") from e
     modules = meta["modules"]
-    if not isinstance(modules, list) or not modules or not all(
-        isinstance(n, str) and n for n in modules
-    ):
+    if not isinstance(modules, list) or not modules or not all(isinstance(n, str) and n for n in modules):
         raise AdapterFormatError(f"{path}: key 'modules' must be a non-empty list of names")
     return config, modules
 
 
-def load_smora(
-    model: nn.Module, directory: str | os.PathLike[str]
-) -> nn.Module:
+def load_smora(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:
     """Loads a ``save_smora`` folder into ``model``: injects SMoRA into the saved modules if the
     model has none yet (else checks the existing layers match), then copies the tensors. Every
     problem (missing or extra key, wrong shape or dtype, non-finite values, module absent from
@@ -185,8 +178,6 @@ def _check_tensors(
         if not t.is_floating_point():
             raise AdapterFormatError(f"{wpath}: key {key!r} has dtype {t.dtype}, not a float")
         if tuple(t.shape) != shape:
-            raise AdapterFormatError(
-                f"{wpath}: key {key!r} has shape {tuple(t.shape)}, expected {shape}"
-            )
+            raise AdapterFormatError(f"{wpath}: key {key!r} has shape {tuple(t.shape)}, expected {shape}")
         if not bool(torch.isfinite(t).all()):
             raise AdapterFormatError(f"{wpath}: key {key!r} has non-finite values")

@@ -42,14 +42,17 @@ from torch import nn
 from ..errors import MergeConfigError
 from .config import SMoRAConfig
 
-# Rule for path="auto", from benches/bench_smora.py (see RESULTS.md). The router GEMM is
-# tokens x d_in x r whatever the path, so gathering can save at most the A and B products, and
-# costs tokens x k x (d_in + d_out) of gathered-weight traffic. The dense path therefore wins
-# until r / k is large: on CPU the measured crossover is at r / k of about GATHER_MIN_RATIO_CPU;
-# on CUDA a GEMM does ~100x more FLOPs per byte moved than a gather (H100: ~1e15 bf16 FLOP/s vs
-# ~3e12 B/s), which puts the crossover beyond any practical r / k, so dense is used there.
-GATHER_MIN_RATIO_CPU = 32
-GATHER_MIN_RATIO_CUDA = 256
+# Rule for path="auto" (benches/bench_smora.py, "paths" table in RESULTS.md). The router GEMM is
+# tokens x d_in x r on both paths, so gathering saves at most the A and B products, and it moves
+# tokens x k x (d_in + d_out) gathered weights through memory (forward and backward). Measured on
+# CPU (d = 1024, top-8, fwd+bwd): dense is 3-6x faster at r/k <= 32 and still ~1.2x faster at
+# r/k = 128; gathered wins from r/k = 256 (r = 2048). CUDA is not measured here (no GPU lent):
+# a GEMM there does ~200 FLOPs per byte of memory traffic (H100 bf16: ~1e15 FLOP/s vs ~3e12 B/s)
+# against ~4 on this CPU, so a roofline estimate puts the crossover at r/k ~ 500 even before
+# the gather overheads that pushed the CPU crossover ~10x beyond its own estimate: dense below
+# r/k = 1024. Both constants are a measured (CPU) or reasoned (CUDA) rule, not a tuned one.
+GATHER_MIN_RATIO_CPU = 256
+GATHER_MIN_RATIO_CUDA = 1024
 
 
 def choose_path(device: torch.device, rank: int, top_k: int) -> str:
@@ -78,6 +81,15 @@ def _in_backward() -> bool:
         return False
 
 
+def _autocast_on(device: torch.device) -> bool:
+    try:
+        return torch.is_autocast_enabled(device.type)  # torch >= 2.4
+    except TypeError:  # pragma: no cover - older torch
+        if device.type == "cpu":
+            return torch.is_autocast_cpu_enabled()
+        return torch.is_autocast_enabled()
+
+
 class SMoRALinear(nn.Module):
     """A frozen ``nn.Linear`` with a routed rank-wise LoRA (SMoRA). See the module docstring.
 
@@ -88,9 +100,7 @@ class SMoRALinear(nn.Module):
     def __init__(self, base_layer: nn.Linear, config: SMoRAConfig | None = None) -> None:
         super().__init__()
         if not isinstance(base_layer, nn.Linear):
-            raise MergeConfigError(
-                f"SMoRALinear wraps an nn.Linear, got {type(base_layer).__name__}"
-            )
+            raise MergeConfigError(f"SMoRALinear wraps an nn.Linear, got {type(base_layer).__name__}")
         cfg = config if config is not None else SMoRAConfig()
         cfg.validate()
         self.base_layer = base_layer
@@ -174,7 +184,7 @@ class SMoRALinear(nn.Module):
         out = self.base_layer(x)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        if not torch.is_autocast_enabled(x.device.type) and x2.dtype != self.lora_A.dtype:
+        if x2.dtype != self.lora_A.dtype and not _autocast_on(x.device):
             x2 = x2.to(self.lora_A.dtype)  # e.g. a float32 adapter on a bf16 base
         path = self._resolve_path(x.device)
         xd = self.dropout(x2)
@@ -191,16 +201,14 @@ class SMoRALinear(nn.Module):
         if path == "dense":
             if h is None:
                 h = F.linear(xd, self.lora_A)
-            gate_mat = torch.zeros(
-                idx.shape[0], self.rank, device=w.device, dtype=w.dtype
-            ).scatter(-1, idx, w)
+            gate_mat = torch.zeros(idx.shape[0], self.rank, device=w.device, dtype=w.dtype).scatter(-1, idx, w)
             delta = F.linear(h * gate_mat.to(h.dtype), self.lora_B)
         else:
-            n, k = idx.shape
-            flat = idx.reshape(-1)
-            a_sel = self.lora_A.index_select(0, flat).view(n, k, self.in_features)
+            # F.embedding is a row gather whose backward is a dense, sorted scatter-add (faster
+            # on CPU than index_select's index_add).
+            a_sel = F.embedding(idx, self.lora_A)  # (n, k, d_in)
             hk = torch.bmm(a_sel, xd.unsqueeze(-1)).squeeze(-1)  # (n, k)
-            b_sel = self.lora_B.t().index_select(0, flat).view(n, k, self.out_features)
+            b_sel = F.embedding(idx, self.lora_B.t())  # (n, k, d_out)
             delta = torch.bmm((hk * w.to(hk.dtype)).unsqueeze(1), b_sel).squeeze(1)
         return out + delta.view(*lead, self.out_features).to(out.dtype)
 
