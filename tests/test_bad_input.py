@@ -264,3 +264,12 @@ def test_output_parent_unusable_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(rw.RankwiseError, match=r"plain/out: cannot create the output folder"):
         adapter.save(tmp_path / "plain" / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "plain"]
+
+
+def test_writer_refuses_fortran_order(tmp_path: Path) -> None:
+    """Fortran-order data would be written transposed: the writer refuses it."""
+    from rankwise import _core
+
+    arr = np.asfortranarray(np.arange(12, dtype=np.float32).reshape(3, 4))
+    with pytest.raises(rw.MergeConfigError, match="tensor 'a': array is not C-contiguous"):
+        _core.write_safetensors(str(tmp_path / "x.safetensors"), [("a", "F32", arr)])

@@ -156,6 +156,12 @@ pub fn write_safetensors(
                 "tensor '{name}': cannot write dtype '{dtype}' (F32, F16, BF16, F64)"
             )))
         })?;
+        // as_slice also accepts Fortran order, which would be written transposed.
+        if !arr.is_c_contiguous() {
+            return Err(to_pyerr(Error::invalid(format!(
+                "tensor '{name}': array is not C-contiguous"
+            ))));
+        }
         let data = arr.as_slice().map_err(|_| {
             to_pyerr(Error::invalid(format!(
                 "tensor '{name}': array is not contiguous"
