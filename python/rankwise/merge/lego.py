@@ -115,8 +115,9 @@ def lego(
         labels, signs = sign_invariant_kmeans(x, k, n_init=n_init, max_iter=max_iter, seed=seed, init=init_c)
         units *= signs[:, None]
     else:
-        labels = kmeans(x, k, n_init=1 if init_c is not None else n_init, max_iter=max_iter, tol=tol, seed=seed,
-                        init=init_c).labels
+        labels = kmeans(
+            x, k, n_init=1 if init_c is not None else n_init, max_iter=max_iter, tol=tol, seed=seed, init=init_c
+        ).labels
     counts = np.bincount(labels, minlength=k).astype(np.float64)
     # Centroids are the means of the raw member units.
     cent = _cluster_means(units, labels, k)
@@ -147,7 +148,6 @@ def sign_invariant_kmeans(
     each centroid the mean of its members flipped to its orientation. k-means++ seeding with
     the same distance on a subsample of at most 64·k points (enough to see every cluster),
     ``n_init`` restarts, the lowest inertia kept. Returns (labels, signs ±1 float32)."""
-    n = x.shape[0]
     xx = np.einsum("ij,ij->i", x, x, dtype=np.float64)
     rng = np.random.default_rng(seed)
     best: tuple[float, np.ndarray, np.ndarray] | None = None
@@ -201,15 +201,21 @@ def _si_lloyd(x: np.ndarray, xx: np.ndarray, c: np.ndarray, max_iter: int) -> tu
 
 
 def _cluster_means(units: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
-    sums = np.zeros((k, units.shape[1]), dtype=np.float64)
-    sums[:] = [units[labels == c].sum(axis=0, dtype=np.float64) for c in range(k)]  # np.add.at: 40x slower
-    counts = np.bincount(labels, minlength=k)
-    return sums / np.maximum(counts, 1)[:, None]
+    """Mean of each cluster's rows, summed in float64 one cluster at a time (np.add.at is slow,
+    and a float64 copy of all units would double the peak memory)."""
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(k + 1))
+    out = np.zeros((k, units.shape[1]), dtype=np.float64)
+    for c in range(k):
+        members = order[bounds[c] : bounds[c + 1]]
+        if len(members):
+            out[c] = units[members].sum(axis=0, dtype=np.float64) / len(members)
+    return out
 
 
 def _restore_norm(part: np.ndarray, members: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Rescales each centroid part to the mean norm of its members' parts."""
-    norms = np.linalg.norm(members.astype(np.float64), axis=1)
+    norms = np.sqrt(np.einsum("ij,ij->i", members, members, dtype=np.float64))  # no f64 copy: 28x faster
     mean_norm = np.bincount(labels, weights=norms, minlength=part.shape[0]) / np.maximum(counts, 1)
     cur = np.linalg.norm(part, axis=1)
     factor = np.where(cur > 0, mean_norm / np.where(cur > 0, cur, 1), 1.0)
