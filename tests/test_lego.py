@@ -270,3 +270,11 @@ def test_sign_invariant_kmeans_groups_units_with_either_sign() -> None:
     # ... and within each cluster, sign·flip is constant (members oriented alike).
     for c in range(5):
         assert len(set((signs * flips)[labels == c].tolist())) == 1
+
+
+def test_merge_reports_phase_timings(mixed_pool: rw.AdapterPool) -> None:
+    merged = rw.merge(mixed_pool, "lego", rank=2)
+    assert merged.merge_info is not None
+    t = merged.merge_info["timings"]
+    assert set(t) == {"units", "kmeans", "assemble"} and all(v >= 0 for v in t.values())
+    assert sum(t.values()) <= merged.merge_info["seconds"] + 1e-3

@@ -108,29 +108,31 @@ def lego(
             init_c = _normalized(init_c, d_out)
     elif init is not None:
         raise MergeConfigError(f"init must be None or 'aligned', got {init!r}")
-    if canonicalize:
-        # A unit and its negation are the same rank-one update, and no per-unit sign rule is
-        # stable under noise, so canonical units are clustered modulo sign; members are then
-        # flipped into their centroid's orientation (b, a) -> (-b, -a), which keeps every delta.
-        labels, signs = sign_invariant_kmeans(x, k, n_init=n_init, max_iter=max_iter, seed=seed, init=init_c)
-        units *= signs[:, None]
-    else:
-        labels = kmeans(
-            x, k, n_init=1 if init_c is not None else n_init, max_iter=max_iter, tol=tol, seed=seed, init=init_c
-        ).labels
-    counts = np.bincount(labels, minlength=k).astype(np.float64)
-    # Centroids are the means of the raw member units.
-    cent = _cluster_means(units, labels, k)
-    b, a = cent[:, :d_out], cent[:, d_out:]
-    if reweight in (True, "param"):
-        b = _restore_norm(b, units[:, :d_out], labels, counts)
-        a = _restore_norm(a, units[:, d_out:], labels, counts)
-    if scale == "mass":
-        b = b * (counts / ctx.weights.sum())[:, None]
-    elif reweight in (True, "output"):
-        r_bar = float(np.mean(ctx.ranks))
-        b = b * np.sqrt(r_bar / k)
-    return a.astype(np.float32), np.ascontiguousarray(b.T, dtype=np.float32)
+    with ctx.timed("kmeans"):
+        if canonicalize:
+            # A unit and its negation are the same rank-one update, and no per-unit sign rule is
+            # stable under noise, so canonical units are clustered modulo sign; members are then
+            # flipped into their centroid's orientation (b, a) -> (-b, -a), which keeps every delta.
+            labels, signs = sign_invariant_kmeans(x, k, n_init=n_init, max_iter=max_iter, seed=seed, init=init_c)
+            units *= signs[:, None]
+        else:
+            labels = kmeans(
+                x, k, n_init=1 if init_c is not None else n_init, max_iter=max_iter, tol=tol, seed=seed, init=init_c
+            ).labels
+    with ctx.timed("assemble"):
+        counts = np.bincount(labels, minlength=k).astype(np.float64)
+        # Centroids are the means of the raw member units (whatever features were clustered).
+        cent = _cluster_means(units, labels, k)
+        b, a = cent[:, :d_out], cent[:, d_out:]
+        if reweight in (True, "param"):
+            b = _restore_norm(b, units[:, :d_out], labels, counts)
+            a = _restore_norm(a, units[:, d_out:], labels, counts)
+        if scale == "mass":
+            b = b * (counts / ctx.weights.sum())[:, None]
+        elif reweight in (True, "output"):
+            r_bar = float(np.mean(ctx.ranks))
+            b = b * np.sqrt(r_bar / k)
+        return a.astype(np.float32), np.ascontiguousarray(b.T, dtype=np.float32)
 
 
 def _normalized(units: np.ndarray, d_out: int) -> np.ndarray:

@@ -8,9 +8,10 @@ Adding a method is one file with one ``@register_method`` function, plus its tes
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,16 @@ class ModuleContext:
     module: str
     index: int  # position of the module in the pool's module list
     weights: np.ndarray  # per-adapter weights (float64)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase, summed over modules
+
+    @contextlib.contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        """Adds the time spent in the block to ``timings[phase]`` (reported in merge_info)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - t0
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -43,7 +54,8 @@ class ModuleContext:
     def units(self, *, canonical: bool = False, weighted: bool = True) -> np.ndarray:
         """``U[Σ ranks, d_out + d_in]``: rows ``[w_j·s_j·b_i ; a_i]`` (Rust, from the mapped files)."""
         w = self.weights if weighted else None
-        return self.pool.unit_matrix(self.module, w, canonical=canonical)[0]
+        with self.timed("units"):
+            return self.pool.unit_matrix(self.module, w, canonical=canonical)[0]
 
     def factors(self, j: int, *, folded: bool = True) -> Factors:
         """Adapter j's ``(A, B)`` for this module (scaling folded into B, weight not applied)."""
@@ -141,9 +153,10 @@ def merge(
 
         bar = tqdm(total=len(modules), desc=f"merge ({method})", unit="module", leave=False)
     merged: dict[str, Factors] = {}
+    timings: dict[str, float] = {}
     t0 = time.perf_counter()
     for i, name in enumerate(modules):
-        merged[name] = m.fn(ModuleContext(pool, name, i, w), **opts)
+        merged[name] = m.fn(ModuleContext(pool, name, i, w, timings), **opts)
         pool.release()  # keep the resident set to one module's pages
         if bar is not None:
             bar.update(1)
@@ -157,6 +170,7 @@ def merge(
         "adapters": len(pool),
         "modules": len(modules),
         "seconds": time.perf_counter() - t0,
+        "timings": timings,
         "options": {k: v for k, v in opts.items() if _jsonable(v)},
     }
     return out
