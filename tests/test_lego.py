@@ -278,3 +278,13 @@ def test_merge_reports_phase_timings(mixed_pool: rw.AdapterPool) -> None:
     t = merged.merge_info["timings"]
     assert set(t) == {"units", "kmeans", "assemble"} and all(v >= 0 for v in t.values())
     assert sum(t.values()) <= merged.merge_info["seconds"] + 1e-3
+
+
+def test_rw_merge_stays_callable_after_importing_the_subpackage() -> None:
+    """`import rankwise.merge.<x>` binds the package to rankwise.merge: it must still merge."""
+    import subprocess
+    import sys
+
+    code = "import rankwise.merge.lego, rankwise as rw; print(callable(rw.merge), rw.merge.__name__)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.stdout.split()[0] == "True", res.stderr

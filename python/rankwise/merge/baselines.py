@@ -1,0 +1,572 @@
+"""The merge baselines of PEFT's ``LoraModel.add_weighted_adapter``, with PEFT's numerics.
+
+``rw.merge(pool, method=M, weights=..., **options)`` for M in (options in brackets):
+
+- ``linear``: the A's and the B's, each a weighted sum (equal ranks; a rough approximation).
+- ``cat``: every adapter's units side by side, rank Σ r_j: the exact weighted sum.
+- ``svd`` [svd_rank, svd_clamp]: truncated SVD of Σ w_j·ΔW_j.
+- ``ties`` [density, majority_sign_method]: the A's and the B's: trim, elect sign, disjoint mean.
+- ``dare_linear`` [density, seed], ``dare_ties`` [density, majority_sign_method, seed]: the A's
+  and the B's: random drop with rescale, then a sum or TIES' election and disjoint mean.
+- ``magnitude_prune`` [density]: the A's and the B's: keep the largest-|x| fraction, sum.
+- ``ties_svd``, ``dare_linear_svd``, ``dare_ties_svd``, ``magnitude_prune_svd``: the same
+  combinations applied to the dense deltas ΔW_j, then a truncated SVD [+ svd_rank, svd_clamp].
+
+Numerics follow PEFT 0.21 (``tuners/lora/model.py``, ``utils/merge_utils.py``), which is the
+oracle of tests/test_baselines.py:
+
+- Factor methods (``linear``, ``ties``, ``dare_linear``, ``dare_ties``, ``magnitude_prune``)
+  combine the raw lora_A's with weights ``sign(w_j·s_j)·sqrt(|w_j·s_j|)`` and the raw lora_B's
+  with ``sqrt(|w_j·s_j|)`` (s_j the adapter's scaling), each side on its own, in float32. Pruning
+  and sign election look at the unweighted (pruned) tensors; the disjoint mean divides the sum of
+  the weighted values that agree with the elected sign by their count (at least 1).
+- ``cat`` stacks ``w_j·s_j·A_j`` (the weight sits on A, as in PEFT) and ``B_j``.
+- SVD methods combine the dense deltas ``ΔW_j = s_j·B_j @ A_j`` with the plain weights w_j, take
+  ``U, S, Vh`` of the result, keep ``k = svd_rank`` (default: the largest rank of the pool)
+  triplets and write ``B = U_k·S_k``, ``A = Vh_k``. ``svd_clamp = q`` clips both to
+  ``[-h, h]``, h the q-quantile (linear interpolation, like ``torch.quantile``) of all entries
+  of ``U_k·S_k`` and ``Vh_k`` together.
+- The merged adapter has scaling 1 (PEFT writes r = lora_alpha = new rank).
+
+Speed: ``svd`` never forms a d_out × d_in matrix when the stacked rank R = Σ r_j is below
+min(d_out, d_in). With ``B_w = [w_j·s_j·B_j]`` (d_out × R) and ``A = [A_j]`` (R × d_in), a
+Householder QR ``Aᵀ = Q_a·R_a`` (Q_a kept as its R reflectors) gives ``ΔW = B_w·R_aᵀ·Q_aᵀ``;
+the top-k eigenpairs ``M·W = W·Λ`` of the R × R matrix ``M = R_a·(B_wᵀB_w)·R_aᵀ`` give
+``U_k·S_k = B_w·R_aᵀ·W_k`` and ``Vh_k = (Q_a·W_k)ᵀ`` (the reflectors applied blockwise to the k
+columns of W_k): the SVD of the sum, exact, float64 throughout (rounded to float32 at the end),
+stable whatever the conditioning of A (the same adapter twice in the pool is fine). Cost
+O((d_out + d_in)·R² + R³) against PEFT's O(d_out·d_in·min(d_out, d_in)) SVD of the dense sum.
+When R ≥ min(d_out, d_in), or svd_rank > R, the delta is formed and its top-k singular
+triplets come from the eigenpairs of its smaller Gram matrix (float64). Top-k eigenpairs are
+computed alone by LAPACK's syevr when scipy is installed (an optional speed-up, not a
+dependency), else taken from numpy's full ``eigh``. The pruned SVD variants
+need the dense deltas (pruning is elementwise on them); they stream them: one adapter's delta at
+a time plus the accumulators of the sum (TIES keeps five d_out × d_in arrays: elected-sign sum,
+and per sign the weighted sum and the count), never the stack of all n deltas that PEFT builds.
+
+DARE's random masks: adapter j's mask for module i is drawn from
+``numpy.random.default_rng([seed, i, j, t])``, t = 0 for lora_A, 1 for lora_B, 2 for the dense
+delta (the ``_svd`` variants); an entry is kept when ``rng.random() < density`` (float64
+uniforms), and kept entries are divided by density. Same seed, same masks, whatever the thread
+count or the order modules are merged in. PEFT draws from torch's global RNG; its masks have the
+same distribution but not the same bits.
+
+Deviations from PEFT, on purpose:
+
+- ``magnitude_prune``/TIES trimming keeps exactly ``int(density·numel)`` entries of largest
+  |x| like ``torch.topk``; among entries tied with the k-th largest magnitude, the lowest flat
+  indices are kept (torch.topk's choice among ties is unspecified). Ties are common only in
+  fp16/bf16 factors.
+- Singular pairs have a fixed sign: the largest-|.| entry of each column of ``U·S`` is positive.
+  PEFT keeps LAPACK's arbitrary signs; the delta is the same, except with ``svd_clamp``, where
+  the clip interval [-h, h] is symmetric but the quantile is not sign-invariant, so PEFT's
+  result depends on the signs its LAPACK picked. rankwise's is reproducible.
+- ``svd_rank`` above min(d_out, d_in) is capped there (PEFT fails or caps, depending on the
+  shape). Where the delta has fewer than k non-zero singular values, the extra rows of A are
+  orthonormal (factored path, or d_out ≥ d_in) or zero (d_out < d_in), and the extra columns of
+  B are zero: the delta does not depend on them.
+- ``cat``'s rank is Σ r_j per module; PEFT pads every module to the sum of the configs' largest
+  ranks with zero rows/columns (same delta).
+- With one adapter PEFT silently switches any method to ``linear``; rankwise runs the method
+  asked for (``svd`` of one adapter truncates it).
+- PEFT keeps ``use_rslora`` of the first adapter in the merged config with r = lora_alpha, which
+  multiplies its merged delta by sqrt(new rank). rankwise's merged adapter has scaling 1.
+- PEFT rounds each adapter's dense delta to the adapter's dtype (fp16 on a fp16 model) before
+  the SVD variants combine them; rankwise keeps float32 (float64 for ``svd``).
+- ``density`` has no default (PEFT's is None, which fails inside the merge).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+from ..errors import MergeConfigError
+from ..pool import AdapterPool
+from .registry import Factors, ModuleContext, register_method
+
+MAJORITY_SIGN_METHODS = ("total", "frequency")
+
+# Tags of the DARE random streams (the 4th entry of the seed sequence).
+_TAG_A, _TAG_B, _TAG_DELTA = 0, 1, 2
+
+# How each method treats its tensors: (pruning, sign election).
+_PRUNE = {
+    "linear": (None, False),
+    "ties": ("magnitude", True),
+    "dare_linear": ("random", False),
+    "dare_ties": ("random", True),
+    "magnitude_prune": ("magnitude", False),
+    "svd": (None, False),
+    "ties_svd": ("magnitude", True),
+    "dare_linear_svd": ("random", False),
+    "dare_ties_svd": ("random", True),
+    "magnitude_prune_svd": ("magnitude", False),
+}
+_EQUAL_RANKS = ("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune")
+
+# Householder reflectors are applied to W in blocks of this many (compact WY form).
+_QR_BLOCK = 64
+
+
+# ------------------------------------------------------------------------------- validation
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+Prepare = Callable[[AdapterPool, np.ndarray, dict[str, Any]], dict[str, Any]]
+
+
+def _make_prepare(method: str, params: list[str]) -> Prepare:
+    def prepare(pool: AdapterPool, weights: np.ndarray, opts: dict[str, Any]) -> dict[str, Any]:
+        if method in _EQUAL_RANKS:
+            for m in pool.modules:
+                ranks = pool.ranks(m)
+                if len(set(ranks)) != 1:
+                    raise MergeConfigError(
+                        f"method {method!r} merges A's and B's entrywise, so every adapter needs the "
+                        f"same rank per module, but module '{m}' has ranks {ranks} (one per adapter); "
+                        "use 'cat' or an svd method for mixed ranks"
+                    )
+        if "density" in params:
+            d = opts.get("density")
+            if d is None:
+                raise MergeConfigError(
+                    f"method {method!r} needs density=, the fraction of values each adapter keeps, in (0, 1]"
+                )
+            if not _is_real(d) or not 0.0 < float(d) <= 1.0:
+                raise MergeConfigError(
+                    f"density must be in (0, 1] (the fraction of values each adapter keeps), got {d!r}"
+                )
+            opts["density"] = float(d)
+        if "majority_sign_method" in params:
+            msm = opts.get("majority_sign_method", "total")
+            if msm not in MAJORITY_SIGN_METHODS:
+                raise MergeConfigError(
+                    f"majority_sign_method must be 'total' (sign of the sum) or 'frequency' (sign of "
+                    f"the majority), got {msm!r}"
+                )
+        if "seed" in params:
+            s = opts.get("seed", 0)
+            if not _is_int(s) or s < 0:
+                raise MergeConfigError(f"seed must be a non-negative int, got {s!r}")
+        if "svd_rank" in params:
+            r = opts.get("svd_rank")
+            if r is None:
+                # PEFT: the largest rank of the inputs, one rank for every module.
+                r = max(max(pool.ranks(m)) for m in pool.modules)
+            elif not _is_int(r) or r < 1:
+                raise MergeConfigError(f"svd_rank must be a positive int (the merged rank), got {r!r}")
+            opts["svd_rank"] = int(r)
+        if "svd_clamp" in params:
+            c = opts.get("svd_clamp")
+            if c is not None and (not _is_real(c) or not 0.0 < float(c) < 1.0):
+                raise MergeConfigError(f"svd_clamp must be None or a quantile in (0, 1) (e.g. 0.99), got {c!r}")
+        return opts
+
+    return prepare
+
+
+def _register(name: str) -> Callable[[Callable[..., Factors]], Callable[..., Factors]]:
+    """register_method with a prepare that validates the options ``fn`` takes."""
+
+    def deco(fn: Callable[..., Factors]) -> Callable[..., Factors]:
+        import inspect
+
+        params = [p for p in inspect.signature(fn).parameters if p != "ctx"]
+        return register_method(name, prepare=_make_prepare(name, params))(fn)
+
+    return deco
+
+
+# ------------------------------------------------------------------------------- elementwise
+def _magnitude_prune(x: np.ndarray, density: float) -> np.ndarray:
+    """Keeps the ``int(density·numel)`` entries of largest |x| (ties: lowest flat index)."""
+    if density >= 1.0:
+        return x
+    n = x.size
+    k = int(density * n)
+    if k <= 0:
+        return np.zeros_like(x)
+    mag = np.abs(x).ravel()
+    thr = np.partition(mag, n - k)[n - k]  # the k-th largest magnitude
+    keep = mag > thr
+    need = k - int(np.count_nonzero(keep))
+    if need > 0:
+        keep[np.flatnonzero(mag == thr)[:need]] = True
+    return np.where(keep.reshape(x.shape), x, np.float32(0))
+
+
+def _random_prune(x: np.ndarray, density: float, rng: np.random.Generator) -> np.ndarray:
+    """DARE: keeps each entry with probability density and divides the kept ones by it."""
+    if density >= 1.0:
+        return x
+    keep = rng.random(x.shape) < density
+    return np.where(keep, x, np.float32(0)) / np.float32(density)
+
+
+def _combine(
+    tensors: Iterable[np.ndarray],
+    weights: np.ndarray,
+    *,
+    prune: str | None,
+    elect: bool,
+    density: float = 1.0,
+    majority_sign_method: str = "total",
+    rng: Callable[[int], np.random.Generator] | None = None,
+) -> np.ndarray:
+    """PEFT's task_arithmetic / magnitude_prune / ties / dare_linear / dare_ties over float32
+    tensors, streamed (one input at a time). ``weights`` float32, one per tensor."""
+    acc = None  # Σ w_j·p_j
+    elected = pos_sum = neg_sum = pos_cnt = neg_cnt = None
+    for j, x in enumerate(tensors):
+        x = np.asarray(x, dtype=np.float32)
+        if prune == "magnitude":
+            p = _magnitude_prune(x, density)
+        elif prune == "random":
+            assert rng is not None
+            p = _random_prune(x, density, rng(j))
+        else:
+            p = x
+        wp = p * weights[j]
+        if not elect:
+            if acc is None:
+                acc = wp  # a new array (p times a weight)
+            else:
+                acc += wp
+            continue
+        pos, neg = p > 0, p < 0
+        vote = p if majority_sign_method == "total" else pos.astype(np.float32) - neg.astype(np.float32)
+        if elected is None:
+            elected = vote.astype(np.float32, copy=True)
+            pos_sum, neg_sum = np.where(pos, wp, np.float32(0)), np.where(neg, wp, np.float32(0))
+            pos_cnt, neg_cnt = pos.astype(np.float32), neg.astype(np.float32)
+        else:
+            elected += vote
+            pos_sum += np.where(pos, wp, np.float32(0))
+            neg_sum += np.where(neg, wp, np.float32(0))
+            pos_cnt += pos
+            neg_cnt += neg
+    if not elect:
+        if acc is None:
+            raise MergeConfigError("nothing to merge: the pool is empty")
+        return acc
+    assert elected is not None and pos_sum is not None and neg_sum is not None
+    # Disjoint merge: the mean of the weighted values whose sign agrees with the elected one.
+    return np.where(
+        elected >= 0,
+        pos_sum / np.maximum(pos_cnt, np.float32(1)),
+        neg_sum / np.maximum(neg_cnt, np.float32(1)),
+    ).astype(np.float32, copy=False)
+
+
+# ------------------------------------------------------------------------------- factor methods
+def _sqrt_weights(ctx: ModuleContext) -> tuple[np.ndarray, np.ndarray]:
+    """PEFT's per-side weights: A gets sign(w·s)·sqrt(|w·s|), B gets sqrt(|w·s|)."""
+    wa, wb = [], []
+    for j, w in enumerate(ctx.weights):
+        ws = float(w) * ctx.pool[j].module(ctx.module).scaling
+        root = math.sqrt(abs(ws))
+        wa.append(root if ws >= 0 else -root)
+        wb.append(root)
+    return np.asarray(wa, dtype=np.float32), np.asarray(wb, dtype=np.float32)
+
+
+def _factor_merge(
+    ctx: ModuleContext, method: str, density: float | None = 1.0, majority_sign_method: str = "total", seed: int = 0
+) -> Factors:
+    prune, elect = _PRUNE[method]
+    density = 1.0 if density is None else float(density)
+    wa, wb = _sqrt_weights(ctx)
+    raw = [ctx.factors(j, folded=False) for j in range(len(ctx.pool))]
+    out = []
+    for side, (w, tag) in enumerate(((wa, _TAG_A), (wb, _TAG_B))):
+        out.append(
+            _combine(
+                (f[side] for f in raw),
+                w,
+                prune=prune,
+                elect=elect,
+                density=density,
+                majority_sign_method=majority_sign_method,
+                rng=_rng_factory(seed, ctx.index, tag),
+            )
+        )
+    return out[0], out[1]
+
+
+def _rng_factory(seed: int, module_index: int, tag: int) -> Callable[[int], np.random.Generator]:
+    return lambda j: np.random.default_rng([seed, module_index, j, tag])
+
+
+@_register("linear")
+def linear(ctx: ModuleContext) -> Factors:
+    """Weighted sum of the A's and of the B's (PEFT 'linear'; equal ranks; approximate)."""
+    return _factor_merge(ctx, "linear")
+
+
+@_register("ties")
+def ties(ctx: ModuleContext, *, density: float | None = None, majority_sign_method: str = "total") -> Factors:
+    """TIES on the A's and B's: trim to density, elect signs, disjoint mean (PEFT 'ties')."""
+    return _factor_merge(ctx, "ties", density, majority_sign_method)
+
+
+@_register("dare_linear")
+def dare_linear(ctx: ModuleContext, *, density: float | None = None, seed: int = 0) -> Factors:
+    """DARE on the A's and B's: random drop with rescale, weighted sum (PEFT 'dare_linear')."""
+    return _factor_merge(ctx, "dare_linear", density, seed=seed)
+
+
+@_register("dare_ties")
+def dare_ties(
+    ctx: ModuleContext, *, density: float | None = None, majority_sign_method: str = "total", seed: int = 0
+) -> Factors:
+    """DARE then TIES sign election on the A's and B's (PEFT 'dare_ties')."""
+    return _factor_merge(ctx, "dare_ties", density, majority_sign_method, seed)
+
+
+@_register("magnitude_prune")
+def magnitude_prune(ctx: ModuleContext, *, density: float | None = None) -> Factors:
+    """Magnitude pruning of the A's and B's, weighted sum (PEFT 'magnitude_prune')."""
+    return _factor_merge(ctx, "magnitude_prune", density)
+
+
+@_register("cat")
+def cat(ctx: ModuleContext) -> Factors:
+    """Concatenation of every adapter's units: rank Σ r_j, the exact weighted sum (PEFT 'cat')."""
+    a_parts, b_parts = [], []
+    for j, w in enumerate(ctx.weights):
+        a, b = ctx.factors(j, folded=False)
+        s = ctx.pool[j].module(ctx.module).scaling
+        a_parts.append(a * np.float32(w) * np.float32(s))  # PEFT: A·weight·scaling, in float32
+        b_parts.append(b)
+    return np.concatenate(a_parts, axis=0), np.concatenate(b_parts, axis=1)
+
+
+# ------------------------------------------------------------------------------- svd methods
+def _sign_fix(us: np.ndarray, vh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Orients each singular pair so that the largest-|.| entry of its U·S column is positive."""
+    if us.shape[1] == 0:
+        return us, vh
+    idx = np.argmax(np.abs(us), axis=0)
+    flip = np.where(us[idx, np.arange(us.shape[1])] < 0, -1.0, 1.0)
+    return us * flip[None, :], vh * flip[:, None]
+
+
+def _clamp(us: np.ndarray, vh: np.ndarray, q: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """PEFT's svd_clamp: clip U·S and Vh to [-h, h], h the q-quantile of all their entries."""
+    us = np.ascontiguousarray(us, dtype=np.float32)
+    vh = np.ascontiguousarray(vh, dtype=np.float32)
+    if q is None:
+        return us, vh
+    dist = np.concatenate([us.ravel(), vh.ravel()])
+    hi = np.float32(np.quantile(dist, q))  # linear interpolation, as torch.quantile
+    return np.clip(us, -hi, hi), np.clip(vh, -hi, hi)
+
+
+def _top_eigh(m: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k largest eigenvalues (descending, clipped at 0) and eigenvectors of symmetric m.
+
+    With scipy installed, only those k are computed (LAPACK syevr: tridiagonal reduction, then
+    MRRR on the wanted part, 2-3× faster than all n); else numpy's full ``eigh``."""
+    n = m.shape[0]
+    sp_eigh = _scipy_eigh()
+    if sp_eigh is not None and 0 < k < n:
+        lam, vec = sp_eigh(m, subset_by_index=[n - k, n - 1], driver="evr", check_finite=False)
+    else:
+        lam, vec = np.linalg.eigh(m)
+        lam, vec = lam[n - k :], vec[:, n - k :]
+    return np.maximum(lam[::-1], 0.0), np.ascontiguousarray(vec[:, ::-1])
+
+
+_SCIPY_EIGH: Any = None  # None: not looked up yet; False: scipy is not installed
+
+
+def _scipy_eigh() -> Any:
+    global _SCIPY_EIGH
+    if _SCIPY_EIGH is None:
+        try:
+            from scipy.linalg import eigh
+        except ImportError:  # pragma: no cover - scipy is optional
+            _SCIPY_EIGH = False
+        else:
+            _SCIPY_EIGH = eigh
+    return _SCIPY_EIGH or None
+
+
+def _dense_top_k(d: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(U_k·S_k, Vh_k)`` of a dense d_out × d_in matrix, from its smaller Gram matrix."""
+    d = np.asarray(d, dtype=np.float64)
+    d_out, d_in = d.shape
+    if d_out >= d_in:
+        _, v = _top_eigh(d.T @ d, k)
+        return d @ v, v.T
+    lam, u = _top_eigh(d @ d.T, k)
+    s = np.sqrt(lam)
+    vh = u.T @ d
+    nz = s > 0
+    vh[nz] /= s[nz, None]
+    vh[~nz] = 0.0
+    return u * s[None, :], vh
+
+
+def _factored_top_k(b: np.ndarray, a: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(U_k·S_k, Vh_k)`` of ``b @ a`` (b: d_out × R, a: R × d_in, float64, k ≤ R < d_in)
+    without forming it: Householder QR of aᵀ, then the top-k eigenpairs of an R × R matrix."""
+    r = a.shape[0]
+    h, tau = np.linalg.qr(a.T, mode="raw")  # LAPACK geqrf; h is R × d_in (row i: column i)
+    ra = np.triu(h.T[:r])  # aᵀ = Q_a·R_a
+    m = ra @ (b.T @ b) @ ra.T  # (b·R_aᵀ)ᵀ(b·R_aᵀ)
+    _, w = _top_eigh((m + m.T) * 0.5, k)
+    return b @ (ra.T @ w), _apply_q(h, tau, w).T
+
+
+def _apply_q(h: np.ndarray, tau: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``Q @ [w; 0]`` for ``h, tau = numpy.linalg.qr(x, mode="raw")`` (x: d × R, Q: d × d).
+
+    Q = H_0·H_1·…·H_{R-1}, ``H_i = I - tau_i·v_i·v_iᵀ``, v_i = (0…0, 1, h[i, i+1:]). Blocks of
+    reflectors are applied last to first in compact WY form ``I - V·T·Vᵀ``, with
+    ``T⁻¹ = diag(1/tau) + strict_upper(VᵀV)`` (tau_i = 2/‖v_i‖², or 0 for H_i = I)."""
+    h = np.ascontiguousarray(h)
+    r, d = h.shape
+    y = np.zeros((d, w.shape[1]))
+    y[: w.shape[0]] = w
+    for i0 in range(((r - 1) // _QR_BLOCK) * _QR_BLOCK, -1, -_QR_BLOCK):
+        i1 = min(i0 + _QR_BLOCK, r)
+        nb = i1 - i0
+        v = np.tril(h[i0:i1, i0:].T, -1)
+        diag = np.arange(nb)
+        v[diag, diag] = 1.0
+        t = tau[i0:i1]
+        ident = t == 0
+        v[:, ident] = 0.0
+        t_inv = np.triu(v.T @ v, 1)
+        t_inv[diag, diag] = 1.0 / np.where(ident, 1.0, t)
+        y[i0:] -= v @ np.linalg.solve(t_inv, v.T @ y[i0:])
+    return y
+
+
+def _svd_finish(us: np.ndarray, vh: np.ndarray, svd_clamp: float | None) -> Factors:
+    us, vh = _sign_fix(us, vh)
+    us, vh = _clamp(us, vh, svd_clamp)
+    return vh, us
+
+
+def _rank_for(ctx: ModuleContext, svd_rank: int) -> int:
+    return min(int(svd_rank), *ctx.shape)
+
+
+@_register("svd")
+def svd(ctx: ModuleContext, *, svd_rank: int | None = None, svd_clamp: float | None = None) -> Factors:
+    """Truncated SVD of Σ w_j·ΔW_j, computed from the factors (PEFT 'svd')."""
+    assert svd_rank is not None  # resolved by prepare
+    k = _rank_for(ctx, svd_rank)
+    a_parts, b_parts = [], []
+    for j, w in enumerate(ctx.weights):
+        a, b = ctx.factors(j, folded=True)
+        a_parts.append(a.astype(np.float64))
+        b_parts.append(b.astype(np.float64) * float(w))
+    a_cat, b_cat = np.concatenate(a_parts, axis=0), np.concatenate(b_parts, axis=1)
+    r_total = a_cat.shape[0]
+    if r_total < min(ctx.shape) and k <= r_total:
+        res = _factored_top_k(b_cat, a_cat, k)
+    else:
+        res = _dense_top_k(b_cat @ a_cat, k)
+    return _svd_finish(*res, svd_clamp)
+
+
+def _delta_svd_merge(
+    ctx: ModuleContext,
+    method: str,
+    *,
+    density: float | None,
+    majority_sign_method: str = "total",
+    seed: int = 0,
+    svd_rank: int | None,
+    svd_clamp: float | None,
+) -> Factors:
+    assert svd_rank is not None and density is not None  # resolved by prepare
+    prune, elect = _PRUNE[method]
+    k = _rank_for(ctx, svd_rank)
+
+    def deltas() -> Iterable[np.ndarray]:
+        for j in range(len(ctx.pool)):
+            a, b = ctx.factors(j, folded=False)
+            s = ctx.pool[j].module(ctx.module).scaling
+            yield (b @ a) * np.float32(s)  # PEFT's get_delta_weight, float32
+
+    merged = _combine(
+        deltas(),
+        ctx.weights.astype(np.float32),
+        prune=prune,
+        elect=elect,
+        density=density,
+        majority_sign_method=majority_sign_method,
+        rng=_rng_factory(seed, ctx.index, _TAG_DELTA),
+    )
+    return _svd_finish(*_dense_top_k(merged, k), svd_clamp)
+
+
+@_register("ties_svd")
+def ties_svd(
+    ctx: ModuleContext,
+    *,
+    density: float | None = None,
+    majority_sign_method: str = "total",
+    svd_rank: int | None = None,
+    svd_clamp: float | None = None,
+) -> Factors:
+    """TIES on the dense deltas, then truncated SVD (PEFT 'ties_svd')."""
+    return _delta_svd_merge(
+        ctx, "ties_svd", density=density, majority_sign_method=majority_sign_method,
+        svd_rank=svd_rank, svd_clamp=svd_clamp,
+    )  # fmt: skip
+
+
+@_register("dare_linear_svd")
+def dare_linear_svd(
+    ctx: ModuleContext,
+    *,
+    density: float | None = None,
+    seed: int = 0,
+    svd_rank: int | None = None,
+    svd_clamp: float | None = None,
+) -> Factors:
+    """DARE (random drop, rescale) on the dense deltas, sum, truncated SVD (PEFT 'dare_linear_svd')."""
+    return _delta_svd_merge(ctx, "dare_linear_svd", density=density, seed=seed, svd_rank=svd_rank, svd_clamp=svd_clamp)
+
+
+@_register("dare_ties_svd")
+def dare_ties_svd(
+    ctx: ModuleContext,
+    *,
+    density: float | None = None,
+    majority_sign_method: str = "total",
+    seed: int = 0,
+    svd_rank: int | None = None,
+    svd_clamp: float | None = None,
+) -> Factors:
+    """DARE then TIES on the dense deltas, truncated SVD (PEFT 'dare_ties_svd')."""
+    return _delta_svd_merge(
+        ctx, "dare_ties_svd", density=density, majority_sign_method=majority_sign_method,
+        seed=seed, svd_rank=svd_rank, svd_clamp=svd_clamp,
+    )  # fmt: skip
+
+
+@_register("magnitude_prune_svd")
+def magnitude_prune_svd(
+    ctx: ModuleContext,
+    *,
+    density: float | None = None,
+    svd_rank: int | None = None,
+    svd_clamp: float | None = None,
+) -> Factors:
+    """Magnitude pruning of the dense deltas, weighted sum, truncated SVD (PEFT 'magnitude_prune_svd')."""
+    return _delta_svd_merge(ctx, "magnitude_prune_svd", density=density, svd_rank=svd_rank, svd_clamp=svd_clamp)
