@@ -45,11 +45,15 @@
 //! over x (what an unfused, ordered f64 update needs) cost ~10 ms per iteration more on the
 //! large shape here.
 //!
-//! # Performance (2 threads, this 2-core AMD EPYC, AVX2)
-//! Per Lloyd iteration (assignment GEMM + arg-min + fused update), in CPU time per thread on a
-//! busy shared machine (wall times there were 2-4× that): (8000, 2048, 16) ≈ 6 ms ≈ 85
-//! GFLOP/s (2·n·k·d / time); (8000, 8192, 64) ≈ 68 ms ≈ 125 GFLOP/s, with the GEMM alone at
-//! ≈ 52 ms ≈ 160 GFLOP/s. See benches/bench_kmeans.py for wall-clock comparisons.
+//! # Performance (2 threads, this 2-core AMD EPYC, AVX2, numpy sgemm peak ≈ 160-175 GFLOP/s)
+//! Measured on a busy shared machine, so in CPU time per thread (wall times were 2-4× that).
+//! One Lloyd iteration (assignment GEMM + arg-min + fused update): (8000, 2048, 16) ≈ 6.5 ms
+//! ≈ 80 GFLOP/s (2·n·k·d / time); (8000, 8192, 64) ≈ 66 ms ≈ 127 GFLOP/s, of which the GEMM
+//! is ≈ 52-55 ms ≈ 150-160 GFLOP/s. A whole 20-iteration run of the large shape, setup and the
+//! final pass included: 75 ms per iteration (≈ 112 GFLOP/s); faiss 1.15 and scikit-learn 1.9 on
+//! the same run took ≈ 1.5× and ≈ 1.7× the CPU time per iteration (benches/RESULTS.md,
+//! bench_kmeans, has the wall-clock tables). Seeding (k-means++, k = 64, all 8000 points) costs
+//! ≈ 1 s, about 15 iterations: k passes over x, memory-bound.
 //!
 //! # Seeding
 //! scikit-learn's greedy k-means++ (`n_local_trials = 2 + floor(ln k)`), driven by xoshiro256**
