@@ -270,11 +270,11 @@ fn run(
         let mut rng = Xoshiro256::new(seeds.next_u64());
         let centres = seed_kmeans_pp(x, n, d, k, &mut rng)?;
         let r = lloyd(x, n, d, fx, centres, params.max_iter, tol_abs)?;
-        if best.as_ref().map_or(true, |b| r.inertia < b.inertia) {
+        if best.as_ref().is_none_or(|b| r.inertia < b.inertia) {
             best = Some(r);
         }
     }
-    Ok(best.expect("n_init >= 1"))
+    best.ok_or_else(|| Error::invalid("n_init must be at least 1"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1501,7 +1501,7 @@ mod tests {
                     .map(|i| naive_d2(row(i), row(c)).min(closest[i]))
                     .collect();
                 let p: f64 = dist.iter().sum();
-                if best.as_ref().map_or(true, |b| p < b.0) {
+                if best.as_ref().is_none_or(|b| p < b.0) {
                     best = Some((p, c, dist));
                 }
             }
