@@ -44,8 +44,6 @@ def open_adapters(folders: Sequence[Path], *, check_finite: bool = True) -> list
         files.check_finite(
             [(i, k) for i, a in enumerate(adapters) for m in a.modules.values() for k in (m.key_a, m.key_b)]
         )
-        for i in range(len(adapters)):
-            files.release(i)
     return adapters
 
 

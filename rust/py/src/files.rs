@@ -87,17 +87,24 @@ impl MappedFiles {
         Ok(arr.into_pyarray(py))
     }
 
-    /// Checks that the listed tensors `(file index, key)` hold only finite values (in parallel).
+    /// Checks that the listed tensors `(file index, key)` hold only finite values. Files are
+    /// checked in parallel, and each file's pages leave the resident set as soon as it is done,
+    /// so a pool larger than RAM is scanned with a resident set of a few files.
     fn check_finite(&self, py: Python<'_>, items: Vec<(usize, String)>) -> PyResult<()> {
-        for (i, _) in &items {
-            self.file(*i)?;
+        let mut by_file: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+        for (i, key) in items {
+            self.file(i)?;
+            by_file.entry(i).or_default().push(key);
         }
         let files = &self.files;
         run(py, || {
             use rayon::prelude::*;
-            items
-                .par_iter()
-                .try_for_each(|(i, key)| files[*i].check_finite(key))
+            by_file.par_iter().try_for_each(|(i, keys)| {
+                let f = &files[*i];
+                let checked = keys.iter().try_for_each(|k| f.check_finite(k));
+                f.release_all();
+                checked
+            })
         })
     }
 
