@@ -36,7 +36,8 @@ def kmeans(
     tol: float,
     seed: int,
     init: npt.NDArray[np.float32] | None,
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], float, int]: ...
+    sign_invariant: bool = False,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], float, int, npt.NDArray[np.float32]]: ...
 def hungarian(cost: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]: ...
 def align_factors(
     pairs: list[

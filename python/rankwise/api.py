@@ -32,6 +32,7 @@ class KMeansResult(NamedTuple):
     labels: np.ndarray  # (n,) int64
     inertia: float  # Σ squared distance to the assigned centroid
     n_iter: int  # Lloyd iterations run (of the best restart)
+    signs: np.ndarray | None = None  # (n,) float32 ±1: orientation of each point (all 1 unless sign_invariant)
 
 
 def kmeans(
@@ -43,12 +44,17 @@ def kmeans(
     tol: float = 1e-4,
     seed: int = 0,
     init: np.ndarray | None = None,
+    sign_invariant: bool = False,
 ) -> KMeansResult:
     """k-means (k-means++ seeding, Lloyd iterations) of the rows of ``x`` in Rust, GIL released.
 
     Semantics follow scikit-learn's ``KMeans(algorithm="lloyd")``: ``tol`` is relative to the
     mean per-feature variance, iterations stop early when assignments stop changing, and an
     explicit ``init`` (k × d) forces a single run. Same seed, same bytes, at any thread count.
+
+    ``sign_invariant=True`` clusters modulo sign: distance ‖x‖² + ‖c‖² − 2|x·c|, a point joins
+    its cluster as ``signs[i]·x[i]`` (``signs[i] = -1`` when x·c < 0), centroids are the means of
+    the oriented members; seeding, relocation of empty clusters and inertia use the same distance.
     """
     from .errors import MergeConfigError
 
@@ -59,5 +65,7 @@ def kmeans(
         raise MergeConfigError(f"k must be an int, got {k!r}")
     if init is not None:
         init = np.ascontiguousarray(init, dtype=np.float32)
-    c, labels, inertia, n_iter = _core.kmeans(x, int(k), n_init, max_iter, float(tol), int(seed), init)
-    return KMeansResult(c, labels, float(inertia), int(n_iter))
+    c, labels, inertia, n_iter, signs = _core.kmeans(
+        x, int(k), n_init, max_iter, float(tol), int(seed), init, bool(sign_invariant)
+    )
+    return KMeansResult(c, labels, float(inertia), int(n_iter), signs)

@@ -113,7 +113,9 @@ def lego(
             # A unit and its negation are the same rank-one update, and no per-unit sign rule is
             # stable under noise, so canonical units are clustered modulo sign; members are then
             # flipped into their centroid's orientation (b, a) -> (-b, -a), which keeps every delta.
-            labels, signs = sign_invariant_kmeans(x, k, n_init=n_init, max_iter=max_iter, seed=seed, init=init_c)
+            labels, signs = sign_invariant_kmeans(
+                x, k, n_init=n_init, max_iter=max_iter, tol=tol, seed=seed, init=init_c
+            )
             units *= signs[:, None]
         else:
             labels = kmeans(
@@ -144,62 +146,24 @@ def _normalized(units: np.ndarray, d_out: int) -> np.ndarray:
 
 
 def sign_invariant_kmeans(
-    x: np.ndarray, k: int, *, n_init: int = 3, max_iter: int = 100, seed: int = 0, init: np.ndarray | None = None
+    x: np.ndarray,
+    k: int,
+    *,
+    n_init: int = 3,
+    max_iter: int = 100,
+    tol: float = 0.0,
+    seed: int = 0,
+    init: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """k-means where a point joins a cluster with either sign: distance ‖x‖² + ‖c‖² − 2|x·c|,
     each centroid the mean of its members flipped to its orientation. k-means++ seeding with
-    the same distance on a subsample of at most 64·k points (enough to see every cluster),
-    ``n_init`` restarts, the lowest inertia kept. Returns (labels, signs ±1 float32)."""
-    xx = np.einsum("ij,ij->i", x, x, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    best: tuple[float, np.ndarray, np.ndarray] | None = None
-    for _ in range(1 if init is not None else n_init):
-        c = init.astype(np.float32) if init is not None else _si_seed(x, xx, k, rng)
-        labels, signs, inertia = _si_lloyd(x, xx, c, max_iter)
-        if best is None or inertia < best[0]:
-            best = (inertia, labels, signs)
-    assert best is not None
-    return best[1], best[2]
-
-
-def _si_seed(x: np.ndarray, xx: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    n = x.shape[0]
-    sub = rng.choice(n, size=min(n, 64 * k), replace=False) if n > 64 * k else np.arange(n)
-    xs, xxs = x[sub], xx[sub]
-    first = int(rng.integers(len(sub)))
-    chosen = [first]
-    d = np.maximum(xxs + xxs[first] - 2 * np.abs(xs @ xs[first]), 0)
-    trials = 2 + int(np.log(k))
-    for _ in range(1, k):
-        total = d.sum()
-        cand = rng.choice(len(sub), size=trials, p=d / total) if total > 0 else rng.choice(len(sub), size=trials)
-        cd = np.maximum(np.minimum(d[None, :], xxs[None, :] + xxs[cand][:, None] - 2 * np.abs(xs[cand] @ xs.T)), 0)
-        best = int(np.argmin(cd.sum(axis=1)))
-        chosen.append(int(cand[best]))
-        d = cd[best]
-    return xs[chosen].astype(np.float32)
-
-
-def _si_lloyd(x: np.ndarray, xx: np.ndarray, c: np.ndarray, max_iter: int) -> tuple[np.ndarray, np.ndarray, float]:
-    n, k = x.shape[0], c.shape[0]
-    labels = np.full(n, -1)
-    signs = np.ones(n, dtype=np.float32)
-    for _ in range(max_iter):
-        dots = x @ c.T
-        dist = (c * c).sum(axis=1)[None, :] - 2 * np.abs(dots)
-        new = np.argmin(dist, axis=1)
-        new_signs = np.where(dots[np.arange(n), new] < 0, -1.0, 1.0).astype(np.float32)
-        if np.array_equal(new, labels) and np.array_equal(new_signs, signs):
-            break
-        labels, signs = new, new_signs
-        # Cluster sums as one GEMM with a signed one-hot matrix (k × n).
-        onehot = np.zeros((k, n), dtype=np.float32)
-        onehot[labels, np.arange(n)] = signs
-        counts = np.bincount(labels, minlength=k)
-        c = np.where(counts[:, None] > 0, (onehot @ x) / np.maximum(counts, 1)[:, None], c).astype(np.float32)
-    dots = x @ c.T
-    inertia = float(np.maximum(xx + ((c * c).sum(axis=1)[labels]) - 2 * np.abs(dots[np.arange(n), labels]), 0).sum())
-    return labels, signs, inertia
+    the same distance (on a subsample of at most 256·k points), ``n_init`` restarts (one when
+    ``init`` is given), the lowest inertia kept; Lloyd runs until labels and signs stop changing,
+    the centre shift is within ``tol`` (relative, as scikit-learn's), or ``max_iter``. Runs in
+    Rust (:func:`rankwise.api.kmeans` with ``sign_invariant=True``). Returns (labels, signs ±1)."""
+    r = kmeans(x, k, n_init=n_init, max_iter=max_iter, tol=tol, seed=seed, init=init, sign_invariant=True)
+    assert r.signs is not None
+    return r.labels, r.signs
 
 
 def _cluster_means(units: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:

@@ -64,6 +64,18 @@
 //! candidates), which would otherwise dwarf a few Lloyd iterations for large n. Restart `r` of `n_init` uses the r-th
 //! output of a splitmix64 stream started at `seed`; the run with the lowest inertia is kept
 //! (the first on ties).
+//!
+//! # Sign-invariant mode (`sign_invariant = true`, LoRA-LEGO's canonical rank units)
+//! A point joins a cluster with either sign: its distance to centre c is
+//! `min(‖x − c‖², ‖x + c‖²) = ‖x‖² + ‖c‖² − 2·|x·c|`. Assignment takes the arg-min over c of
+//! `‖c‖² − 2·|x·c|` (ties to the lowest index) and the sign `s = −1` when `x·c < 0` for the
+//! chosen c, else `+1`; centre sums add `s·x` (still exact fixed point: negation only flips the
+//! sign of each rounded value, so the bytes stay independent of the threads); strict convergence
+//! needs both labels and signs unchanged; k-means++ seeding, candidate distances, the empty-
+//! cluster relocation (farthest point, with `s·x` moved out of its old sum) and the inertia all
+//! use the sign-invariant distance (`‖x − s·c‖²`, ≥ 0). The sign is carried in the top bit of
+//! the internal u32 labels ([`NEG`]), so k must be below 2³¹ in this mode. With every `x·c ≥ 0`
+//! the two modes do exactly the same arithmetic and give the same bytes.
 
 use crate::error::{catch_panic, Error, Result};
 use crate::threads::check_cancelled;
@@ -82,6 +94,8 @@ pub struct KMeansParams {
     pub tol: f64,
     /// Seed of the k-means++ seeding and of the restarts.
     pub seed: u64,
+    /// Cluster modulo sign (distance `‖x‖² + ‖c‖² − 2·|x·c|`, see the module doc).
+    pub sign_invariant: bool,
 }
 
 impl Default for KMeansParams {
@@ -92,6 +106,7 @@ impl Default for KMeansParams {
             max_iter: 300,
             tol: 1e-4,
             seed: 0,
+            sign_invariant: false,
         }
     }
 }
@@ -107,6 +122,23 @@ pub struct KMeansResult {
     pub inertia: f64,
     /// Lloyd iterations run (of the restart that was kept).
     pub n_iter: usize,
+    /// Orientation of each of the `n` points in its cluster, `±1.0` (the point counts as
+    /// `signs[i]·x_i`); all `1.0` unless `sign_invariant`.
+    pub signs: Vec<f32>,
+}
+
+/// Top bit of an internal u32 label: the point joined its cluster negated (sign-invariant mode).
+const NEG: u32 = 1 << 31;
+
+/// Cluster index of an internal label.
+#[inline(always)]
+fn cluster(l: u32) -> usize {
+    (l & !NEG) as usize
+}
+
+#[inline(always)]
+fn is_neg(l: u32) -> bool {
+    l & NEG != 0
 }
 
 /// Points per centre kept for k-means++ seeding (faiss's `max_points_per_centroid`).
@@ -168,7 +200,7 @@ fn validate(
             "k={k} is larger than the n={n} points available"
         )));
     }
-    if k > u32::MAX as usize {
+    if k > u32::MAX as usize || (params.sign_invariant && k >= NEG as usize) {
         return Err(Error::invalid(format!("k={k} is too large")));
     }
     if params.n_init < 1 {
@@ -256,20 +288,21 @@ fn run(
     fx: &FixedPoint,
 ) -> Result<KMeansResult> {
     let k = params.k;
+    let si = params.sign_invariant;
     let tol_abs = if params.tol > 0.0 {
         params.tol * mean_variance(x, n, d)
     } else {
         0.0
     };
     if let Some(c) = init {
-        return lloyd(x, n, d, fx, c.to_vec(), params.max_iter, tol_abs);
+        return lloyd(x, n, d, fx, c.to_vec(), params.max_iter, tol_abs, si);
     }
     let mut seeds = SplitMix64(params.seed);
     let mut best: Option<KMeansResult> = None;
     for _ in 0..params.n_init {
         let mut rng = Xoshiro256::new(seeds.next_u64());
-        let centres = seed_kmeans_pp(x, n, d, k, &mut rng)?;
-        let r = lloyd(x, n, d, fx, centres, params.max_iter, tol_abs)?;
+        let centres = seed_kmeans_pp(x, n, d, k, &mut rng, si)?;
+        let r = lloyd(x, n, d, fx, centres, params.max_iter, tol_abs, si)?;
         if best.as_ref().is_none_or(|b| r.inertia < b.inertia) {
             best = Some(r);
         }
@@ -301,6 +334,7 @@ fn block_rows(n: usize, d: usize) -> usize {
     by_size.min(by_count)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn lloyd(
     x: &[f32],
     n: usize,
@@ -309,6 +343,7 @@ fn lloyd(
     mut centres: Vec<f32>,
     max_iter: usize,
     tol_abs: f64,
+    si: bool,
 ) -> Result<KMeansResult> {
     let k = centres.len() / d;
     let slots = Slots::new(k, d);
@@ -320,7 +355,7 @@ fn lloyd(
         check_cancelled()?;
         n_iter = it + 1;
         slots.clear();
-        assign(x, n, d, &centres, &mut labels, Some((fx, &slots)));
+        assign(x, n, d, &centres, &mut labels, si, Some((fx, &slots)));
         let (sums, counts) = slots.collect(fx, k, d);
         let new_centres = update_centres(x, n, d, &centres, &labels, sums, counts);
         let shift = centre_shift(&new_centres, &centres);
@@ -337,14 +372,18 @@ fn lloyd(
     let inertia = if strict {
         inertia(x, n, d, &centres, &labels)
     } else {
-        assign(x, n, d, &centres, &mut labels, None)
+        assign(x, n, d, &centres, &mut labels, si, None)
     };
-    debug_assert!(labels.iter().all(|&l| (l as usize) < k));
+    debug_assert!(labels.iter().all(|&l| cluster(l) < k));
     Ok(KMeansResult {
         centroids: centres,
-        labels: labels.iter().map(|&l| l as i64).collect(),
+        labels: labels.iter().map(|&l| cluster(l) as i64).collect(),
         inertia,
         n_iter,
+        signs: labels
+            .iter()
+            .map(|&l| if is_neg(l) { -1.0 } else { 1.0 })
+            .collect(),
     })
 }
 
@@ -363,9 +402,12 @@ struct Scratch {
     dots: Vec<f32>,
     order: Vec<u32>,
     start: Vec<usize>,
+    /// Fixed-point sums of a cluster's negated members (sign-invariant mode).
+    neg: Vec<i64>,
 }
 
-/// Labels of the nearest centre (ties to the lowest index), by blocks of rows. With `acc`, each
+/// Labels of the nearest centre (ties to the lowest index; with `si`, modulo sign, the sign in
+/// the [`NEG`] bit), by blocks of rows. With `acc`, each
 /// block's rows are then added (exactly, in fixed point) to the cluster sums of the worker's
 /// slot while they are still in cache. Without, returns the inertia of the new labels (blocks
 /// reduced in a fixed order); with, returns 0.
@@ -375,6 +417,7 @@ fn assign(
     d: usize,
     centres: &[f32],
     labels: &mut [u32],
+    si: bool,
     acc: Option<(&FixedPoint, &Slots)>,
 ) -> f64 {
     let k = centres.len() / d;
@@ -392,32 +435,68 @@ fn assign(
             s.dots.resize(m * k, 0.0);
             gemm_xct(xb, m, d, centres, k, &mut s.dots);
             for (l, row) in lab.iter_mut().zip(s.dots.chunks_exact(k)) {
-                *l = argmin_dist(&cn, row);
+                *l = if si {
+                    argmin_dist_si(&cn, row)
+                } else {
+                    argmin_dist(&cn, row)
+                };
             }
             match acc {
                 Some((fx, slots)) => {
-                    // Bucket the block's rows by label, then add each cluster's rows at once.
-                    s.start.clear();
-                    s.start.resize(k + 1, 0);
+                    // Bucket the block's rows by label (and sign), then add each bucket at once.
+                    let Scratch {
+                        order, start, neg, ..
+                    } = s;
+                    let buckets = if si { 2 * k } else { k };
+                    let key = |l: u32| {
+                        if si {
+                            2 * cluster(l) + is_neg(l) as usize
+                        } else {
+                            l as usize
+                        }
+                    };
+                    start.clear();
+                    start.resize(buckets + 1, 0);
                     for &l in lab.iter() {
-                        s.start[l as usize + 1] += 1;
+                        start[key(l) + 1] += 1;
                     }
-                    for j in 0..k {
-                        s.start[j + 1] += s.start[j];
+                    for j in 0..buckets {
+                        start[j + 1] += start[j];
                     }
-                    s.order.resize(m, 0);
-                    let mut next = s.start.clone();
+                    order.resize(m, 0);
+                    let mut next = start.clone();
                     for (i, &l) in lab.iter().enumerate() {
-                        s.order[next[l as usize]] = i as u32;
-                        next[l as usize] += 1;
+                        order[next[key(l)]] = i as u32;
+                        next[key(l)] += 1;
                     }
+                    let magic_bits = MAGIC.to_bits() as i64;
                     let mut slot = slots.lock();
+                    let slot = &mut *slot;
                     for j in 0..k {
-                        let members = &s.order[s.start[j]..s.start[j + 1]];
-                        if !members.is_empty() {
-                            let dst = &mut slot.sums[j * d..(j + 1) * d];
-                            simd.fx_accumulate(dst, xb, d, members, &fx.scale);
-                            slot.counts[j] += members.len() as u64;
+                        let (pos, negs) = if si {
+                            (
+                                &order[start[2 * j]..start[2 * j + 1]],
+                                &order[start[2 * j + 1]..start[2 * j + 2]],
+                            )
+                        } else {
+                            (&order[start[j]..start[j + 1]], &order[..0])
+                        };
+                        let dst = &mut slot.sums[j * d..(j + 1) * d];
+                        if !pos.is_empty() {
+                            simd.fx_accumulate(dst, xb, d, pos, &fx.scale);
+                            slot.counts[j] += pos.len() as u64;
+                        }
+                        if !negs.is_empty() {
+                            // t = Σ (round(v·scale) + bits(MAGIC)) over the negated members;
+                            // dst gets Σ (−round(v·scale) + bits(MAGIC)) = 2·c·bits(MAGIC) − t.
+                            neg.clear();
+                            neg.resize(d, 0);
+                            simd.fx_accumulate(neg, xb, d, negs, &fx.scale);
+                            let adj = magic_bits.wrapping_mul(2 * negs.len() as i64);
+                            for (a, &t) in dst.iter_mut().zip(neg.iter()) {
+                                *a = a.wrapping_sub(t).wrapping_add(adj);
+                            }
+                            slot.counts[j] += negs.len() as u64;
                         }
                     }
                     0.0
@@ -426,8 +505,8 @@ fn assign(
                     .chunks_exact(d)
                     .zip(lab.iter())
                     .map(|(row, &l)| {
-                        let l = l as usize;
-                        simd.sq_dist(row, &centres[l * d..(l + 1) * d])
+                        let c = cluster(l);
+                        simd.sq_dist_signed(row, &centres[c * d..(c + 1) * d], is_neg(l))
                     })
                     .sum::<f64>(),
             }
@@ -449,6 +528,26 @@ fn argmin_dist(cn: &[f32], dots: &[f32]) -> u32 {
         }
     }
     best
+}
+
+/// Index of the smallest `cn[j] − 2·|dot[j]|` (the first on ties), with [`NEG`] set when the
+/// chosen `dot[j] < 0`.
+#[inline]
+fn argmin_dist_si(cn: &[f32], dots: &[f32]) -> u32 {
+    let mut best = 0usize;
+    let mut best_v = f32::INFINITY;
+    for (j, (&c, &p)) in cn.iter().zip(dots).enumerate() {
+        let v = c - 2.0 * p.abs();
+        if v < best_v {
+            best_v = v;
+            best = j;
+        }
+    }
+    if dots[best] < 0.0 {
+        best as u32 | NEG
+    } else {
+        best as u32
+    }
 }
 
 /// Exact cluster sums in 64-bit fixed point. Column j is scaled by `2^e_j`, chosen so that every
@@ -582,10 +681,12 @@ fn update_centres(
     if !empty.is_empty() {
         let far = farthest_points(x, n, d, centres, labels, empty.len());
         for (&j_new, &i) in empty.iter().zip(&far) {
-            let j_old = labels[i] as usize;
+            let j_old = cluster(labels[i]);
             let row = &x[i * d..(i + 1) * d];
+            // The point counted as ±x in its old cluster's sum.
+            let sign = if is_neg(labels[i]) { -1.0 } else { 1.0 };
             for (s, &v) in sums[j_old * d..(j_old + 1) * d].iter_mut().zip(row) {
-                *s -= v as f64;
+                *s -= sign * v as f64;
             }
             for (s, &v) in sums[j_new * d..(j_new + 1) * d].iter_mut().zip(row) {
                 *s = v as f64;
@@ -628,8 +729,13 @@ fn farthest_points(
     let dist: Vec<f64> = (0..n)
         .into_par_iter()
         .map(|i| {
-            let l = labels[i] as usize;
-            simd.sq_dist(&x[i * d..(i + 1) * d], &centres[l * d..(l + 1) * d])
+            let l = labels[i];
+            let c = cluster(l);
+            simd.sq_dist_signed(
+                &x[i * d..(i + 1) * d],
+                &centres[c * d..(c + 1) * d],
+                is_neg(l),
+            )
         })
         .collect();
     let mut idx: Vec<usize> = (0..n).collect();
@@ -653,7 +759,7 @@ fn centre_shift(new: &[f32], old: &[f32]) -> f64 {
         .sum()
 }
 
-/// Σ_i ‖x_i − c_{label_i}‖², f64, blocks reduced in a fixed order.
+/// Σ_i ‖x_i − s_i·c_{label_i}‖², f64, blocks reduced in a fixed order.
 fn inertia(x: &[f32], n: usize, d: usize, centres: &[f32], labels: &[u32]) -> f64 {
     let simd = Simd::detect();
     let rows = block_rows(n, d);
@@ -664,8 +770,8 @@ fn inertia(x: &[f32], n: usize, d: usize, centres: &[f32], labels: &[u32]) -> f6
             xb.chunks_exact(d)
                 .zip(lab)
                 .map(|(row, &l)| {
-                    let l = l as usize;
-                    simd.sq_dist(row, &centres[l * d..(l + 1) * d])
+                    let c = cluster(l);
+                    simd.sq_dist_signed(row, &centres[c * d..(c + 1) * d], is_neg(l))
                 })
                 .sum::<f64>()
         })
@@ -718,13 +824,14 @@ fn mean_variance(x: &[f32], n: usize, d: usize) -> f64 {
 // Seeding
 
 /// Greedy k-means++ (scikit-learn's `_kmeans_plusplus`) on x, or on a subsample of
-/// `SEED_POINTS_PER_CENTRE·k` points when x has more.
+/// `SEED_POINTS_PER_CENTRE·k` points when x has more; `si`: sign-invariant distances.
 fn seed_kmeans_pp(
     x: &[f32],
     n: usize,
     d: usize,
     k: usize,
     rng: &mut Xoshiro256,
+    si: bool,
 ) -> Result<Vec<f32>> {
     let m = n.min(SEED_POINTS_PER_CENTRE.saturating_mul(k));
     let sample: Vec<f32>;
@@ -746,17 +853,24 @@ fn seed_kmeans_pp(
     } else {
         x
     };
-    kmeans_pp(s, m, d, k, rng)
+    kmeans_pp(s, m, d, k, rng, si)
 }
 
-fn kmeans_pp(s: &[f32], m: usize, d: usize, k: usize, rng: &mut Xoshiro256) -> Result<Vec<f32>> {
+fn kmeans_pp(
+    s: &[f32],
+    m: usize,
+    d: usize,
+    k: usize,
+    rng: &mut Xoshiro256,
+    si: bool,
+) -> Result<Vec<f32>> {
     let simd = Simd::detect();
     let sn: Vec<f64> = s.par_chunks(d).map(|r| simd.sq_norm(r)).collect();
     let trials = 2 + (k as f64).ln().floor() as usize;
     let mut centres = vec![0f32; k * d];
     let first = rng.below(m);
     centres[..d].copy_from_slice(&s[first * d..(first + 1) * d]);
-    let (mut closest, pots) = candidate_distances(s, &sn, m, d, &centres[..d], None);
+    let (mut closest, pots) = candidate_distances(s, &sn, m, d, &centres[..d], None, si);
     let mut pot = pots[0];
     let mut cumsum = vec![0f64; m];
     let mut cand = vec![0f32; trials * d];
@@ -773,7 +887,7 @@ fn kmeans_pp(s: &[f32], m: usize, d: usize, k: usize, rng: &mut Xoshiro256) -> R
             *id = cumsum.partition_point(|&v| v < r).min(m - 1);
             cand[t * d..(t + 1) * d].copy_from_slice(&s[*id * d..(*id + 1) * d]);
         }
-        let (dist, pots) = candidate_distances(s, &sn, m, d, &cand, Some(&closest));
+        let (dist, pots) = candidate_distances(s, &sn, m, d, &cand, Some(&closest), si);
         let mut best = 0;
         for (t, &p) in pots.iter().enumerate() {
             if p < pots[best] {
@@ -791,7 +905,7 @@ fn kmeans_pp(s: &[f32], m: usize, d: usize, k: usize, rng: &mut Xoshiro256) -> R
 
 /// For candidates `cand` (t × d): `dist[i·t + j] = min(closest[i], ‖s_i − cand_j‖²)` (without
 /// the min when `closest` is None) and each candidate's potential `Σ_i dist[i·t + j]`, reduced
-/// over blocks in a fixed order.
+/// over blocks in a fixed order. With `si`, `‖s_i‖² + ‖cand_j‖² − 2·|s_i·cand_j|` (clamped ≥ 0).
 fn candidate_distances(
     s: &[f32],
     sn: &[f64],
@@ -799,6 +913,7 @@ fn candidate_distances(
     d: usize,
     cand: &[f32],
     closest: Option<&[f64]>,
+    si: bool,
 ) -> (Vec<f64>, Vec<f64>) {
     let t = cand.len() / d;
     let cn: Vec<f64> = cand.chunks_exact(d).map(sq_norm).collect();
@@ -820,7 +935,8 @@ fn candidate_distances(
             {
                 let xn = sn[r0 + i];
                 for j in 0..t {
-                    let mut v = (xn - 2.0 * p[j] as f64 + cn[j]).max(0.0);
+                    let pj = if si { p[j].abs() } else { p[j] };
+                    let mut v = (xn - 2.0 * pj as f64 + cn[j]).max(0.0);
                     if let Some(cl) = closest {
                         v = v.min(cl[r0 + i]);
                     }
@@ -939,6 +1055,20 @@ impl Simd {
         kern::sq_dist(a, b)
     }
 
+    /// `‖a − b‖²`, or `‖a + b‖²` when `neg`.
+    #[inline]
+    fn sq_dist_signed(self, a: &[f32], b: &[f32], neg: bool) -> f64 {
+        if !neg {
+            return self.sq_dist(a, b);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if self.avx2 {
+            // SAFETY: AVX2 support was detected at run time.
+            return unsafe { avx2::sq_sum(a, b) };
+        }
+        kern::sq_sum(a, b)
+    }
+
     #[inline]
     fn sq_norm(self, a: &[f32]) -> f64 {
         #[cfg(target_arch = "x86_64")]
@@ -1004,6 +1134,26 @@ mod kern {
         let mut tail = 0f64;
         for (&x, &y) in ra.iter().zip(rb) {
             let t = x as f64 - y as f64;
+            tail += t * t;
+        }
+        sum8(acc, tail)
+    }
+
+    /// `‖a + b‖²`, same order of operations as [`sq_dist`].
+    #[inline(always)]
+    pub fn sq_sum(a: &[f32], b: &[f32]) -> f64 {
+        let mut acc = [0f64; 8];
+        let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+        let (ra, rb) = (ca.remainder(), cb.remainder());
+        for (x, y) in ca.zip(cb) {
+            for l in 0..8 {
+                let t = x[l] as f64 + y[l] as f64;
+                acc[l] += t * t;
+            }
+        }
+        let mut tail = 0f64;
+        for (&x, &y) in ra.iter().zip(rb) {
+            let t = x as f64 + y as f64;
             tail += t * t;
         }
         sum8(acc, tail)
@@ -1098,6 +1248,11 @@ mod avx2 {
     #[target_feature(enable = "avx2")]
     pub unsafe fn sq_dist(a: &[f32], b: &[f32]) -> f64 {
         super::kern::sq_dist(a, b)
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn sq_sum(a: &[f32], b: &[f32]) -> f64 {
+        super::kern::sq_sum(a, b)
     }
 
     #[target_feature(enable = "avx2")]
@@ -1428,6 +1583,7 @@ mod tests {
             max_iter: 20,
             tol: 0.0,
             seed: 42,
+            ..params(k)
         };
         let a = in_pool(1, || kmeans(&x, n, d, &p, None).unwrap());
         let b = in_pool(2, || kmeans(&x, n, d, &p, None).unwrap());
@@ -1469,6 +1625,183 @@ mod tests {
         let a = kmeans(&x, n, d, &one, Some(&init)).unwrap();
         let b = kmeans(&x, n, d, &many, Some(&init)).unwrap();
         assert_eq!(a, b);
+    }
+
+    // ---- sign-invariant mode ----------------------------------------------------------------
+
+    /// `k` prototypes in [-scale, scale]^d; point i is `s_i·p_{i % k} + noise` with random s_i.
+    fn signed_copies(n: usize, d: usize, k: usize, seed: u64) -> (Vec<f32>, Vec<usize>, Vec<f32>) {
+        let mut rng = Xoshiro256::new(seed);
+        let protos: Vec<f32> = (0..k * d)
+            .map(|_| (rng.next_f64() as f32 * 2.0 - 1.0) * 5.0)
+            .collect();
+        let mut x = vec![0f32; n * d];
+        let mut truth = vec![0usize; n];
+        let mut sign = vec![1f32; n];
+        for i in 0..n {
+            let c = i % k;
+            truth[i] = c;
+            sign[i] = if rng.next_u64() & 1 == 1 { -1.0 } else { 1.0 };
+            for j in 0..d {
+                x[i * d + j] = sign[i] * protos[c * d + j] + 0.3 * gauss(&mut rng) as f32;
+            }
+        }
+        (x, truth, sign)
+    }
+
+    fn si_params(k: usize) -> KMeansParams {
+        KMeansParams {
+            k,
+            n_init: 3,
+            sign_invariant: true,
+            ..params(k)
+        }
+    }
+
+    #[test]
+    fn sign_invariant_recovers_signed_copies() {
+        let (n, d, k) = (900, 24, 6);
+        let (x, truth, sign) = signed_copies(n, d, k, 17);
+        let r = kmeans(&x, n, d, &si_params(k), None).unwrap();
+        assert_eq!(r.signs.len(), n);
+        assert!(r.signs.iter().all(|&s| s == 1.0 || s == -1.0));
+        // One cluster per prototype, and within a cluster the found sign times the true sign
+        // is constant (the members are all flipped into one orientation).
+        let mut map: Vec<Option<(i64, f32)>> = vec![None; k];
+        for i in 0..n {
+            let got = (r.labels[i], r.signs[i] * sign[i]);
+            assert_eq!(*map[truth[i]].get_or_insert(got), got, "point {i}");
+        }
+        let mut used: Vec<i64> = map.iter().map(|m| m.unwrap().0).collect();
+        used.sort();
+        used.dedup();
+        assert_eq!(used.len(), k);
+        // Centres are the oriented prototypes; inertia ≈ noise only (0.09 per coordinate).
+        assert!(
+            r.inertia < 1.3 * 0.09 * (n * d) as f64,
+            "inertia {}",
+            r.inertia
+        );
+        // Euclidean k-means cannot see it that way: ± copies land apart.
+        let e = kmeans(&x, n, d, &params(k), None).unwrap();
+        assert!(e.signs.iter().all(|&s| s == 1.0));
+        assert!(e.inertia > 2.0 * r.inertia);
+    }
+
+    #[test]
+    fn sign_invariant_equals_euclidean_on_oriented_data() {
+        // All coordinates positive: every x·c > 0, so |x·c| = x·c and the arithmetic is the same.
+        let (n, d, k) = (1200, 10, 5);
+        let (mut x, _) = blobs(n, d, k, 20.0, 8);
+        for v in x.iter_mut() {
+            *v += 100.0;
+        }
+        for init in [false, true] {
+            let e = KMeansParams {
+                n_init: 2,
+                ..params(k)
+            };
+            let s = KMeansParams {
+                sign_invariant: true,
+                ..e.clone()
+            };
+            let c0 = x[..k * d].to_vec();
+            let init = init.then_some(&c0[..]);
+            let a = kmeans(&x, n, d, &e, init).unwrap();
+            let b = kmeans(&x, n, d, &s, init).unwrap();
+            assert!(b.signs.iter().all(|&v| v == 1.0));
+            assert_eq!(a, b);
+        }
+    }
+
+    #[test]
+    fn sign_invariant_same_bytes_at_one_and_two_threads() {
+        let (n, d, k) = (5000, 40, 8);
+        let (x, _, _) = signed_copies(n, d, k, 23);
+        let p = KMeansParams {
+            max_iter: 20,
+            tol: 0.0,
+            seed: 42,
+            ..si_params(k)
+        };
+        let a = in_pool(1, || kmeans(&x, n, d, &p, None).unwrap());
+        let b = in_pool(2, || kmeans(&x, n, d, &p, None).unwrap());
+        assert_eq!(a.labels, b.labels);
+        assert_eq!(a.signs, b.signs);
+        assert_eq!(a.n_iter, b.n_iter);
+        assert_eq!(a.inertia.to_bits(), b.inertia.to_bits());
+        let ab: Vec<u32> = a.centroids.iter().map(|v| v.to_bits()).collect();
+        let bb: Vec<u32> = b.centroids.iter().map(|v| v.to_bits()).collect();
+        assert_eq!(ab, bb);
+        assert!(a.signs.contains(&-1.0));
+    }
+
+    #[test]
+    fn sign_invariant_inertia_and_centres_match_a_plain_computation() {
+        // One Lloyd step from given centres, checked against a direct f64 computation.
+        let (n, d, k) = (300, 7, 3);
+        let (x, _, _) = signed_copies(n, d, k, 5);
+        let init = x[..k * d].to_vec();
+        let p = KMeansParams {
+            max_iter: 1,
+            tol: 0.0,
+            ..si_params(k)
+        };
+        let r = kmeans(&x, n, d, &p, Some(&init)).unwrap();
+        // Plain: assign with |x·c|, then signed means.
+        let row = |i: usize| &x[i * d..(i + 1) * d];
+        let dot = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(&p, &q)| p as f64 * q as f64)
+                .sum::<f64>()
+        };
+        let mut sums = vec![0f64; k * d];
+        let mut counts = vec![0usize; k];
+        for i in 0..n {
+            let (mut best, mut bv) = (0, f64::INFINITY);
+            for j in 0..k {
+                let c = &init[j * d..(j + 1) * d];
+                let v = dot(c, c) - 2.0 * dot(row(i), c).abs();
+                if v < bv {
+                    bv = v;
+                    best = j;
+                }
+            }
+            let s = if dot(row(i), &init[best * d..(best + 1) * d]) < 0.0 {
+                -1.0
+            } else {
+                1.0
+            };
+            counts[best] += 1;
+            for f in 0..d {
+                sums[best * d + f] += s * row(i)[f] as f64;
+            }
+        }
+        for j in 0..k {
+            for f in 0..d {
+                let want = sums[j * d + f] / counts[j] as f64;
+                assert!(
+                    (r.centroids[j * d + f] as f64 - want).abs() < 1e-4,
+                    "centre {j}"
+                );
+            }
+        }
+        // Inertia of the returned labels/signs/centres.
+        let mut inertia = 0.0;
+        for i in 0..n {
+            let l = r.labels[i] as usize;
+            let c = &r.centroids[l * d..(l + 1) * d];
+            inertia += naive_d2(
+                row(i),
+                &c.iter().map(|&v| r.signs[i] * v).collect::<Vec<_>>(),
+            );
+        }
+        assert!(
+            (r.inertia - inertia).abs() < 1e-9 * inertia,
+            "{} vs {inertia}",
+            r.inertia
+        );
     }
 
     // ---- seeding ----------------------------------------------------------------------------
@@ -1517,7 +1850,7 @@ mod tests {
     fn kmeans_pp_picks_the_same_points_as_the_reference() {
         let (n, d, k) = (700, 9, 7);
         let (x, _) = blobs(n, d, 7, 4.0, 21);
-        let c = seed_kmeans_pp(&x, n, d, k, &mut Xoshiro256::new(5)).unwrap();
+        let c = seed_kmeans_pp(&x, n, d, k, &mut Xoshiro256::new(5), false).unwrap();
         let idx = naive_kmeans_pp(&x, d, k, &mut Xoshiro256::new(5));
         let want: Vec<f32> = idx
             .iter()
@@ -1549,7 +1882,7 @@ mod tests {
         let (n, d, k) = (3000, 3, 2);
         let (x, _) = blobs(n, d, 2, 10.0, 1);
         let mut rng = Xoshiro256::new(1);
-        let c = seed_kmeans_pp(&x, n, d, k, &mut rng).unwrap();
+        let c = seed_kmeans_pp(&x, n, d, k, &mut rng, false).unwrap();
         // Centres are points of x.
         for cj in c.chunks(d) {
             assert!(x.chunks(d).any(|r| r == cj));
@@ -1742,13 +2075,13 @@ mod tests {
                     })
                 });
                 let (ta, ca) = time_it(reps, threads, || {
-                    assign(&x, n, d, &init, &mut labels, None);
+                    assign(&x, n, d, &init, &mut labels, false, None);
                 });
                 let fx = FixedPoint::new(&column_abs_max_bits(&x, n, d), n);
                 let slots = Slots::new(k, d);
                 let (tu, cu) = time_it(reps, threads, || {
                     slots.clear();
-                    assign(&x, n, d, &init, &mut labels, Some((&fx, &slots)));
+                    assign(&x, n, d, &init, &mut labels, false, Some((&fx, &slots)));
                     let (sums, counts) = slots.collect(&fx, k, d);
                     std::hint::black_box(update_centres(&x, n, d, &init, &labels, sums, counts));
                 });
@@ -1758,7 +2091,7 @@ mod tests {
                     it = kmeans(&x, n, d, &p, Some(&init)).unwrap().n_iter;
                 });
                 let (ts, cs) = if std::env::var("KM_NOSEED").is_ok() { (0.0, 0.0) } else { time_it(1, threads, || {
-                    std::hint::black_box(seed_kmeans_pp(&x, n, d, k, &mut Xoshiro256::new(0)).unwrap());
+                    std::hint::black_box(seed_kmeans_pp(&x, n, d, k, &mut Xoshiro256::new(0), false).unwrap());
                 }) };
                 println!(
                     "({n},{d},{k}) t={threads} rows={rows}  [wall best / cpu per thread]\n  gemm   {:6.1} / {:6.1} ms  {:5.1} / {:5.1} GFLOP/s\n  assign {:6.1} / {:6.1} ms  {:5.1} / {:5.1} GFLOP/s\n  assign+update {:6.1} / {:6.1} ms\n  kmeans {it} iters {:6.1} / {:6.1} ms per iter  {:5.1} / {:5.1} GFLOP/s per iter\n  seeding {:.3} / {:.3} s",

@@ -15,12 +15,14 @@ type KMeansOut<'py> = (
     Bound<'py, PyArray1<i64>>,
     f64,
     usize,
+    Bound<'py, PyArray1<f32>>,
 );
 
 /// k-means of the rows of `x` (n × d, float32, C-contiguous): returns
-/// `(centroids k × d, labels n, inertia, n_iter)`.
+/// `(centroids k × d, labels n, inertia, n_iter, signs n)`; `signs` is all 1.0 unless
+/// `sign_invariant` (clustering modulo sign, distance ‖x‖² + ‖c‖² − 2|x·c|).
 #[pyfunction]
-#[pyo3(signature = (x, k, n_init=1, max_iter=300, tol=1e-4, seed=0, init=None))]
+#[pyo3(signature = (x, k, n_init=1, max_iter=300, tol=1e-4, seed=0, init=None, sign_invariant=false))]
 #[allow(clippy::too_many_arguments)]
 pub fn kmeans<'py>(
     py: Python<'py>,
@@ -31,6 +33,7 @@ pub fn kmeans<'py>(
     tol: f64,
     seed: u64,
     init: Option<PyReadonlyArray2<'py, f32>>,
+    sign_invariant: bool,
 ) -> PyResult<KMeansOut<'py>> {
     let (n, d) = (x.shape()[0], x.shape()[1]);
     let xs = x
@@ -56,6 +59,7 @@ pub fn kmeans<'py>(
         max_iter,
         tol,
         seed,
+        sign_invariant,
     };
     let res = run(py, || core_kmeans(xs, n, d, &params, init_s))?;
     let c = Array2::from_shape_vec((k, d), res.centroids)
@@ -65,5 +69,6 @@ pub fn kmeans<'py>(
         PyArray1::from_vec(py, res.labels),
         res.inertia,
         res.n_iter,
+        PyArray1::from_vec(py, res.signs),
     ))
 }
