@@ -31,10 +31,15 @@ def _write_pool(folder: Path, n: int, *, modules: int, d: int, rank: int, seed: 
     names = [f"model.layers.{i}.self_attn.q_proj" for i in range(modules)]
     out = []
     for j in range(n):
-        factors = {m: (rng.standard_normal((rank, d), dtype=np.float32), rng.standard_normal((d, rank), dtype=np.float32))
-                   for m in names}
-        out.append(Adapter.from_factors(factors, base_config={"target_modules": ["q_proj"]}, dtype="F16")
-                   .save(folder / f"a{j:02d}"))
+        factors = {
+            m: (rng.standard_normal((rank, d), dtype=np.float32), rng.standard_normal((d, rank), dtype=np.float32))
+            for m in names
+        }
+        out.append(
+            Adapter.from_factors(factors, base_config={"target_modules": ["q_proj"]}, dtype="F16").save(
+                folder / f"a{j:02d}"
+            )
+        )
     return out
 
 
@@ -84,9 +89,25 @@ def test_same_command_at_one_and_two_threads_gives_identical_folders(tmp_path: P
     for threads in (1, 2, 2):
         out = tmp_path / f"m{len(outs)}"
         res = subprocess.run(
-            [sys.executable, "-m", "rankwise", "--threads", str(threads), "merge", *map(str, paths), "-o", str(out),
-             "--rank", "6", "--seed", "3", "-q"],
-            capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "rankwise",
+                "--threads",
+                str(threads),
+                "merge",
+                *map(str, paths),
+                "-o",
+                str(out),
+                "--rank",
+                "6",
+                "--seed",
+                "3",
+                "-q",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert res.returncode == 0, res.stderr
         outs.append({p.name: p.read_bytes() for p in out.iterdir()})
@@ -106,8 +127,9 @@ def test_ctrl_c_stops_a_long_merge_promptly(tmp_path: Path) -> None:
         print("finished", flush=True)
         """
     )
-    proc = subprocess.Popen([sys.executable, "-c", code, *map(str, paths)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *map(str, paths)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
     t0 = time.time()
     proc.send_signal(signal.SIGINT)

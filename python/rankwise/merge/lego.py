@@ -17,6 +17,12 @@ number of units in its cluster), so the merged delta approximates the weighted a
 
 Identity (tested): with k = the number of units and no reweighting, every cluster is one unit
 and ``scale="union"`` reproduces Σ_j w_j·ΔW_j exactly (concatenation-summation equivalence).
+
+Defaults, chosen on benches/bench_quality.py (five pools; RESULTS.md): ``features="normalized"``
+(cluster on cat(b/‖b‖, a/‖a‖), centroids the means of the raw members), ``canonicalize=True``
+(scale-balanced units clustered modulo sign), ``scale="mass"`` with parameter reweighting, and
+``rank`` = 2 × the sources' rank: the best fixed choice across pools (mean normalized accuracy
+0.684, worst gap 0.040; the paper-literal raw/union/k=r setting scored 0.583).
 """
 
 from __future__ import annotations
@@ -50,9 +56,9 @@ def _prepare(pool: AdapterPool, weights: np.ndarray, opts: dict[str, Any]) -> di
             )
         ranks[m] = k
     opts["rank"] = ranks
-    if opts.get("features", "raw") not in FEATURES:
+    if opts.get("features", "normalized") not in FEATURES:
         raise MergeConfigError(f"features must be one of {FEATURES}, got {opts['features']!r}")
-    if opts.get("scale", "union") not in SCALES:
+    if opts.get("scale", "mass") not in SCALES:
         raise MergeConfigError(f"scale must be one of {SCALES}, got {opts['scale']!r}")
     if opts.get("reweight", True) not in REWEIGHTS:
         raise MergeConfigError(f"reweight must be True, False, 'param' or 'output', got {opts['reweight']!r}")
@@ -60,15 +66,18 @@ def _prepare(pool: AdapterPool, weights: np.ndarray, opts: dict[str, Any]) -> di
         v = opts.get(name, 1)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise MergeConfigError(f"{name} must be a positive int, got {v!r}")
-    if opts.get("scale", "union") == "mass" and not weights.sum() > 0:
+    if opts.get("scale", "mass") == "mass" and not weights.sum() > 0:
         raise MergeConfigError(f"scale='mass' needs weights with a positive sum, got {list(weights)}")
     return opts
 
 
 def _rank_for(rank: Any, module: str, pool: AdapterPool) -> int:
     if rank is None:
+        # 2 × the sources' most common rank (ties: the larger), capped at the units available:
+        # best fixed choice across the pools of benches/bench_quality.py (RESULTS.md).
         rs = pool.ranks(module)
-        return max(set(rs), key=rs.count)  # the sources' (most common) rank
+        common = max(set(rs), key=lambda r: (rs.count(r), r))
+        return min(2 * common, sum(rs))
     if isinstance(rank, Mapping):
         key = pf.pattern_key(rank, module)
         if key not in rank:
@@ -84,10 +93,10 @@ def lego(
     ctx: ModuleContext,
     *,
     rank: Any = None,
-    features: str = "raw",
-    canonicalize: bool = False,
+    features: str = "normalized",
+    canonicalize: bool = True,
     reweight: bool | str = True,
-    scale: str = "union",
+    scale: str = "mass",
     n_init: int = 3,
     max_iter: int = 100,
     tol: float = 1e-4,
