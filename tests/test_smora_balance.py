@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from peft_factory import tiny_llama
 from rankwise.smora import (
     SMoRAConfig,
     SMoRALinear,
@@ -22,14 +23,7 @@ from rankwise.smora import (
     smora_layers,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny tensors: one thread is faster, and immune to OpenMP stalls on a busy 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _usage_entropy(layer: SMoRALinear) -> float:
@@ -122,19 +116,8 @@ def test_eval_forwards_do_not_feed_the_balancer():
 
 
 def _tiny_llama(seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=64,
-        max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(cfg)
+    # The factory's model in training mode: SMoRA balances only while training.
+    return tiny_llama(seed).train()
 
 
 def _balance_counts(model) -> dict[str, int]:

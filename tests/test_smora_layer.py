@@ -11,14 +11,7 @@ from torch import nn
 from rankwise.errors import MergeConfigError, RankwiseError
 from rankwise.smora import SMoRAConfig, SMoRALinear, choose_path, inject_smora, smora_layers
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny tensors: one thread is faster, and immune to OpenMP stalls on a busy 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Tiny(nn.Module):

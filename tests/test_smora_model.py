@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from peft_factory import tiny_llama
 from rankwise.errors import AdapterFormatError, AdapterNotFoundError, OutputExistsError
 from rankwise.smora import (
     SMoRAConfig,
@@ -22,33 +23,15 @@ from rankwise.smora import (
 )
 from rankwise.smora.io import CONFIG_NAME, WEIGHTS_NAME
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny tensors: one thread is faster, and immune to OpenMP stalls on a busy 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TARGETS = ["q_proj", "v_proj", "down_proj"]
 
 
 def _tiny_llama(seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=64,
-        max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(cfg)
+    # The factory's model in training mode: SMoRA balances only while training.
+    return tiny_llama(seed).train()
 
 
 def _config(**kw) -> SMoRAConfig:

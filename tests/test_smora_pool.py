@@ -13,14 +13,7 @@ from peft_factory import make_adapter, peft_model, tiny_llama
 from rankwise.errors import IncompatibleAdaptersError
 from rankwise.smora import SMoRAConfig, from_pool, smora_layers
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny tensors: one thread is faster, and immune to OpenMP stalls on a busy 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TARGETS = ["q_proj", "v_proj"]
