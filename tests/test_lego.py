@@ -227,13 +227,28 @@ def test_kmeans_plus_plus_inertia_close_to_sklearn(seed: int) -> None:
     assert ours.inertia <= 1.01 * sk.inertia_
 
 
-def test_kmeans_same_bytes_at_one_and_two_threads() -> None:
-    x = np.random.default_rng(3).standard_normal((3000, 40)).astype(np.float32)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kmeans_plus_plus_inertia_close_to_sklearn_on_wide_data(seed: int) -> None:
+    # d >= 1024 and k >= 16: seeding measures distances in a random projection (kmeans.rs,
+    # projects_for_seeding). Noisy blobs: 2 restarts land in different local optima on either side.
+    from sklearn.cluster import KMeans
+    from sklearn.datasets import make_blobs
+
+    x, _ = make_blobs(n_samples=2000, n_features=1100, centers=16, cluster_std=25.0, random_state=seed)
+    x = x.astype(np.float32)
+    sk = KMeans(16, n_init=3, algorithm="lloyd", random_state=seed).fit(x)
+    ours = rw.kmeans(x, 16, n_init=3, seed=seed)
+    assert ours.inertia <= 1.01 * sk.inertia_
+
+
+@pytest.mark.parametrize(("n", "d", "sign_invariant"), [(3000, 40, False), (900, 1100, False), (900, 1100, True)])
+def test_kmeans_same_bytes_at_one_and_two_threads(n: int, d: int, sign_invariant: bool) -> None:
+    x = np.random.default_rng(3).standard_normal((n, d)).astype(np.float32)
     try:
         rw.set_num_threads(1)
-        one = rw.kmeans(x, 16, n_init=2, seed=5)
+        one = rw.kmeans(x, 16, n_init=2, seed=5, sign_invariant=sign_invariant)
         rw.set_num_threads(2)
-        two = rw.kmeans(x, 16, n_init=2, seed=5)
+        two = rw.kmeans(x, 16, n_init=2, seed=5, sign_invariant=sign_invariant)
     finally:
         rw.set_num_threads(0)
     assert one.centroids.tobytes() == two.centroids.tobytes()

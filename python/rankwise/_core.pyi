@@ -37,6 +37,8 @@ def kmeans(
     seed: int,
     init: npt.NDArray[np.float32] | None,
     sign_invariant: bool = False,
+    distance_cache: bool = True,
+    seed_projection: bool = True,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], float, int, npt.NDArray[np.float32]]: ...
 def hungarian(cost: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]: ...
 def align_factors(

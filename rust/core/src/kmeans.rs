@@ -19,11 +19,18 @@
 //! matters. Blocks have a fixed number of rows that depends on the shape only (never on the
 //! thread count), each block's GEMM is single-threaded and rayon runs blocks in parallel, so
 //! there is no nested oversubscription and the bytes out do not depend on the number of threads.
-//! Memory is bounded by one `rows × k` block of distances per worker, never `n × k`.
+//!
+//! Distance cache: the `n × k` dot products are kept across iterations (when they fit in
+//! `CACHE_BYTES`; else one `rows × k` block per worker), and an iteration recomputes only the
+//! columns of the centres whose bytes changed (a centre whose members did not change is the same
+//! mean). Late iterations move few centres, so they cost a fraction of a full GEMM. faer gives a
+//! column the same bytes whatever other columns share the call, from two columns on (a single
+//! column goes through its matrix-vector path, so one moved centre is padded with a second):
+//! cached or not, the result is the same bytes (tested, AVX-512 and AVX2 paths).
 //!
 //! GEMM crate: `faer` (0.24, `Par::Seq`), which on x86-64 runs `private-gemm-x86` kernels chosen
 //! at run time (AVX-512 or AVX2+FMA; portable `gemm`/`nano-gemm` fallbacks elsewhere), so one
-//! wheel serves AVX2-only and AVX-512 hosts. Measured on this 2-core AMD EPYC (Zen 3, AVX2) with
+//! wheel serves AVX2-only and AVX-512 hosts. Measured on a 2-core AMD EPYC (Zen 3, AVX2) with
 //! 2 rayon threads, GEMM `x·cᵀ` alone over all 8000 rows, best block size per crate:
 //!
 //! | crate (single-threaded per block)   | (8000, 2048, 16) | (8000, 8192, 64) |
@@ -33,27 +40,23 @@
 //! | `matrixmultiply` 0.3                |  71 GFLOP/s      | 114 GFLOP/s      |
 //! | numpy/OpenBLAS, 2 threads, same op  |  57 GFLOP/s      | 134 GFLOP/s      |
 //!
-//! # Centre update
-//! Fused into the assignment pass: as soon as a block's labels are known, its rows (still in
-//! cache) are bucketed by label and added to the cluster sums of the worker's accumulator slot.
-//! The sums are exact 64-bit fixed point (see [`FixedPoint`]: each value rounded once to at
-//! least f32 precision of its column's largest magnitude, sums exact), converted once to f64
-//! (one rounding) for the means. Integer addition is associative, so the sums, and therefore the
-//! centres, are the same bytes whatever the thread count, the slot a block lands in or the
-//! order of the blocks, without storing per-block partial sums (`k × d` each) or serialising
-//! their combination. The same centres as f64 summation to ~1e-15 relative; a second pass
-//! over x (what an unfused, ordered f64 update needs) cost ~10 ms per iteration more on the
-//! large shape here.
+//! On a 2-core AVX-512 EPYC, faer's GEMM reaches ≈ 400-420 GFLOP/s on the large shape (numpy's
+//! OpenBLAS with its SkylakeX kernels ≈ 470 on 4096² products).
 //!
-//! # Performance (2 threads, this 2-core AMD EPYC, AVX2, numpy sgemm peak ≈ 160-175 GFLOP/s)
-//! Measured on a busy shared machine, so in CPU time per thread (wall times were 2-4× that).
-//! One Lloyd iteration (assignment GEMM + arg-min + fused update): (8000, 2048, 16) ≈ 6.5 ms
-//! ≈ 80 GFLOP/s (2·n·k·d / time); (8000, 8192, 64) ≈ 66 ms ≈ 127 GFLOP/s, of which the GEMM
-//! is ≈ 52-55 ms ≈ 150-160 GFLOP/s. A whole 20-iteration run of the large shape, setup and the
-//! final pass included: 75 ms per iteration (≈ 112 GFLOP/s); faiss 1.15 and scikit-learn 1.9 on
-//! the same run took ≈ 1.5× and ≈ 1.7× the CPU time per iteration (benches/RESULTS.md,
-//! bench_kmeans, has the wall-clock tables). Seeding (k-means++, k = 64, all 8000 points) costs
-//! ≈ 1 s, about 15 iterations: k passes over x, memory-bound.
+//! # Centre update
+//! Fused into the assignment pass: as soon as a block's labels are known, the rows whose label
+//! changed (all of them in the first pass) are moved, while still in cache, from their old
+//! cluster's sum to the new one's, in the worker's accumulator slot. The sums are exact 64-bit
+//! fixed point (see `FixedPoint`: each value rounded once to at least f32 precision of its
+//! column's largest magnitude, sums exact), converted once to f64 (one rounding) for the means.
+//! Integer addition is associative, so the sums, and therefore the centres, are the same bytes
+//! whatever the thread count, the slot a block lands in or the order of the blocks, and updating
+//! them by the changed rows only gives the bytes of summing every member afresh. The same
+//! centres as f64 summation to ~1e-15 relative.
+//!
+//! # Performance
+//! benches/RESULTS.md (bench_kmeans) has the tables against faiss and scikit-learn, per
+//! iteration with and without the distance cache, and the time to equal inertia.
 //!
 //! # Seeding
 //! scikit-learn's greedy k-means++ (`n_local_trials = 2 + floor(ln k)`), driven by xoshiro256**
@@ -61,9 +64,12 @@
 //! `n > 256·k`, seeding runs on a uniform subsample of `256·k` points (without replacement), as
 //! faiss does with its `max_points_per_centroid = 256`: k-means++ only needs enough points to
 //! see every cluster's mass, and its cost is k passes over the points (each against 2 + ln k
-//! candidates), which would otherwise dwarf a few Lloyd iterations for large n. Restart `r` of `n_init` uses the r-th
-//! output of a splitmix64 stream started at `seed`; the run with the lowest inertia is kept
-//! (the first on ties).
+//! candidates), which would otherwise dwarf a few Lloyd iterations for large n. For wide data
+//! (d ≥ 1024, k ≥ 16) the dot products of seeding are taken in a random projection to
+//! [`SEED_PROJECTION_DIM`] dimensions, computed once per call (see `projects_for_seeding`).
+//! The projection matrix is drawn from the first output of a splitmix64 stream started at `seed`
+//! (when used); restart `r` of `n_init` uses the next output; the run with the lowest inertia is
+//! kept (the first on ties).
 //!
 //! # Sign-invariant mode (`sign_invariant = true`, LoRA-LEGO's canonical rank units)
 //! A point joins a cluster with either sign: its distance to centre c is
@@ -96,6 +102,13 @@ pub struct KMeansParams {
     pub seed: u64,
     /// Cluster modulo sign (distance `‖x‖² + ‖c‖² − 2·|x·c|`, see the module doc).
     pub sign_invariant: bool,
+    /// Keep the `n × k` dot products across Lloyd iterations (when they fit in `CACHE_BYTES`)
+    /// and recompute only the columns of the centres that moved. Same bytes either way; off
+    /// only to measure the full per-iteration cost.
+    pub distance_cache: bool,
+    /// Seed wide data in a random projection (see [`SEED_PROJECTION_DIM`]); off: exact
+    /// distances (scikit-learn's seeding, slower on wide data).
+    pub seed_projection: bool,
 }
 
 impl Default for KMeansParams {
@@ -107,6 +120,8 @@ impl Default for KMeansParams {
             tol: 1e-4,
             seed: 0,
             sign_invariant: false,
+            distance_cache: true,
+            seed_projection: true,
         }
     }
 }
@@ -288,21 +303,22 @@ fn run(
     fx: &FixedPoint,
 ) -> Result<KMeansResult> {
     let k = params.k;
-    let si = params.sign_invariant;
+    let (si, cache) = (params.sign_invariant, params.distance_cache);
     let tol_abs = if params.tol > 0.0 {
         params.tol * mean_variance(x, n, d)
     } else {
         0.0
     };
     if let Some(c) = init {
-        return lloyd(x, n, d, fx, c.to_vec(), params.max_iter, tol_abs, si);
+        return lloyd(x, n, d, fx, c.to_vec(), params.max_iter, tol_abs, si, cache);
     }
     let mut seeds = SplitMix64(params.seed);
+    let space = SeedSpace::new(x, n, d, k, params.seed_projection, &mut seeds);
     let mut best: Option<KMeansResult> = None;
     for _ in 0..params.n_init {
         let mut rng = Xoshiro256::new(seeds.next_u64());
-        let centres = seed_kmeans_pp(x, n, d, k, &mut rng, si)?;
-        let r = lloyd(x, n, d, fx, centres, params.max_iter, tol_abs, si)?;
+        let centres = seed_kmeans_pp(x, &space, n, d, k, &mut rng, si)?;
+        let r = lloyd(x, n, d, fx, centres, params.max_iter, tol_abs, si, cache)?;
         if best.as_ref().is_none_or(|b| r.inertia < b.inertia) {
             best = Some(r);
         }
@@ -334,6 +350,13 @@ fn block_rows(n: usize, d: usize) -> usize {
     by_size.min(by_count)
 }
 
+/// Largest dot-product cache (`n × k` f32) kept across Lloyd iterations; with more, every
+/// iteration recomputes every distance.
+const CACHE_BYTES: usize = 512 << 20;
+
+/// Internal label of a point not yet assigned (before the first pass).
+const NONE: u32 = u32::MAX;
+
 #[allow(clippy::too_many_arguments)]
 fn lloyd(
     x: &[f32],
@@ -344,35 +367,63 @@ fn lloyd(
     max_iter: usize,
     tol_abs: f64,
     si: bool,
+    cache: bool,
 ) -> Result<KMeansResult> {
     let k = centres.len() / d;
     let slots = Slots::new(k, d);
-    let mut labels = vec![u32::MAX; n];
-    let mut labels_old = vec![u32::MAX; n];
+    let mut sums = ClusterSums::new(k, d);
+    let cache_fits = cache && n.saturating_mul(k).saturating_mul(4) <= CACHE_BYTES;
+    let mut cache = cache_fits.then(|| vec![0f32; n * k]);
+    let mut labels = vec![NONE; n];
+    // Centres that moved since the cached distances were computed (None: all of them).
+    let mut moved: Option<Vec<u32>> = None;
     let mut strict = false;
     let mut n_iter = 0;
     for it in 0..max_iter {
         check_cancelled()?;
         n_iter = it + 1;
-        slots.clear();
-        assign(x, n, d, &centres, &mut labels, si, Some((fx, &slots)));
-        let (sums, counts) = slots.collect(fx, k, d);
-        let new_centres = update_centres(x, n, d, &centres, &labels, sums, counts);
+        let (changed, _) = pass(
+            x,
+            n,
+            d,
+            &centres,
+            moved.as_deref(),
+            cache.as_deref_mut(),
+            &mut labels,
+            si,
+            Some((fx, &slots)),
+        );
+        slots.drain_into(&mut sums);
+        let (fsums, counts) = sums.to_f64(fx);
+        let new_centres = update_centres(x, n, d, &centres, &labels, fsums, counts);
         let shift = centre_shift(&new_centres, &centres);
+        if cache.is_some() {
+            moved = Some(moved_centres(&new_centres, &centres, d));
+        }
         centres = new_centres;
-        if labels == labels_old {
+        if changed == 0 {
             strict = true;
             break;
         }
         if shift <= tol_abs {
             break;
         }
-        std::mem::swap(&mut labels, &mut labels_old);
     }
     let inertia = if strict {
         inertia(x, n, d, &centres, &labels)
     } else {
-        assign(x, n, d, &centres, &mut labels, si, None)
+        let (_, inertia) = pass(
+            x,
+            n,
+            d,
+            &centres,
+            moved.as_deref(),
+            cache.as_deref_mut(),
+            &mut labels,
+            si,
+            None,
+        );
+        inertia
     };
     debug_assert!(labels.iter().all(|&l| cluster(l) < k));
     Ok(KMeansResult {
@@ -387,6 +438,16 @@ fn lloyd(
     })
 }
 
+/// Indices of the centres whose bytes differ between `new` and `old`.
+fn moved_centres(new: &[f32], old: &[f32], d: usize) -> Vec<u32> {
+    new.chunks_exact(d)
+        .zip(old.chunks_exact(d))
+        .enumerate()
+        .filter(|(_, (a, b))| a.iter().zip(*b).any(|(p, q)| p.to_bits() != q.to_bits()))
+        .map(|(j, _)| j as u32)
+        .collect()
+}
+
 /// `out (m×k) = xb (m×d) · cᵀ`, single-threaded.
 fn gemm_xct(xb: &[f32], m: usize, d: usize, c: &[f32], k: usize, out: &mut [f32]) {
     use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef, Par};
@@ -396,123 +457,185 @@ fn gemm_xct(xb: &[f32], m: usize, d: usize, c: &[f32], k: usize, out: &mut [f32]
     matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, Par::Seq);
 }
 
-/// Per-block scratch of [`assign`].
+/// Per-block scratch of [`pass`].
 #[derive(Default)]
 struct Scratch {
+    /// Distances of the block when there is no cache.
     dots: Vec<f32>,
-    order: Vec<u32>,
-    start: Vec<usize>,
-    /// Fixed-point sums of a cluster's negated members (sign-invariant mode).
-    neg: Vec<i64>,
+    /// Dot products with the moved centres only.
+    sub: Vec<f32>,
+    /// Rows of the block whose label changed, with their previous label.
+    changed: Vec<(u32, u32)>,
+    /// (bucket, row) of each sum update: bucket `2·cluster + (sign < 0)`.
+    entries: Vec<(u32, u32)>,
+    rows: Vec<u32>,
 }
 
-/// Labels of the nearest centre (ties to the lowest index; with `si`, modulo sign, the sign in
-/// the [`NEG`] bit), by blocks of rows. With `acc`, each
-/// block's rows are then added (exactly, in fixed point) to the cluster sums of the worker's
-/// slot while they are still in cache. Without, returns the inertia of the new labels (blocks
-/// reduced in a fixed order); with, returns 0.
-fn assign(
+/// One assignment pass by blocks of rows: the nearest centre of every point (ties to the lowest
+/// index; with `si`, modulo sign, the sign in the [`NEG`] bit) into `labels`, which hold the
+/// previous labels on entry. With `cache` (`n × k` dot products of the previous pass), only the
+/// columns of the `moved` centres are recomputed (all when `moved` is None): a centre whose
+/// members did not change has the same bytes, so its dot products are the ones cached. With
+/// `acc`, each block's points that changed cluster (all of them on the first pass) are moved,
+/// exactly in fixed point, from their old cluster's sum to the new one's in the worker's slot
+/// while the block is still in cache; the sums of the clusters stay exact sums over their
+/// current members. Returns the number of changed labels and, without `acc`, the inertia of the
+/// new labels (blocks reduced in a fixed order).
+#[allow(clippy::too_many_arguments)]
+fn pass(
     x: &[f32],
     n: usize,
     d: usize,
     centres: &[f32],
+    moved: Option<&[u32]>,
+    cache: Option<&mut [f32]>,
     labels: &mut [u32],
     si: bool,
     acc: Option<(&FixedPoint, &Slots)>,
-) -> f64 {
+) -> (usize, f64) {
     let k = centres.len() / d;
     let simd = Simd::detect();
     let cn: Vec<f32> = centres
         .chunks_exact(d)
         .map(|c| simd.sq_norm(c) as f32)
         .collect();
-    let rows = block_rows(n, d);
-    let partial: Vec<f64> = labels
-        .par_chunks_mut(rows)
-        .zip(x.par_chunks(rows * d))
-        .map_init(Scratch::default, |s, (lab, xb)| {
-            let m = lab.len();
-            s.dots.resize(m * k, 0.0);
-            gemm_xct(xb, m, d, centres, k, &mut s.dots);
-            for (l, row) in lab.iter_mut().zip(s.dots.chunks_exact(k)) {
-                *l = if si {
-                    argmin_dist_si(&cn, row)
-                } else {
-                    argmin_dist(&cn, row)
-                };
+    // The moved centres, packed, when they are a strict subset. One moved centre is padded with
+    // an unmoved one: faer computes a one-column product as a matrix-vector product, whose
+    // rounding differs from its GEMM kernels; from two columns on, every column has the bytes
+    // of the full product (tested: `gemm_columns_do_not_depend_on_the_other_columns`), so the
+    // cache gives the same bytes as recomputing every distance.
+    let subset: Option<(Vec<f32>, Vec<u32>)> = match moved {
+        Some(idx) if idx.len() < k => {
+            let mut idx = idx.to_vec();
+            if idx.len() == 1 {
+                idx.push(((idx[0] as usize + 1) % k) as u32);
             }
-            match acc {
-                Some((fx, slots)) => {
-                    // Bucket the block's rows by label (and sign), then add each bucket at once.
-                    let Scratch {
-                        order, start, neg, ..
-                    } = s;
-                    let buckets = if si { 2 * k } else { k };
-                    let key = |l: u32| {
-                        if si {
-                            2 * cluster(l) + is_neg(l) as usize
-                        } else {
-                            l as usize
-                        }
-                    };
-                    start.clear();
-                    start.resize(buckets + 1, 0);
-                    for &l in lab.iter() {
-                        start[key(l) + 1] += 1;
+            let mut c = Vec::with_capacity(idx.len() * d);
+            for &j in &idx {
+                c.extend_from_slice(&centres[j as usize * d..(j as usize + 1) * d]);
+            }
+            Some((c, idx))
+        }
+        _ => None,
+    };
+    let block = |s: &mut Scratch, lab: &mut [u32], xb: &[f32], dots: &mut [f32]| -> (usize, f64) {
+        let m = lab.len();
+        match &subset {
+            None => gemm_xct(xb, m, d, centres, k, dots),
+            Some((c, idx)) if !idx.is_empty() => {
+                let km = idx.len();
+                s.sub.resize(m * km, 0.0);
+                gemm_xct(xb, m, d, c, km, &mut s.sub);
+                for (drow, srow) in dots.chunks_exact_mut(k).zip(s.sub.chunks_exact(km)) {
+                    for (&j, &v) in idx.iter().zip(srow) {
+                        drow[j as usize] = v;
                     }
-                    for j in 0..buckets {
-                        start[j + 1] += start[j];
-                    }
-                    order.resize(m, 0);
-                    let mut next = start.clone();
-                    for (i, &l) in lab.iter().enumerate() {
-                        order[next[key(l)]] = i as u32;
-                        next[key(l)] += 1;
-                    }
-                    let magic_bits = MAGIC.to_bits() as i64;
-                    let mut slot = slots.lock();
-                    let slot = &mut *slot;
-                    for j in 0..k {
-                        let (pos, negs) = if si {
-                            (
-                                &order[start[2 * j]..start[2 * j + 1]],
-                                &order[start[2 * j + 1]..start[2 * j + 2]],
-                            )
-                        } else {
-                            (&order[start[j]..start[j + 1]], &order[..0])
-                        };
-                        let dst = &mut slot.sums[j * d..(j + 1) * d];
-                        if !pos.is_empty() {
-                            simd.fx_accumulate(dst, xb, d, pos, &fx.scale);
-                            slot.counts[j] += pos.len() as u64;
-                        }
-                        if !negs.is_empty() {
-                            // t = Σ (round(v·scale) + bits(MAGIC)) over the negated members;
-                            // dst gets Σ (−round(v·scale) + bits(MAGIC)) = 2·c·bits(MAGIC) − t.
-                            neg.clear();
-                            neg.resize(d, 0);
-                            simd.fx_accumulate(neg, xb, d, negs, &fx.scale);
-                            let adj = magic_bits.wrapping_mul(2 * negs.len() as i64);
-                            for (a, &t) in dst.iter_mut().zip(neg.iter()) {
-                                *a = a.wrapping_sub(t).wrapping_add(adj);
-                            }
-                            slot.counts[j] += negs.len() as u64;
-                        }
-                    }
-                    0.0
                 }
-                None => xb
+            }
+            Some(_) => {}
+        }
+        s.changed.clear();
+        for (i, (l, row)) in lab.iter_mut().zip(dots.chunks_exact(k)).enumerate() {
+            let new = if si {
+                argmin_dist_si(&cn, row)
+            } else {
+                argmin_dist(&cn, row)
+            };
+            if new != *l {
+                s.changed.push((i as u32, *l));
+                *l = new;
+            }
+        }
+        let changed = s.changed.len();
+        match acc {
+            Some((fx, slots)) => {
+                if changed > 0 {
+                    move_members(s, lab, xb, d, fx, slots, simd);
+                }
+                (changed, 0.0)
+            }
+            None => {
+                let inertia = xb
                     .chunks_exact(d)
                     .zip(lab.iter())
                     .map(|(row, &l)| {
                         let c = cluster(l);
                         simd.sq_dist_signed(row, &centres[c * d..(c + 1) * d], is_neg(l))
                     })
-                    .sum::<f64>(),
+                    .sum::<f64>();
+                (changed, inertia)
             }
-        })
-        .collect();
-    partial.iter().sum()
+        }
+    };
+    let rows = block_rows(n, d);
+    let parts: Vec<(usize, f64)> = match cache {
+        Some(cache) => labels
+            .par_chunks_mut(rows)
+            .zip(x.par_chunks(rows * d))
+            .zip(cache.par_chunks_mut(rows * k))
+            .map_init(Scratch::default, |s, ((lab, xb), dots)| {
+                block(s, lab, xb, dots)
+            })
+            .collect(),
+        None => labels
+            .par_chunks_mut(rows)
+            .zip(x.par_chunks(rows * d))
+            .map_init(Scratch::default, |s, (lab, xb)| {
+                let mut dots = std::mem::take(&mut s.dots);
+                dots.resize(lab.len() * k, 0.0);
+                let r = block(s, lab, xb, &mut dots);
+                s.dots = dots;
+                r
+            })
+            .collect(),
+    };
+    parts
+        .iter()
+        .fold((0, 0.0), |(c, e), &(pc, pe)| (c + pc, e + pe))
+}
+
+/// Moves the block's changed rows (`s.changed`, labels now in `lab`) between the cluster sums of
+/// the worker's slot: `−s_old·x` from the old cluster, `+s_new·x` to the new one. The updates
+/// are bucketed by cluster and sign so that each bucket is added in one streaming pass.
+fn move_members(
+    s: &mut Scratch,
+    lab: &[u32],
+    xb: &[f32],
+    d: usize,
+    fx: &FixedPoint,
+    slots: &Slots,
+    simd: Simd,
+) {
+    let bucket = |l: u32, negate: bool| 2 * cluster(l) as u32 + (is_neg(l) != negate) as u32;
+    s.entries.clear();
+    let mut slot = slots.lock();
+    let slot = &mut *slot;
+    for &(i, old) in &s.changed {
+        let new = lab[i as usize];
+        if old != NONE {
+            s.entries.push((bucket(old, true), i));
+            slot.members[cluster(old)] -= 1;
+        }
+        s.entries.push((bucket(new, false), i));
+        slot.members[cluster(new)] += 1;
+    }
+    s.entries.sort_unstable();
+    s.rows.clear();
+    s.rows.extend(s.entries.iter().map(|&(_, i)| i));
+    let mut start = 0;
+    while start < s.entries.len() {
+        let b = s.entries[start].0;
+        let end = start + s.entries[start..].partition_point(|e| e.0 == b);
+        let (j, neg) = ((b / 2) as usize, b % 2 == 1);
+        let (dst, adds) = if neg {
+            (&mut slot.neg[j * d..(j + 1) * d], &mut slot.n_neg[j])
+        } else {
+            (&mut slot.pos[j * d..(j + 1) * d], &mut slot.n_pos[j])
+        };
+        simd.fx_accumulate(dst, xb, d, &s.rows[start..end], &fx.scale);
+        *adds += (end - start) as i64;
+        start = end;
+    }
 }
 
 /// Index of the smallest `cn[j] − 2·dot[j]` (the first on ties).
@@ -554,10 +677,11 @@ fn argmin_dist_si(cn: &[f32], dots: &[f32]) -> u32 {
 /// `|x_ij|·2^e_j < 2^P` with `P = min(51, 62 − ⌈log2(n+1)⌉)`: each value is rounded once (to
 /// `2^-P` of the column's largest magnitude, finer than an f32 ulp of it for any n below
 /// 2^38), and no sum of up to n of them can overflow. Integer addition is associative, so the
-/// sums are the same bytes whatever the block, worker or order in which rows are added: this is
-/// what lets the update run inside the assignment pass, on rows still in cache, with one
-/// accumulator per worker and no ordering between them. The sums are converted to f64 once,
-/// exactly rounded, before the means are taken.
+/// sums are the same bytes whatever the block, worker or order in which rows are added or
+/// removed: this is what lets the update run inside the assignment pass, on rows still in
+/// cache, with one accumulator per worker and no ordering between them, and what lets the sums
+/// be updated by the points that changed cluster only, with the same bytes as summing afresh.
+/// The sums are converted to f64 once, exactly rounded, before the means are taken.
 struct FixedPoint {
     scale: Vec<f64>,
     inv_scale: Vec<f64>,
@@ -594,9 +718,46 @@ impl FixedPoint {
     }
 }
 
+/// Exact sums (fixed point, without bias) and member counts of the clusters' current members.
+struct ClusterSums {
+    d: usize,
+    fx: Vec<i64>,
+    counts: Vec<i64>,
+}
+
+impl ClusterSums {
+    fn new(k: usize, d: usize) -> Self {
+        ClusterSums {
+            d,
+            fx: vec![0; k * d],
+            counts: vec![0; k],
+        }
+    }
+
+    /// The sums as f64 (one rounding each) and the counts.
+    fn to_f64(&self, fp: &FixedPoint) -> (Vec<f64>, Vec<usize>) {
+        let mut out = vec![0f64; self.fx.len()];
+        out.par_chunks_mut(self.d)
+            .zip(self.fx.par_chunks(self.d))
+            .for_each(|(o, s)| {
+                for ((o, &s), &inv) in o.iter_mut().zip(s).zip(&fp.inv_scale) {
+                    *o = s as f64 * inv;
+                }
+            });
+        (out, self.counts.iter().map(|&c| c as usize).collect())
+    }
+}
+
+/// A worker's pending changes to the cluster sums: fixed-point sums of the rows added with
+/// sign + (`pos`) and with sign − (`neg`), each value biased by `bits(MAGIC)` (see
+/// [`Simd::fx_accumulate`]), how many rows each got (to remove the bias), and the change in
+/// the member counts.
 struct Slot {
-    sums: Vec<i64>,
-    counts: Vec<u64>,
+    pos: Vec<i64>,
+    neg: Vec<i64>,
+    n_pos: Vec<i64>,
+    n_neg: Vec<i64>,
+    members: Vec<i64>,
 }
 
 /// Per-worker accumulators (at most [`SLOT_BYTES`] in all, at least one). A worker uses slot
@@ -608,14 +769,17 @@ const SLOT_BYTES: usize = 256 << 20;
 
 impl Slots {
     fn new(k: usize, d: usize) -> Self {
-        let per = k * d * 8 + k * 8;
+        let per = 2 * (k * d * 8) + 3 * k * 8;
         let count = rayon::current_num_threads().min(SLOT_BYTES / per).max(1);
         Slots(
             (0..count)
                 .map(|_| {
                     std::sync::Mutex::new(Slot {
-                        sums: vec![0; k * d],
-                        counts: vec![0; k],
+                        pos: vec![0; k * d],
+                        neg: vec![0; k * d],
+                        n_pos: vec![0; k],
+                        n_neg: vec![0; k],
+                        members: vec![0; k],
                     })
                 })
                 .collect(),
@@ -628,40 +792,54 @@ impl Slots {
         self.0[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn clear(&self) {
+    /// Adds the pending changes of every slot to `sums` (exact, any order) and clears them;
+    /// only the clusters that got changes are touched.
+    fn drain_into(&self, sums: &mut ClusterSums) {
+        let d = sums.d;
+        let magic = MAGIC.to_bits() as i64;
+        {
+            let slots: Vec<_> = self
+                .0
+                .iter()
+                .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()))
+                .collect();
+            for s in &slots {
+                for (c, &m) in sums.counts.iter_mut().zip(&s.members) {
+                    *c += m;
+                }
+            }
+            sums.fx.par_chunks_mut(d).enumerate().for_each(|(j, row)| {
+                for s in &slots {
+                    if s.n_pos[j] > 0 {
+                        let bias = magic.wrapping_mul(s.n_pos[j]);
+                        for (a, &t) in row.iter_mut().zip(&s.pos[j * d..(j + 1) * d]) {
+                            *a = a.wrapping_add(t.wrapping_sub(bias));
+                        }
+                    }
+                    if s.n_neg[j] > 0 {
+                        let bias = magic.wrapping_mul(s.n_neg[j]);
+                        for (a, &t) in row.iter_mut().zip(&s.neg[j * d..(j + 1) * d]) {
+                            *a = a.wrapping_sub(t.wrapping_sub(bias));
+                        }
+                    }
+                }
+            });
+        }
         self.0.par_iter().for_each(|s| {
             let mut s = s.lock().unwrap_or_else(|e| e.into_inner());
-            s.sums.fill(0);
-            s.counts.fill(0);
-        });
-    }
-
-    /// Totals over the slots (exact, any order), as f64 sums and counts.
-    fn collect(&self, fx: &FixedPoint, k: usize, d: usize) -> (Vec<f64>, Vec<usize>) {
-        let slots: Vec<_> = self
-            .0
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()))
-            .collect();
-        let mut counts = vec![0usize; k];
-        for s in &slots {
-            for (c, &v) in counts.iter_mut().zip(&s.counts) {
-                *c += v as usize;
-            }
-        }
-        let magic_bits = MAGIC.to_bits() as i64;
-        let mut sums = vec![0f64; k * d];
-        sums.par_chunks_mut(d).enumerate().for_each(|(j, row)| {
-            let bias = magic_bits.wrapping_mul(counts[j] as i64);
-            for (f, out) in row.iter_mut().enumerate() {
-                let mut t = 0i64;
-                for s in &slots {
-                    t = t.wrapping_add(s.sums[j * d + f]);
+            let s = &mut *s;
+            for j in 0..s.members.len() {
+                if s.n_pos[j] > 0 {
+                    s.pos[j * d..(j + 1) * d].fill(0);
+                    s.n_pos[j] = 0;
                 }
-                *out = t.wrapping_sub(bias) as f64 * fx.inv_scale[f];
+                if s.n_neg[j] > 0 {
+                    s.neg[j * d..(j + 1) * d].fill(0);
+                    s.n_neg[j] = 0;
+                }
+                s.members[j] = 0;
             }
         });
-        (sums, counts)
     }
 }
 
@@ -823,19 +1001,56 @@ fn mean_variance(x: &[f32], n: usize, d: usize) -> f64 {
 // ---------------------------------------------------------------------------------------------
 // Seeding
 
+/// The points k-means++ seeding measures distances on: x itself, or for wide x (see
+/// [`projects_for_seeding`]) its random projection `y = x·Rᵀ` (n × p), computed once per call
+/// and shared by the restarts; with the exact squared norms of the rows of x either way.
+struct SeedSpace {
+    y: Option<Vec<f32>>,
+    norms: Vec<f64>,
+}
+
+impl SeedSpace {
+    fn new(
+        x: &[f32],
+        n: usize,
+        d: usize,
+        k: usize,
+        projection: bool,
+        seeds: &mut SplitMix64,
+    ) -> Self {
+        let simd = Simd::detect();
+        let norms = x.par_chunks(d).map(|r| simd.sq_norm(r)).collect();
+        let y = (projection && projects_for_seeding(d, k)).then(|| {
+            project(
+                x,
+                n,
+                d,
+                SEED_PROJECTION_DIM,
+                &mut Xoshiro256::new(seeds.next_u64()),
+            )
+        });
+        SeedSpace { y, norms }
+    }
+}
+
 /// Greedy k-means++ (scikit-learn's `_kmeans_plusplus`) on x, or on a subsample of
-/// `SEED_POINTS_PER_CENTRE·k` points when x has more; `si`: sign-invariant distances.
+/// `SEED_POINTS_PER_CENTRE·k` points when x has more; `si`: sign-invariant distances. The
+/// distances are taken in `space` (a projection of x for wide x). Returns k rows of x.
 fn seed_kmeans_pp(
     x: &[f32],
+    space: &SeedSpace,
     n: usize,
     d: usize,
     k: usize,
     rng: &mut Xoshiro256,
     si: bool,
 ) -> Result<Vec<f32>> {
+    let (pts, w) = match &space.y {
+        Some(y) => (y.as_slice(), SEED_PROJECTION_DIM),
+        None => (x, d),
+    };
     let m = n.min(SEED_POINTS_PER_CENTRE.saturating_mul(k));
-    let sample: Vec<f32>;
-    let s: &[f32] = if m < n {
+    let chosen = if m < n {
         // Partial Fisher-Yates: m distinct indices, then sorted for locality.
         let mut idx: Vec<usize> = (0..n).collect();
         for i in 0..m {
@@ -844,38 +1059,84 @@ fn seed_kmeans_pp(
         }
         idx.truncate(m);
         idx.sort_unstable();
-        let mut buf = vec![0f32; m * d];
-        buf.par_chunks_mut(d)
+        let mut sample = vec![0f32; m * w];
+        sample
+            .par_chunks_mut(w)
             .zip(idx.par_iter())
-            .for_each(|(dst, &i)| dst.copy_from_slice(&x[i * d..(i + 1) * d]));
-        sample = buf;
-        &sample
+            .for_each(|(dst, &i)| dst.copy_from_slice(&pts[i * w..(i + 1) * w]));
+        let norms: Vec<f64> = idx.iter().map(|&i| space.norms[i]).collect();
+        let local = kmeans_pp(&sample, &norms, m, w, k, rng, si)?;
+        local.into_iter().map(|i| idx[i]).collect()
     } else {
-        x
+        kmeans_pp(pts, &space.norms, n, w, k, rng, si)?
     };
-    kmeans_pp(s, m, d, k, rng, si)
+    let mut centres = Vec::with_capacity(k * d);
+    for i in chosen {
+        centres.extend_from_slice(&x[i * d..(i + 1) * d]);
+    }
+    Ok(centres)
 }
 
+/// Dimensions of the random projection that k-means++ seeding runs in for wide data.
+pub const SEED_PROJECTION_DIM: usize = 256;
+
+/// Whether seeding measures distances in a random projection: for d ≥ 4·p and k ≥ 16
+/// (p = [`SEED_PROJECTION_DIM`]). Each of the k seeding steps streams every sampled point once
+/// against 2 + ln k candidates (a skinny, memory-bound GEMM), so on the units of a 7B model's
+/// module (d = 8192, k = 64) seeding cost as much as dozens of Lloyd iterations; projecting costs
+/// one wide, compute-bound GEMM, after which the steps are p/d as large. The squared distance
+/// `‖x‖² + ‖c‖² − 2·x·c` keeps the exact norms and takes the dot product in the projection
+/// (`x·c ≈ Rx·Rc`, error ~‖x‖‖c‖/√p): the error of a projected norm would be shared by every
+/// distance to the same candidate and bias the greedy choice between candidates. k-means++
+/// only needs D² sampling and that choice; the seeds are still points of x, and Lloyd runs on
+/// x itself. Measured against exact seeding (benches/RESULTS.md, bench_kmeans): the same final
+/// inertia on average, 2-5× faster on LoRA unit matrices.
+fn projects_for_seeding(d: usize, k: usize) -> bool {
+    d >= 4 * SEED_PROJECTION_DIM && k >= 16
+}
+
+/// `y (n × p) = x · Rᵀ` for a random sign matrix R (p × d, entries ±1/√p drawn from `rng`):
+/// a Johnson-Lindenstrauss projection (E[Rx·Rc] = x·c). One GEMM per fixed block of rows.
+fn project(x: &[f32], n: usize, d: usize, p: usize, rng: &mut Xoshiro256) -> Vec<f32> {
+    let scale = 1.0 / (p as f32).sqrt();
+    let mut r = vec![0f32; p * d];
+    for chunk in r.chunks_mut(64) {
+        let bits = rng.next_u64();
+        for (j, v) in chunk.iter_mut().enumerate() {
+            *v = if bits >> j & 1 == 1 { scale } else { -scale };
+        }
+    }
+    let rows = block_rows(n, d);
+    let mut y = vec![0f32; n * p];
+    y.par_chunks_mut(rows * p)
+        .zip(x.par_chunks(rows * d))
+        .for_each(|(out, xb)| gemm_xct(xb, xb.len() / d, d, &r, p, out));
+    y
+}
+
+/// Greedy k-means++ (scikit-learn's) over the m rows of `s` (m × d) whose squared norms are
+/// `sn` (the exact norms, also when s is a projection): the indices of the k chosen rows.
 fn kmeans_pp(
     s: &[f32],
+    sn: &[f64],
     m: usize,
     d: usize,
     k: usize,
     rng: &mut Xoshiro256,
     si: bool,
-) -> Result<Vec<f32>> {
-    let simd = Simd::detect();
-    let sn: Vec<f64> = s.par_chunks(d).map(|r| simd.sq_norm(r)).collect();
+) -> Result<Vec<usize>> {
     let trials = 2 + (k as f64).ln().floor() as usize;
-    let mut centres = vec![0f32; k * d];
+    let mut chosen = Vec::with_capacity(k);
     let first = rng.below(m);
-    centres[..d].copy_from_slice(&s[first * d..(first + 1) * d]);
-    let (mut closest, pots) = candidate_distances(s, &sn, m, d, &centres[..d], None, si);
+    chosen.push(first);
+    let first_row = &s[first * d..(first + 1) * d];
+    let (mut closest, pots) = candidate_distances(s, sn, m, d, first_row, &[sn[first]], None, si);
     let mut pot = pots[0];
     let mut cumsum = vec![0f64; m];
     let mut cand = vec![0f32; trials * d];
+    let mut cn = vec![0f64; trials];
     let mut ids = vec![0usize; trials];
-    for c in 1..k {
+    for _ in 1..k {
         check_cancelled()?;
         let mut acc = 0f64;
         for (cs, &v) in cumsum.iter_mut().zip(&closest) {
@@ -886,8 +1147,9 @@ fn kmeans_pp(
             let r = rng.next_f64() * pot;
             *id = cumsum.partition_point(|&v| v < r).min(m - 1);
             cand[t * d..(t + 1) * d].copy_from_slice(&s[*id * d..(*id + 1) * d]);
+            cn[t] = sn[*id];
         }
-        let (dist, pots) = candidate_distances(s, &sn, m, d, &cand, Some(&closest), si);
+        let (dist, pots) = candidate_distances(s, sn, m, d, &cand, &cn, Some(&closest), si);
         let mut best = 0;
         for (t, &p) in pots.iter().enumerate() {
             if p < pots[best] {
@@ -898,25 +1160,27 @@ fn kmeans_pp(
         for (cl, row) in closest.iter_mut().zip(dist.chunks_exact(trials)) {
             *cl = row[best];
         }
-        centres[c * d..(c + 1) * d].copy_from_slice(&cand[best * d..(best + 1) * d]);
+        chosen.push(ids[best]);
     }
-    Ok(centres)
+    Ok(chosen)
 }
 
-/// For candidates `cand` (t × d): `dist[i·t + j] = min(closest[i], ‖s_i − cand_j‖²)` (without
-/// the min when `closest` is None) and each candidate's potential `Σ_i dist[i·t + j]`, reduced
-/// over blocks in a fixed order. With `si`, `‖s_i‖² + ‖cand_j‖² − 2·|s_i·cand_j|` (clamped ≥ 0).
+/// For candidates `cand` (t × d) with squared norms `cn`: `dist[i·t + j] = min(closest[i],
+/// sn_i + cn_j − 2·s_i·cand_j)` (clamped ≥ 0; without the min when `closest` is None) and each
+/// candidate's potential `Σ_i dist[i·t + j]`, reduced over blocks in a fixed order. With `si`,
+/// the dot product's absolute value.
+#[allow(clippy::too_many_arguments)]
 fn candidate_distances(
     s: &[f32],
     sn: &[f64],
     m: usize,
     d: usize,
     cand: &[f32],
+    cn: &[f64],
     closest: Option<&[f64]>,
     si: bool,
 ) -> (Vec<f64>, Vec<f64>) {
     let t = cand.len() / d;
-    let cn: Vec<f64> = cand.chunks_exact(d).map(sq_norm).collect();
     let rows = block_rows(m, d);
     let mut dist = vec![0f64; m * t];
     let partial: Vec<Vec<f64>> = dist
@@ -1021,7 +1285,7 @@ impl Simd {
         }
     }
 
-    /// `acc[f] += Σ_{r in rows} fixed(xb[r·d + f]·scale[f])`, wrapping (see [`FixedPoint`]).
+    /// `acc[f] += Σ_{r in rows} fixed(xb[r·d + f]·scale[f])`, wrapping (see `FixedPoint`).
     #[inline]
     fn fx_accumulate(self, acc: &mut [i64], xb: &[f32], d: usize, rows: &[u32], scale: &[f64]) {
         assert!(acc.len() == d && scale.len() == d);
@@ -1078,10 +1342,6 @@ impl Simd {
         }
         kern::sq_norm(a)
     }
-}
-
-fn sq_norm(a: &[f32]) -> f64 {
-    Simd::detect().sq_norm(a)
 }
 
 mod kern {
@@ -1603,6 +1863,153 @@ mod tests {
     }
 
     #[test]
+    fn gemm_columns_do_not_depend_on_the_other_columns() {
+        // The dot-product cache of `pass` recomputes only the moved centres' columns and keeps
+        // the others: exact only if a column's bytes do not depend on which other columns share
+        // the GEMM call. Holds from two columns on (one column is faer's matrix-vector path,
+        // which `pass` avoids by padding); checked at depths below and above faer's blocking.
+        let mut rng = Xoshiro256::new(3);
+        for &(m, d, k) in &[
+            (256usize, 8192usize, 64usize),
+            (256, 2048, 16),
+            (250, 24, 12),
+            (64, 20000, 33),
+            (1024, 300, 7),
+        ] {
+            let x: Vec<f32> = (0..m * d).map(|_| rng.next_f64() as f32 - 0.5).collect();
+            let c: Vec<f32> = (0..k * d).map(|_| rng.next_f64() as f32 - 0.5).collect();
+            let mut full = vec![0f32; m * k];
+            gemm_xct(&x, m, d, &c, k, &mut full);
+            let tails = (2..k).map(|km| (k - km..k).collect::<Vec<usize>>());
+            let strided = (2..k).map(|km| (0..k).step_by(k.div_ceil(km)).collect::<Vec<usize>>());
+            for subset in tails.chain(strided).filter(|s| s.len() >= 2) {
+                let cs: Vec<f32> = subset
+                    .iter()
+                    .flat_map(|&j| c[j * d..(j + 1) * d].iter().copied())
+                    .collect();
+                let km = subset.len();
+                let mut part = vec![0f32; m * km];
+                gemm_xct(&x, m, d, &cs, km, &mut part);
+                for (prow, frow) in part.chunks_exact(km).zip(full.chunks_exact(k)) {
+                    for (&p, &j) in prow.iter().zip(&subset) {
+                        assert_eq!(
+                            p.to_bits(),
+                            frow[j].to_bits(),
+                            "m={m} d={d} k={k} columns {subset:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_pass_with_one_moved_centre_gives_the_bytes_of_a_full_pass() {
+        // One moved centre (a sign flip inside a cluster, or a relocation) is the case where a
+        // one-column product would round differently; `pass` pads it to two columns.
+        let (n, d, k) = (700, 2100, 8);
+        let mut rng = Xoshiro256::new(8);
+        let x: Vec<f32> = (0..n * d).map(|_| rng.next_f64() as f32 - 0.5).collect();
+        let mut c: Vec<f32> = (0..k * d).map(|_| rng.next_f64() as f32 - 0.5).collect();
+        for moved in [vec![3u32], vec![k as u32 - 1], vec![0, 5]] {
+            for si in [false, true] {
+                let mut cache = vec![0f32; n * k];
+                let mut labels = vec![NONE; n];
+                pass(&x, n, d, &c, None, Some(&mut cache), &mut labels, si, None);
+                for &j in &moved {
+                    for v in &mut c[j as usize * d..(j as usize + 1) * d] {
+                        *v *= 1.01;
+                    }
+                }
+                let (ch, e) = pass(
+                    &x,
+                    n,
+                    d,
+                    &c,
+                    Some(&moved),
+                    Some(&mut cache),
+                    &mut labels,
+                    si,
+                    None,
+                );
+                let mut fresh_cache = vec![0f32; n * k];
+                let mut fresh = vec![NONE; n];
+                let (_, ef) = pass(
+                    &x,
+                    n,
+                    d,
+                    &c,
+                    None,
+                    Some(&mut fresh_cache),
+                    &mut fresh,
+                    si,
+                    None,
+                );
+                assert_eq!(labels, fresh);
+                assert_eq!(e.to_bits(), ef.to_bits());
+                let a: Vec<u32> = cache.iter().map(|v| v.to_bits()).collect();
+                let b: Vec<u32> = fresh_cache.iter().map(|v| v.to_bits()).collect();
+                assert!(
+                    a == b,
+                    "moved {moved:?} si={si}: cached dot products differ ({ch} labels changed)"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn cached_distances_give_the_same_bytes_as_recomputing_them() {
+        // Overlapping blobs keep a few clusters changing for many iterations, so most passes
+        // recompute a strict subset of the columns; the result must not depend on the cache.
+        // The wide case crosses faer's depth blocking, where a one-column product would round
+        // differently (see `gemm_columns_do_not_depend_on_the_other_columns`).
+        let (n, d, k) = (3000, 24, 12);
+        let (x, _) = blobs(n, d, 6, 0.8, 11);
+        let (y, _, _) = signed_copies(1200, 20, 6, 3);
+        let (w, _) = blobs(600, 2100, 5, 0.3, 4);
+        for (data, dd, si) in [
+            (&x, d, false),
+            (&x, d, true),
+            (&y, 20, true),
+            (&w, 2100, false),
+            (&w, 2100, true),
+        ] {
+            let nn = data.len() / dd;
+            for &(max_iter, tol, n_init) in &[(50, 0.0, 3), (4, 0.0, 1), (300, 1e-4, 2)] {
+                let p = KMeansParams {
+                    k,
+                    n_init,
+                    max_iter,
+                    tol,
+                    seed: 5,
+                    sign_invariant: si,
+                    distance_cache: true,
+                    seed_projection: true,
+                };
+                let cached = kmeans(data, nn, dd, &p, None).unwrap();
+                let fresh = kmeans(
+                    data,
+                    nn,
+                    dd,
+                    &KMeansParams {
+                        distance_cache: false,
+                        ..p.clone()
+                    },
+                    None,
+                )
+                .unwrap();
+                assert_eq!(cached.labels, fresh.labels);
+                assert_eq!(cached.signs, fresh.signs);
+                assert_eq!(cached.n_iter, fresh.n_iter);
+                assert_eq!(cached.inertia.to_bits(), fresh.inertia.to_bits());
+                let a: Vec<u32> = cached.centroids.iter().map(|v| v.to_bits()).collect();
+                let b: Vec<u32> = fresh.centroids.iter().map(|v| v.to_bits()).collect();
+                assert_eq!(a, b);
+            }
+        }
+    }
+
+    #[test]
     fn restarts_keep_the_lowest_inertia() {
         let (n, d, k) = (1500, 6, 9);
         let (x, _) = blobs(n, d, 12, 3.0, 9);
@@ -1850,13 +2257,78 @@ mod tests {
     fn kmeans_pp_picks_the_same_points_as_the_reference() {
         let (n, d, k) = (700, 9, 7);
         let (x, _) = blobs(n, d, 7, 4.0, 21);
-        let c = seed_kmeans_pp(&x, n, d, k, &mut Xoshiro256::new(5), false).unwrap();
+        let c = seed_kmeans_pp(
+            &x,
+            &exact_space(&x, n, d),
+            n,
+            d,
+            k,
+            &mut Xoshiro256::new(5),
+            false,
+        )
+        .unwrap();
         let idx = naive_kmeans_pp(&x, d, k, &mut Xoshiro256::new(5));
         let want: Vec<f32> = idx
             .iter()
             .flat_map(|&i| x[i * d..(i + 1) * d].to_vec())
             .collect();
         assert_eq!(c, want);
+    }
+
+    fn exact_space(x: &[f32], n: usize, d: usize) -> SeedSpace {
+        SeedSpace::new(x, n, d, 1, false, &mut SplitMix64(0))
+    }
+
+    #[test]
+    fn projected_seeding_is_used_for_wide_data_and_finds_the_blobs() {
+        // d ≥ 4·p and k ≥ 16: seeding measures distances in the projection; the seeds are
+        // points of x and, on separated blobs, k-means still puts every blob in one cluster.
+        let (n, d, k) = (800, 1100, 16);
+        let (x, truth) = blobs(n, d, k, 20.0, 17);
+        assert!(SeedSpace::new(&x, n, d, k, true, &mut SplitMix64(0))
+            .y
+            .is_some());
+        assert!(SeedSpace::new(&x, n, d, 15, true, &mut SplitMix64(0))
+            .y
+            .is_none());
+        assert!(SeedSpace::new(&x, n, 1023, k, true, &mut SplitMix64(0))
+            .y
+            .is_none());
+        let space = SeedSpace::new(&x, n, d, k, true, &mut SplitMix64(0));
+        let c = seed_kmeans_pp(&x, &space, n, d, k, &mut Xoshiro256::new(3), false).unwrap();
+        for cj in c.chunks(d) {
+            assert!(x.chunks(d).any(|r| r == cj));
+        }
+        for si in [false, true] {
+            let p = KMeansParams {
+                n_init: 2,
+                sign_invariant: si,
+                ..params(k)
+            };
+            let r = kmeans(&x, n, d, &p, None).unwrap();
+            let exact = kmeans(
+                &x,
+                n,
+                d,
+                &KMeansParams {
+                    seed_projection: false,
+                    ..p
+                },
+                None,
+            )
+            .unwrap();
+            let mut map = vec![None; k];
+            for (i, &t) in truth.iter().enumerate() {
+                let l = r.labels[i];
+                assert_eq!(*map[t].get_or_insert(l), l, "blob {t} split (si={si})");
+            }
+            assert!(
+                r.inertia <= exact.inertia * 1.000_001,
+                "{} vs {}",
+                r.inertia,
+                exact.inertia
+            );
+        }
     }
 
     #[test]
@@ -1882,7 +2354,7 @@ mod tests {
         let (n, d, k) = (3000, 3, 2);
         let (x, _) = blobs(n, d, 2, 10.0, 1);
         let mut rng = Xoshiro256::new(1);
-        let c = seed_kmeans_pp(&x, n, d, k, &mut rng, false).unwrap();
+        let c = seed_kmeans_pp(&x, &exact_space(&x, n, d), n, d, k, &mut rng, false).unwrap();
         // Centres are points of x.
         for cj in c.chunks(d) {
             assert!(x.chunks(d).any(|r| r == cj));
@@ -2075,14 +2547,17 @@ mod tests {
                     })
                 });
                 let (ta, ca) = time_it(reps, threads, || {
-                    assign(&x, n, d, &init, &mut labels, false, None);
+                    labels.fill(NONE);
+                    pass(&x, n, d, &init, None, None, &mut labels, false, None);
                 });
                 let fx = FixedPoint::new(&column_abs_max_bits(&x, n, d), n);
                 let slots = Slots::new(k, d);
                 let (tu, cu) = time_it(reps, threads, || {
-                    slots.clear();
-                    assign(&x, n, d, &init, &mut labels, false, Some((&fx, &slots)));
-                    let (sums, counts) = slots.collect(&fx, k, d);
+                    let mut sums = ClusterSums::new(k, d);
+                    labels.fill(NONE);
+                    pass(&x, n, d, &init, None, None, &mut labels, false, Some((&fx, &slots)));
+                    slots.drain_into(&mut sums);
+                    let (sums, counts) = sums.to_f64(&fx);
                     std::hint::black_box(update_centres(&x, n, d, &init, &labels, sums, counts));
                 });
                 let p = KMeansParams { k, max_iter: 10, tol: 0.0, ..params(k) };
@@ -2090,8 +2565,14 @@ mod tests {
                 let (tk, ck) = time_it(reps.min(3), threads, || {
                     it = kmeans(&x, n, d, &p, Some(&init)).unwrap().n_iter;
                 });
+                let pf = KMeansParams { distance_cache: false, ..p.clone() };
+                let (tf, _) = time_it(reps.min(3), threads, || {
+                    std::hint::black_box(kmeans(&x, n, d, &pf, Some(&init)).unwrap());
+                });
+                println!("  kmeans without distance cache {:6.1} ms per iter", tf / it as f64 * 1e3);
                 let (ts, cs) = if std::env::var("KM_NOSEED").is_ok() { (0.0, 0.0) } else { time_it(1, threads, || {
-                    std::hint::black_box(seed_kmeans_pp(&x, n, d, k, &mut Xoshiro256::new(0), false).unwrap());
+                    let space = SeedSpace::new(&x, n, d, k, true, &mut SplitMix64(0));
+                    std::hint::black_box(seed_kmeans_pp(&x, &space, n, d, k, &mut Xoshiro256::new(0), false).unwrap());
                 }) };
                 println!(
                     "({n},{d},{k}) t={threads} rows={rows}  [wall best / cpu per thread]\n  gemm   {:6.1} / {:6.1} ms  {:5.1} / {:5.1} GFLOP/s\n  assign {:6.1} / {:6.1} ms  {:5.1} / {:5.1} GFLOP/s\n  assign+update {:6.1} / {:6.1} ms\n  kmeans {it} iters {:6.1} / {:6.1} ms per iter  {:5.1} / {:5.1} GFLOP/s per iter\n  seeding {:.3} / {:.3} s",

@@ -20,9 +20,11 @@ type KMeansOut<'py> = (
 
 /// k-means of the rows of `x` (n × d, float32, C-contiguous): returns
 /// `(centroids k × d, labels n, inertia, n_iter, signs n)`; `signs` is all 1.0 unless
-/// `sign_invariant` (clustering modulo sign, distance ‖x‖² + ‖c‖² − 2|x·c|).
+/// `sign_invariant` (clustering modulo sign, distance ‖x‖² + ‖c‖² − 2|x·c|). `distance_cache=False`
+/// recomputes every distance each iteration (same result; for measuring the full iteration);
+/// `seed_projection=False` seeds wide data with exact distances (for measuring the projection).
 #[pyfunction]
-#[pyo3(signature = (x, k, n_init=1, max_iter=300, tol=1e-4, seed=0, init=None, sign_invariant=false))]
+#[pyo3(signature = (x, k, n_init=1, max_iter=300, tol=1e-4, seed=0, init=None, sign_invariant=false, distance_cache=true, seed_projection=true))]
 #[allow(clippy::too_many_arguments)]
 pub fn kmeans<'py>(
     py: Python<'py>,
@@ -34,6 +36,8 @@ pub fn kmeans<'py>(
     seed: u64,
     init: Option<PyReadonlyArray2<'py, f32>>,
     sign_invariant: bool,
+    distance_cache: bool,
+    seed_projection: bool,
 ) -> PyResult<KMeansOut<'py>> {
     let (n, d) = (x.shape()[0], x.shape()[1]);
     let xs = x
@@ -60,6 +64,8 @@ pub fn kmeans<'py>(
         tol,
         seed,
         sign_invariant,
+        distance_cache,
+        seed_projection,
     };
     let res = run(py, || core_kmeans(xs, n, d, &params, init_s))?;
     let c = Array2::from_shape_vec((k, d), res.centroids)
