@@ -147,11 +147,14 @@ def lego(
 
 
 def _normalized(units: np.ndarray, d_out: int) -> np.ndarray:
-    """cat(b/‖b‖, a/‖a‖) per unit (zero parts stay zero)."""
-    b, a = units[:, :d_out], units[:, d_out:]
-    nb = np.linalg.norm(b, axis=1, keepdims=True)
-    na = np.linalg.norm(a, axis=1, keepdims=True)
-    return np.concatenate([b / np.where(nb > 0, nb, 1), a / np.where(na > 0, na, 1)], axis=1).astype(np.float32)
+    """cat(b/‖b‖, a/‖a‖) per unit (zero parts stay zero), float32. Written part by part into one
+    new array: at scale the unit matrix is hundreds of MB, and this is its only copy."""
+    out = np.empty(units.shape, dtype=np.float32)
+    for part in (slice(0, d_out), slice(d_out, units.shape[1])):
+        src = units[:, part]
+        norm = np.sqrt(np.einsum("ij,ij->i", src, src, dtype=np.float64))
+        np.divide(src, np.where(norm > 0, norm, 1.0)[:, None].astype(np.float32), out=out[:, part])
+    return out
 
 
 def sign_invariant_kmeans(
