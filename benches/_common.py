@@ -78,6 +78,7 @@ def cpu_flags() -> list[str]:
 
 def git_commit() -> str:
     try:
+
         def git(*a: str) -> str:
             return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
 
@@ -191,15 +192,18 @@ def peak_memory() -> Iterator[RssPoller]:
 
 
 def run_child(
-    argv: Sequence[str], env: dict[str, str] | None = None, timeout: float | None = None, echo_stderr: bool = False
+    argv: Sequence[str],
+    env: dict[str, str] | None = None,
+    timeout: float | None = None,
+    echo_stderr: bool = False,
+    unset: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Runs ``python argv...`` that prints one JSON object as its last stdout line; adds the
     child's peak RSS (``RUSAGE_CHILDREN`` is the max over children, so one child at a time) and
-    its wall time as seen from here."""
+    its wall time as seen from here. ``env`` is added to this environment, ``unset`` removed."""
+    child_env = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in unset}
     t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, *argv], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout
-    )
+    proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=child_env, timeout=timeout)
     wall = time.perf_counter() - t0
     if echo_stderr and proc.stderr.strip():
         sys.stderr.write(proc.stderr)

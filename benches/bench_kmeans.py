@@ -6,8 +6,8 @@
 
 Data: Gaussian blobs, float32, seed 0: k centres uniform in [-a, a]^d with a = (4.24/√d)^½ and
 unit-variance noise, so that the centres' separation is about the size of the noise in the
-distances at every d: the blobs overlap and Lloyd keeps moving for 7-13 iterations (well-separated
-blobs converge in 2-3, where setup costs would swamp the per-iteration numbers). All three start
+distances at every d: the blobs overlap and Lloyd keeps moving for 7-20 iterations (well-separated
+blobs converge in 2-3, where setup costs would swamp the per-iteration numbers). All start
 from the same initial centres (k distinct rows of x drawn with seed 0), with the same k,
 ``max_iter`` and ``n_init=1``, ``tol=0`` (stop only on unchanged labels or ``max_iter``), and the
 same number of threads: ``rankwise.set_num_threads``, ``faiss.omp_set_num_threads`` and
@@ -16,15 +16,29 @@ threadpoolctl's limit (OpenMP and BLAS) around everything. faiss is set up to us
 (``algorithm="lloyd"``) and rankwise stop when the labels stop changing, and from the same
 initial centres they follow the same trajectory (same ``n_iter``).
 
+Two rankwise rows: the default, which keeps the n × k dot products across iterations and
+recomputes only the columns of the centres that moved (same bytes as recomputing all; see
+rust/core/src/kmeans.rs), and ``distance_cache=False``, which recomputes every distance every
+iteration: that row is the cost of a full Lloyd iteration (GEMM-bound), the one to hold against
+the GEMM peak.
+
+OpenBLAS kernels: faiss, scikit-learn (through scipy) and numpy's peak all run on OpenBLAS, whose
+kernel choice this machine may pin with ``OPENBLAS_CORETYPE`` (and ``OPENBLAS_L2_SIZE``). When it
+is set, the peers and the peak run twice, in child processes: once as set, once with both
+variables removed (OpenBLAS picks its kernels for the CPU; threadpoolctl names them in the
+table). Each peer is shown under both, so rankwise is held against each peer's faster run.
+rankwise does not use BLAS.
+
 Columns: median wall seconds of ``--repeat`` runs (one warm-up first); the process CPU seconds
 of that run divided by the threads (OpenMP spin-waiting counts for faiss and scikit-learn);
-iterations run; GFLOP/s per iteration = 2·n·k·d·iterations / seconds (the assignment GEMM's
-flops; everything else in the run counts as time); the inertia of the returned centres
-(Σ squared distance to the nearest centre, evaluated here in float64 for all three, relative
-to the lowest of the three); rankwise's per-iteration throughput divided by this method's.
-"Time to equal inertia": the target is the highest final inertia of the three (+1e-6 relative);
-for each method, the wall time of the shortest run (fewest ``max_iter``, found by bisection)
-whose result reaches it, setup included.
+iterations run; GFLOP/s per iteration = 2·n·k·d·iterations / seconds (the flops of the assignment
+GEMM of a full iteration; everything else in the run counts as time; for rankwise's default the
+distance cache skips part of those flops, so its figure is an effective rate and may exceed the
+GEMM peak); the inertia of the returned centres (Σ squared distance to the nearest centre,
+evaluated here in float64 for all, relative to the lowest); rankwise's (default) per-iteration
+throughput divided by the row's. "Time to equal inertia": the target is the highest final inertia
+of all rows (+1e-6 relative); for each method, the wall time of the shortest run (fewest
+``max_iter``, found by bisection) whose result reaches it, setup included.
 
 Above the tables: the machine's float32 GEMM peak measured in the same run (numpy ``a @ b``,
 4096², same threads) and, per shape, numpy's ``x @ c.T`` for the same (n, d, k).
@@ -80,6 +94,13 @@ def run_rankwise(x: np.ndarray, init: np.ndarray, max_iter: int) -> tuple[np.nda
     return r.centroids, int(r.n_iter)
 
 
+def run_rankwise_no_cache(x: np.ndarray, init: np.ndarray, max_iter: int) -> tuple[np.ndarray, int]:
+    from rankwise import _core
+
+    c, _, _, n_iter, _ = _core.kmeans(x, init.shape[0], 1, max_iter, 0.0, 0, init, False, distance_cache=False)
+    return c, int(n_iter)
+
+
 def run_sklearn(x: np.ndarray, init: np.ndarray, max_iter: int) -> tuple[np.ndarray, int]:
     from sklearn.cluster import KMeans
 
@@ -97,7 +118,9 @@ def run_faiss(x: np.ndarray, init: np.ndarray, max_iter: int) -> tuple[np.ndarra
     return km.centroids.copy(), max_iter
 
 
-METHODS = {"rankwise": run_rankwise, "faiss": run_faiss, "scikit-learn": run_sklearn}
+RANKWISE = {"rankwise": run_rankwise, "rankwise, no distance cache": run_rankwise_no_cache}
+PEERS = {"faiss": run_faiss, "scikit-learn": run_sklearn}
+METHODS = {**RANKWISE, **PEERS}
 
 
 def timed(fn, x, init, max_iter) -> tuple[float, float, np.ndarray, int]:
@@ -113,7 +136,9 @@ def time_to_target(fn, x, init, max_iter: int, target: float) -> tuple[float, in
         wall, _, c, _ = timed(fn, x, init, m)
         return inertia_of(x, c) <= target, wall
 
-    lo, hi = 0, max_iter  # reaches(hi) holds: target is at least every final inertia
+    lo, hi = 0, max_iter
+    if not reaches(hi)[0]:
+        return float("nan"), hi
     while hi - lo > 1:
         mid = (lo + hi) // 2
         ok, _ = reaches(mid)
@@ -145,44 +170,134 @@ def _wall(fn) -> float:
 
 
 # ------------------------------------------------------------------------------------- main
-def bench_shape(n: int, d: int, k: int, args) -> tuple[str, list[list]]:
-    x, init = make_data(n, d, k)
-    flop = 2.0 * n * d * k
-    numpy_skinny = skinny_gemm(x, init)
-    results = {}
-    for name, fn in METHODS.items():
-        timed(fn, x, init, args.max_iter)  # warm-up (imports, page faults, thread pools)
-        runs = sorted((timed(fn, x, init, args.max_iter) for _ in range(args.repeat)), key=lambda r: r[0])
-        wall, cpu, centres, iters = runs[len(runs) // 2]  # the median run (the upper one if even)
-        results[name] = dict(wall=wall, cpu=cpu / args.threads, iters=iters, inertia=inertia_of(x, centres))
-        print(f"  {name}: {wall:.3f} s, {iters} iters", file=sys.stderr)
-    best_inertia = min(r["inertia"] for r in results.values())
-    target = max(r["inertia"] for r in results.values()) * (1 + 1e-6)
-    rw_tp = flop * results["rankwise"]["iters"] / results["rankwise"]["wall"]
-    rows = []
-    for name, r in results.items():
-        tp = flop * r["iters"] / r["wall"]
-        row = [
-            name,
-            r["wall"],
-            r["cpu"],
-            r["iters"],
-            tp / 1e9,
-            f"{r['inertia']:.6g} ({r['inertia'] / best_inertia - 1:+.1e})",
-            f"{rw_tp / tp:.2f}×",
+BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def blas_kernels() -> str:
+    from threadpoolctl import threadpool_info
+
+    names = sorted({f"{i['internal_api']} {i.get('architecture') or '?'}" for i in threadpool_info()})
+    return ", ".join(names) or "none"
+
+
+def child(args) -> dict:
+    """One BLAS setting: the peak, numpy's skinny GEMM and every method asked for, per shape."""
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    import faiss
+    from threadpoolctl import threadpool_limits
+
+    import rankwise as rw
+
+    rw.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)
+    methods = {m: METHODS[m] for m in args.methods.split(";")}
+    out: dict = {"shapes": {}}
+    with threadpool_limits(limits=args.threads):
+        out["kernels"] = blas_kernels()
+        out["peak"] = gemm_peak(args.threads)
+        print(f"[{args.child}] numpy f32 GEMM peak: {out['peak']:.0f} GFLOP/s ({out['kernels']})", file=sys.stderr)
+        for spec in args.shapes.split(","):
+            n, d, k = (int(v) for v in spec.lower().split("x"))
+            x, init = make_data(n, d, k)
+            res: dict = {"numpy_skinny": skinny_gemm(x, init), "methods": {}}
+            for name, fn in methods.items():
+                timed(fn, x, init, args.max_iter)  # warm-up (imports, page faults, thread pools)
+                runs = sorted((timed(fn, x, init, args.max_iter) for _ in range(args.repeat)), key=lambda r: r[0])
+                wall, cpu, centres, iters = runs[len(runs) // 2]  # the median run (the upper one if even)
+                res["methods"][name] = dict(
+                    wall=wall, cpu=cpu / args.threads, iters=iters, inertia=inertia_of(x, centres)
+                )
+                print(f"[{args.child}] ({n}, {d}, {k}) {name}: {wall:.3f} s, {iters} iters", file=sys.stderr)
+            if not args.no_tti:
+                target = float(args.targets[spec]) if args.targets else None
+                for name, fn in methods.items():
+                    if target is not None:
+                        res["methods"][name]["tti"] = time_to_target(fn, x, init, args.max_iter, target)
+            out["shapes"][spec] = res
+    import sklearn
+
+    out["versions"] = f"faiss {faiss.__version__}, scikit-learn {sklearn.__version__}"
+    return out
+
+
+def run_children(args, targets: dict | None) -> list[tuple[str, dict]]:
+    import json
+
+    base = [str(Path(__file__).resolve()), "--shapes", args.shapes, "--max-iter", str(args.max_iter)]
+    base += ["--repeat", str(args.repeat), "--threads", str(args.threads)]
+    if args.no_tti or targets is None:
+        base.append("--no-tti")
+    else:
+        base += ["--targets", json.dumps(targets)]
+    # (label, variables removed, methods); rankwise runs once, it uses no BLAS.
+    variants: list[tuple[str, tuple[str, ...], str]] = [("as set", (), ";".join(METHODS))]
+    if any(v in os.environ for v in BLAS_VARS):
+        variants = [("as set", (), ";".join(PEERS)), ("auto", BLAS_VARS, ";".join(METHODS))]
+    out = []
+    for label, unset, methods in variants:
+        res = C.run_child([*base, "--child", label, "--methods", methods], unset=unset, echo_stderr=True)
+        out.append((label, res))
+    return out
+
+
+def render(args, results: list[tuple[str, dict]], total: float, machine: str) -> str:
+    headers = ["method", "OpenBLAS kernels", "wall s", "CPU s / thread", "iters", "GFLOP/s per iter"]
+    headers += ["inertia (vs best)", "rankwise ×"]
+    if not args.no_tti:
+        headers.append("time to equal inertia")
+    sections = []
+    for spec in args.shapes.split(","):
+        n, d, k = (int(v) for v in spec.lower().split("x"))
+        flop = 2.0 * n * d * k
+        rows_in = []
+        for label, res in results:
+            for name, r in res["shapes"][spec]["methods"].items():
+                kernels = "–" if name in RANKWISE else f"{label}: {res['kernels']}"
+                rows_in.append((name, kernels, r))
+        best = min(r["inertia"] for _, _, r in rows_in)
+        rw_tp = next(flop * r["iters"] / r["wall"] for name, _, r in rows_in if name == "rankwise")
+        rows = []
+        for name, kernels, r in rows_in:
+            tp = flop * r["iters"] / r["wall"]
+            row = [name, kernels, r["wall"], r["cpu"], r["iters"], tp / 1e9]
+            row += [f"{r['inertia']:.6g} ({r['inertia'] / best - 1:+.1e})", f"{rw_tp / tp:.2f}×"]
+            if not args.no_tti:
+                t, m = r.get("tti", (float("nan"), 0))
+                row.append(f"{t:.3g} s ({m} it)")
+            rows.append(row)
+        skinny = ", ".join(f"{res['shapes'][spec]['numpy_skinny']:.0f} ({label})" for label, res in results)
+        head = (
+            f"**(n, d, k) = ({n}, {d}, {k})**: {flop / 1e9:.3g} GFLOP per iteration; "
+            f"numpy `x @ c.T` alone: {skinny} GFLOP/s"
+        )
+        sections.append(head + "\n\n" + C.md_table(headers, rows))
+    peaks = "; ".join(f"{res['peak']:.0f} GFLOP/s with {label} kernels ({res['kernels']})" for label, res in results)
+    return "\n\n".join(
+        [
+            "## bench_kmeans: k-means per Lloyd iteration, rankwise vs faiss vs scikit-learn",
+            f"Command: `{C.command_line()}` ({total:.0f} s in all)",
+            machine,
+            f"{results[0][1]['versions']}; {args.threads} threads for all; numpy float32 GEMM peak measured in "
+            f"this run (4096², {args.threads} threads): {peaks}.",
+            "Same data (overlapping Gaussian blobs, float32, seed 0; see the script's docstring), "
+            "same initial centres (k rows of x), "
+            f"`max_iter={args.max_iter}`, `n_init=1`, `tol=0`. GFLOP/s per iteration = 2·n·k·d·iters / wall "
+            "seconds (setup counted in the time); for `rankwise` (its distance cache on) that is an effective "
+            "rate: the cache skips the dot products of centres that did not move, so it can exceed the GEMM "
+            "peak; `rankwise, no distance cache` computes every distance every iteration. faiss always runs "
+            "max_iter iterations; rankwise and scikit-learn stop on unchanged labels. 'rankwise ×': rankwise's "
+            "per-iteration throughput over the row's. OpenBLAS kernels: 'as set' is this machine's "
+            "OPENBLAS_CORETYPE, 'auto' OpenBLAS's own choice for the CPU (the variables removed). Median of "
+            f"{args.repeat} runs after a warm-up; 'CPU s / thread' is the process CPU time / threads "
+            "(OpenMP spin-waits count).",
+            *sections,
         ]
-        if not args.no_tti:
-            t, m = time_to_target(METHODS[name], x, init, args.max_iter, target)
-            row.append(f"{t:.3g} s ({m} it)")
-        rows.append(row)
-    head = (
-        f"**(n, d, k) = ({n}, {d}, {k})**: {flop / 1e9:.3g} GFLOP per iteration; "
-        f"numpy `x @ c.T` alone: {numpy_skinny:.0f} GFLOP/s"
     )
-    return head, rows
 
 
 def main() -> None:
+    import json
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default=DEFAULT_SHAPES, help="comma-separated NxDxK")
     ap.add_argument("--max-iter", type=int, default=20)
@@ -190,52 +305,29 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-tti", action="store_true", help="skip the time-to-equal-inertia column")
     ap.add_argument("--write", action="store_true", help="replace the section in benches/RESULTS.md")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--methods", default=";".join(METHODS), help=argparse.SUPPRESS)
+    ap.add_argument("--targets", type=json.loads, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
-
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    import faiss
-    from threadpoolctl import threadpool_limits
-
-    import rankwise as rw
+    if args.child:
+        print(json.dumps(child(args)))
+        return
 
     t_start = time.perf_counter()
-    rw.set_num_threads(args.threads)
-    faiss.omp_set_num_threads(args.threads)
     machine = C.machine_info()
-    headers = ["method", "wall s", "CPU s / thread", "iters", "GFLOP/s per iter", "inertia (vs best)", "rankwise ×"]
+    results = run_children(args, None)
     if not args.no_tti:
-        headers.append("time to equal inertia")
-    sections = []
-    with threadpool_limits(limits=args.threads):
-        peak = gemm_peak(args.threads)
-        print(f"numpy f32 GEMM peak: {peak:.0f} GFLOP/s", file=sys.stderr)
+        # Targets: the highest final inertia of every row, then each row's time to reach it.
+        targets = {}
         for spec in args.shapes.split(","):
-            n, d, k = (int(v) for v in spec.lower().split("x"))
-            print(f"({n}, {d}, {k})", file=sys.stderr)
-            head, rows = bench_shape(n, d, k, args)
-            sections.append(head + "\n\n" + C.md_table(headers, rows))
-    total = time.perf_counter() - t_start
-
-    import sklearn
-
-    body = "\n\n".join(
-        [
-            "## bench_kmeans: k-means per Lloyd iteration, rankwise vs faiss vs scikit-learn",
-            f"Command: `{C.command_line()}` ({total:.0f} s in all)",
-            machine,
-            f"faiss {faiss.__version__}, scikit-learn {sklearn.__version__}; {args.threads} threads for all; "
-            f"numpy float32 GEMM peak measured in this run (4096², {args.threads} threads): **{peak:.0f} GFLOP/s**.",
-            "Same data (overlapping Gaussian blobs, float32, seed 0; see the script's docstring), "
-            "same initial centres (k rows of x), "
-            f"`max_iter={args.max_iter}`, `n_init=1`, `tol=0`. GFLOP/s per iteration = 2·n·k·d·iters / wall "
-            "seconds (setup counted in the time). faiss always runs max_iter iterations; rankwise and "
-            "scikit-learn stop on unchanged labels. 'rankwise ×': rankwise's per-iteration throughput "
-            "over the row's. Median of "
-            f"{args.repeat} runs after a warm-up. On a shared machine the wall times include waiting for a "
-            "core; 'CPU s / thread' is the process CPU time / threads (OpenMP spin-waits count).",
-            *sections,
-        ]
-    )
+            worst = max(r["inertia"] for _, res in results for r in res["shapes"][spec]["methods"].values())
+            targets[spec] = worst * (1 + 1e-6)
+        tti = run_children(args, targets)
+        for (_, res), (_, res_t) in zip(results, tti):
+            for spec, sh in res["shapes"].items():
+                for name, r in sh["methods"].items():
+                    r["tti"] = res_t["shapes"][spec]["methods"][name]["tti"]
+    body = render(args, results, time.perf_counter() - t_start, machine)
     print(body)
     if args.write:
         C.write_section("bench_kmeans", body)
