@@ -20,8 +20,8 @@ class MappedFiles:
     def check_finite(self, items: list[tuple[int, str]]) -> None: ...
     def release(self, i: int) -> None: ...
     def unit_matrix(
-        self, sources: list[tuple[int, str, str, float]], canonical: bool = False
-    ) -> tuple[npt.NDArray[np.float32], list[int]]: ...
+        self, sources: list[tuple[int, str, str, float]], canonical: bool = False, normalized: bool = False
+    ) -> tuple[npt.NDArray[np.float32], list[int], npt.NDArray[np.float32] | None]: ...
 
 def write_safetensors(
     path: str | PathLike[str],
@@ -40,6 +40,14 @@ def kmeans(
     distance_cache: bool = True,
     seed_projection: bool = True,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], float, int, npt.NDArray[np.float32]]: ...
+def cluster_means(
+    x: npt.NDArray[np.float32],
+    labels: npt.NDArray[np.int64],
+    signs: npt.NDArray[np.float32],
+    k: int,
+    d_out: int,
+    part_norms: npt.NDArray[np.float32] | None = None,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]: ...
 def hungarian(cost: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]: ...
 def align_factors(
     pairs: list[

@@ -116,6 +116,23 @@ class AdapterPool:
 
         Built in Rust straight from the mapped bytes; the pages read are released afterwards.
         """
+        units, ranks, _ = self._units(module, weights, canonical, normalized=False)
+        return units, ranks
+
+    def unit_features(
+        self, module: str, weights: Sequence[float] | None = None, *, canonical: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The units of :meth:`unit_matrix` with each part scaled to unit length, rows
+        ``[b/‖b‖ ; a/‖a‖]`` (float32; zero parts stay zero), and the norms ``[‖b‖, ‖a‖]`` of each
+        row (``[Σ ranks, 2]``), from which the units are ``x * norms`` part by part: LoRA-LEGO's
+        normalized features and raw units in one matrix, built in one Rust pass."""
+        x, _, norms = self._units(module, weights, canonical, normalized=True)
+        assert norms is not None
+        return x, norms
+
+    def _units(
+        self, module: str, weights: Sequence[float] | None, canonical: bool, normalized: bool
+    ) -> tuple[np.ndarray, list[int], np.ndarray | None]:
         w = self.check_weights(weights)
         sources = []
         for a, wj in zip(self.adapters, w):
@@ -125,11 +142,13 @@ class AdapterPool:
             sources.append((a._files, (a._file_index, m.key_a, m.key_b, float(m.scaling * wj))))
         files = sources[0][0]
         if all(f is files for f, _ in sources):
-            units, ranks = files.unit_matrix([s for _, s in sources], canonical)
-            return units, list(ranks)
+            units, ranks, norms = files.unit_matrix([s for _, s in sources], canonical, normalized)
+            return units, list(ranks), norms
         # Adapters loaded separately (each its own file set): one call each, stacked in order.
-        parts = [f.unit_matrix([s], canonical) for f, s in sources]
-        return np.concatenate([u for u, _ in parts]), [r for _, rs in parts for r in rs]
+        parts = [f.unit_matrix([s], canonical, normalized) for f, s in sources]
+        ranks = [r for _, rs, _ in parts for r in rs]
+        norms = np.concatenate([n for _, _, n in parts]) if normalized else None
+        return np.concatenate([u for u, _, _ in parts]), ranks, norms
 
     def release(self) -> None:
         """Drops every mapped page from this process's resident set."""

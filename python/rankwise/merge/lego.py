@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import _core
 from .. import peft_format as pf
 from ..api import kmeans
 from ..errors import MergeConfigError
@@ -106,44 +107,59 @@ def lego(
     """LoRA-LEGO: k-means over the pool's rank units, dual reweighting (arXiv 2409.16167)."""
     k = rank[ctx.module] if isinstance(rank, Mapping) else int(rank)
     d_out, _ = ctx.shape
-    units = ctx.units(canonical=canonicalize)
-    x = units if features == "raw" else _normalized(units, d_out)
+    # One matrix holds both what is clustered and the raw units: with normalized features the
+    # rows are [b/‖b‖ ; a/‖a‖] and `norms` gives the units back (at scale the matrix is hundreds of MB).
+    if features == "raw":
+        x, norms = ctx.units(canonical=canonicalize), None
+    else:
+        x, norms = ctx.unit_features(canonical=canonicalize)
     init_c = None
     if init == "aligned":
         from .aligned import aligned_init
 
+        units = x if norms is None else _scaled(x, norms, d_out)
         init_c = aligned_init(ctx, k, units, canonical=canonicalize)
-        if init_c is not None and features != "raw":
+        if init_c is not None and norms is not None:
             init_c = _normalized(init_c, d_out)
+        del units
     elif init is not None:
         raise MergeConfigError(f"init must be None or 'aligned', got {init!r}")
     with ctx.timed("kmeans"):
-        if canonicalize:
-            # A unit and its negation are the same rank-one update, and no per-unit sign rule is
-            # stable under noise, so canonical units are clustered modulo sign; members are then
-            # flipped into their centroid's orientation (b, a) -> (-b, -a), which keeps every delta.
-            labels, signs = sign_invariant_kmeans(
-                x, k, n_init=n_init, max_iter=max_iter, tol=tol, seed=seed, init=init_c
-            )
-            units *= signs[:, None]
-        else:
-            labels = kmeans(
-                x, k, n_init=1 if init_c is not None else n_init, max_iter=max_iter, tol=tol, seed=seed, init=init_c
-            ).labels
+        # With canonicalize, a unit and its negation are the same rank-one update, and no per-unit
+        # sign rule is stable under noise, so canonical units are clustered modulo sign; members
+        # then count in their centroid's orientation (b, a) -> (-b, -a), which keeps every delta.
+        r = kmeans(
+            x,
+            k,
+            n_init=1 if init_c is not None else n_init,
+            max_iter=max_iter,
+            tol=tol,
+            seed=seed,
+            init=init_c,
+            sign_invariant=canonicalize,
+        )
     with ctx.timed("assemble"):
-        counts = np.bincount(labels, minlength=k).astype(np.float64)
         # Centroids are the means of the raw member units (whatever features were clustered).
-        cent = _cluster_means(units, labels, k)
+        cent, counts, norm_b, norm_a = _core.cluster_means(x, r.labels, r.signs, k, d_out, norms)
+        del x
         b, a = cent[:, :d_out], cent[:, d_out:]
         if reweight in (True, "param"):
-            b = _restore_norm(b, units[:, :d_out], labels, counts)
-            a = _restore_norm(a, units[:, d_out:], labels, counts)
+            b = _restore_norm(b, norm_b)
+            a = _restore_norm(a, norm_a)
         if scale == "mass":
             b = b * (counts / ctx.weights.sum())[:, None]
         elif reweight in (True, "output"):
             r_bar = float(np.mean(ctx.ranks))
             b = b * np.sqrt(r_bar / k)
         return a.astype(np.float32), np.ascontiguousarray(b.T, dtype=np.float32)
+
+
+def _scaled(x: np.ndarray, norms: np.ndarray, d_out: int) -> np.ndarray:
+    """The units back from normalized rows and their part norms (a new array)."""
+    out = x.copy()
+    out[:, :d_out] *= norms[:, :1]
+    out[:, d_out:] *= norms[:, 1:]
+    return out
 
 
 def _normalized(units: np.ndarray, d_out: int) -> np.ndarray:
@@ -178,23 +194,8 @@ def sign_invariant_kmeans(
     return r.labels, r.signs
 
 
-def _cluster_means(units: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
-    """Mean of each cluster's rows, summed in float64 one cluster at a time (np.add.at is slow,
-    and a float64 copy of all units would double the peak memory)."""
-    order = np.argsort(labels, kind="stable")
-    bounds = np.searchsorted(labels[order], np.arange(k + 1))
-    out = np.zeros((k, units.shape[1]), dtype=np.float64)
-    for c in range(k):
-        members = order[bounds[c] : bounds[c + 1]]
-        if len(members):
-            out[c] = units[members].sum(axis=0, dtype=np.float64) / len(members)
-    return out
-
-
-def _restore_norm(part: np.ndarray, members: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Rescales each centroid part to the mean norm of its members' parts."""
-    norms = np.sqrt(np.einsum("ij,ij->i", members, members, dtype=np.float64))  # no f64 copy: 28x faster
-    mean_norm = np.bincount(labels, weights=norms, minlength=part.shape[0]) / np.maximum(counts, 1)
+def _restore_norm(part: np.ndarray, mean_norm: np.ndarray) -> np.ndarray:
+    """Rescales each centroid part (row) to its members' mean norm of that part."""
     cur = np.linalg.norm(part, axis=1)
     factor = np.where(cur > 0, mean_norm / np.where(cur > 0, cur, 1), 1.0)
     return part * factor[:, None]

@@ -57,6 +57,11 @@ class ModuleContext:
         with self.timed("units"):
             return self.pool.unit_matrix(self.module, w, canonical=canonical)[0]
 
+    def unit_features(self, *, canonical: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The weighted units with unit-length parts, and their part norms (AdapterPool.unit_features)."""
+        with self.timed("units"):
+            return self.pool.unit_features(self.module, self.weights, canonical=canonical)
+
     def factors(self, j: int, *, folded: bool = True) -> Factors:
         """Adapter j's ``(A, B)`` for this module (scaling folded into B, weight not applied)."""
         return self.pool[j].factors(self.module, folded=folded)

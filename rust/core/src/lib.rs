@@ -5,6 +5,7 @@
 //! clusters it (k-means) and aligns units between adapters.
 
 pub mod align;
+pub mod assemble;
 pub mod dtype;
 pub mod error;
 pub mod kmeans;

@@ -26,6 +26,9 @@ pub struct UnitMatrix {
     pub d_in: usize,
     /// The rank each source contributed, in order.
     pub ranks: Vec<usize>,
+    /// With `normalized`: per unit, the norms `[‖b‖, ‖a‖]` its parts had before they were
+    /// scaled to unit length (`n_units × 2`); the unit is `[‖b‖·row_b ; ‖a‖·row_a]`.
+    pub part_norms: Option<Vec<f32>>,
 }
 
 /// Checks the factor shapes of one source: returns (rank, d_out, d_in).
@@ -67,8 +70,15 @@ pub fn factor_dims(src: &UnitSource) -> Result<(usize, usize, usize)> {
 }
 
 /// Builds the unit matrix of one module. All sources must share d_out and d_in; ranks may differ.
-/// With `canonical`, each unit is put in canonical form (see `canonicalize`).
-pub fn unit_matrix(sources: &[UnitSource], canonical: bool) -> Result<UnitMatrix> {
+/// With `canonical`, each unit is put in canonical form (see `canonicalize`). With `normalized`,
+/// each part is then divided by its norm (zero parts stay zero) and the norms are returned in
+/// `part_norms`: the features LoRA-LEGO clusters (`cat(b/‖b‖, a/‖a‖)`) and what it needs to
+/// average the raw units, in one matrix, written while each row is in cache.
+pub fn unit_matrix(
+    sources: &[UnitSource],
+    canonical: bool,
+    normalized: bool,
+) -> Result<UnitMatrix> {
     if sources.is_empty() {
         return Err(Error::invalid("no adapters given for the module"));
     }
@@ -92,22 +102,35 @@ pub fn unit_matrix(sources: &[UnitSource], canonical: bool) -> Result<UnitMatrix
     let ranks: Vec<usize> = dims.iter().map(|d| d.0).collect();
     let n_units: usize = ranks.iter().sum();
     let mut data = vec![0f32; n_units * width];
+    let mut norms = vec![0f32; if normalized { 2 * n_units } else { 0 }];
 
     // Split the output into one disjoint block of rows per source, then fill them in parallel.
-    let mut blocks: Vec<&mut [f32]> = Vec::with_capacity(sources.len());
-    let mut rest = data.as_mut_slice();
+    let mut blocks: Vec<(&mut [f32], &mut [f32])> = Vec::with_capacity(sources.len());
+    let (mut rest, mut rest_n) = (data.as_mut_slice(), norms.as_mut_slice());
     for &r in &ranks {
         let (head, tail) = rest.split_at_mut(r * width);
-        blocks.push(head);
-        rest = tail;
+        let (head_n, tail_n) = rest_n.split_at_mut(if normalized { 2 * r } else { 0 });
+        blocks.push((head, head_n));
+        (rest, rest_n) = (tail, tail_n);
     }
     blocks
         .into_par_iter()
         .zip(sources.par_iter())
         .zip(ranks.par_iter())
-        .try_for_each(|((block, src), &r)| {
+        .try_for_each(|(((block, block_n), src), &r)| {
             catch_panic("building the unit matrix", || {
-                fill_units(src, r, d_out, d_in, canonical, block)
+                fill_units(src, r, d_out, d_in, canonical, block)?;
+                if normalized {
+                    for (row, nrm) in block
+                        .chunks_exact_mut(width)
+                        .zip(block_n.chunks_exact_mut(2))
+                    {
+                        let (b, a) = row.split_at_mut(d_out);
+                        nrm[0] = normalize(b);
+                        nrm[1] = normalize(a);
+                    }
+                }
+                Ok(())
             })
         })?;
     Ok(UnitMatrix {
@@ -116,7 +139,18 @@ pub fn unit_matrix(sources: &[UnitSource], canonical: bool) -> Result<UnitMatrix
         d_out,
         d_in,
         ranks,
+        part_norms: normalized.then_some(norms),
     })
+}
+
+/// Divides `v` by its norm (computed in f64) and returns the norm; a zero vector stays zero.
+fn normalize(v: &mut [f32]) -> f32 {
+    let norm = v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+    if norm > 0.0 {
+        let inv = (1.0 / norm) as f32;
+        v.iter_mut().for_each(|x| *x *= inv);
+    }
+    norm as f32
 }
 
 fn fill_units(
@@ -272,7 +306,7 @@ mod tests {
                 b_scale: s,
             })
             .collect();
-        let raw = unit_matrix(&srcs, false).unwrap();
+        let raw = unit_matrix(&srcs, false, false).unwrap();
         assert_eq!((raw.n_units, raw.ranks.clone()), (6, vec![2, 4]));
         // Reference: Σ_j s_j · B_j A_j computed directly from the factors.
         let mut want = vec![0f64; d_out * d_in];
@@ -289,12 +323,38 @@ mod tests {
                 }
             }
         }
-        let canon = unit_matrix(&srcs, true).unwrap();
+        let canon = unit_matrix(&srcs, true, false).unwrap();
         for u in [&raw, &canon] {
             for (g, w) in delta_from_units(u).iter().zip(&want) {
                 assert!((g - w).abs() < 1e-4, "{g} vs {w}");
             }
         }
+        // Normalized: unit-length parts whose norms restore the (canonical) units.
+        for (canonical, reference) in [(false, &raw), (true, &canon)] {
+            let nz = unit_matrix(&srcs, canonical, true).unwrap();
+            let norms = nz.part_norms.as_ref().unwrap();
+            let w = d_out + d_in;
+            for ((row, want), nrm) in nz
+                .data
+                .chunks_exact(w)
+                .zip(reference.data.chunks_exact(w))
+                .zip(norms.chunks_exact(2))
+            {
+                for (j, (&v, &u)) in row.iter().zip(want).enumerate() {
+                    let back = v * nrm[usize::from(j >= d_out)];
+                    assert!((back - u).abs() <= 1e-5 * u.abs().max(1.0), "{back} vs {u}");
+                }
+                for part in [&row[..d_out], &row[d_out..]] {
+                    let n: f64 = part
+                        .iter()
+                        .map(|&v| v as f64 * v as f64)
+                        .sum::<f64>()
+                        .sqrt();
+                    assert!((n - 1.0).abs() < 1e-6, "part norm {n}");
+                }
+            }
+        }
+        assert!(raw.part_norms.is_none());
         for row in canon.data.chunks_exact(d_out + d_in) {
             let nb: f32 = row[..d_out].iter().map(|v| v * v).sum::<f32>().sqrt();
             let na: f32 = row[d_out..].iter().map(|v| v * v).sum::<f32>().sqrt();
@@ -336,7 +396,7 @@ mod tests {
             key_b: "m.lora_B.weight",
             b_scale: 1.0,
         };
-        let e = unit_matrix(&[src(&f1), src(&f2)], false)
+        let e = unit_matrix(&[src(&f1), src(&f2)], false, false)
             .err()
             .unwrap()
             .to_string();
@@ -350,7 +410,7 @@ mod tests {
             key_b: "m.lora_A.weight",
             b_scale: 1.0,
         };
-        assert!(unit_matrix(&[bad], false)
+        assert!(unit_matrix(&[bad], false, false)
             .err()
             .unwrap()
             .to_string()

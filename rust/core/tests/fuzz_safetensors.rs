@@ -171,8 +171,8 @@ fn exercise(file: &MappedFile) {
         key_b: "m.lora_B.weight",
         b_scale: 0.5,
     };
-    for canonical in [false, true] {
-        let _ = unit_matrix(std::slice::from_ref(&src), canonical);
+    for (canonical, normalized) in [(false, false), (true, false), (true, true)] {
+        let _ = unit_matrix(std::slice::from_ref(&src), canonical, normalized);
     }
 }
 

@@ -115,14 +115,17 @@ impl MappedFiles {
     }
 
     /// The unit matrix of one module: `sources` lists `(file index, key_A, key_B, b_scale)` per
-    /// adapter. Returns `(U, ranks)` with `U` float32 `[Σ ranks, d_out + d_in]`.
-    #[pyo3(signature = (sources, canonical=false))]
+    /// adapter. Returns `(U, ranks, part_norms)` with `U` float32 `[Σ ranks, d_out + d_in]`;
+    /// with `normalized`, U's b and a parts have unit norm and `part_norms` (`[Σ ranks, 2]`)
+    /// holds the norms they had, else it is None.
+    #[pyo3(signature = (sources, canonical=false, normalized=false))]
     fn unit_matrix<'py>(
         &self,
         py: Python<'py>,
         sources: Vec<(usize, String, String, f32)>,
         canonical: bool,
-    ) -> PyResult<(Bound<'py, PyArray2<f32>>, Vec<usize>)> {
+        normalized: bool,
+    ) -> PyResult<UnitMatrixOut<'py>> {
         for (i, ..) in &sources {
             self.file(*i)?;
         }
@@ -137,14 +140,28 @@ impl MappedFiles {
                     b_scale: *s,
                 })
                 .collect();
-            units::unit_matrix(&srcs, canonical)
+            units::unit_matrix(&srcs, canonical, normalized)
         })?;
         let width = um.d_out + um.d_in;
         let arr = Array2::from_shape_vec((um.n_units, width), um.data)
             .map_err(|e| to_pyerr(Error::invalid(e.to_string())))?;
-        Ok((arr.into_pyarray(py), um.ranks))
+        let norms = match um.part_norms {
+            Some(v) => Some(
+                Array2::from_shape_vec((um.n_units, 2), v)
+                    .map_err(|e| to_pyerr(Error::invalid(e.to_string())))?
+                    .into_pyarray(py),
+            ),
+            None => None,
+        };
+        Ok((arr.into_pyarray(py), um.ranks, norms))
     }
 }
+
+type UnitMatrixOut<'py> = (
+    Bound<'py, PyArray2<f32>>,
+    Vec<usize>,
+    Option<Bound<'py, PyArray2<f32>>>,
+);
 
 /// Writes a safetensors file from `(name, dtype, float32 array)` triples; values are converted
 /// to `dtype` ("F32", "F16", "BF16" or "F64") with round-to-nearest-even.

@@ -4,6 +4,7 @@
 //! the rankwise thread pool, and converts the result or the error. Logic belongs in the core.
 
 mod align;
+mod assemble;
 mod errors;
 mod files;
 mod kmeans;
@@ -56,6 +57,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<files::MappedFiles>()?;
     m.add_function(wrap_pyfunction!(files::write_safetensors, m)?)?;
     m.add_function(wrap_pyfunction!(kmeans::kmeans, m)?)?;
+    m.add_function(wrap_pyfunction!(assemble::cluster_means, m)?)?;
     m.add_function(wrap_pyfunction!(align::hungarian, m)?)?;
     m.add_function(wrap_pyfunction!(align::align_factors, m)?)?;
     m.add_function(wrap_pyfunction!(align::align_units, m)?)?;
