@@ -125,44 +125,17 @@ def _time(fn: Any) -> float:
     return time.perf_counter() - t0
 
 
-class _ArgminCounter:
-    """Stands in for the numpy module inside rankwise.merge.lego: counts ``np.argmin(.., axis=1)``
-    calls, one per Lloyd step of the sign-invariant k-means (the seeding calls it without axis)."""
-
-    def __init__(self, np: Any) -> None:
-        self._np, self.count = np, 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._np, name)
-
-    def argmin(self, a: Any, axis: Any = None, **kw: Any) -> Any:
-        if axis == 1:
-            self.count += 1
-        return self._np.argmin(a, axis=axis, **kw)
-
-
 def _kmeans_rate(pool: Any, k: int, canon: bool) -> dict[str, Any]:
-    """Achieved GFLOP/s of one n_init=1 k-means on module 0's units (assignment GEMM flops)."""
-    import numpy as np
-
+    """One n_init=1 k-means on module 0's features as LEGO clusters them (normalized, modulo sign
+    when canonical): seconds, Lloyd iterations, and the effective rate 2·n·k·d·iters / seconds
+    (seeding and setup included; the distance cache skips part of those flops)."""
     import rankwise as rw
-    from rankwise.merge import lego
 
-    x = pool.unit_matrix(pool.modules[0], canonical=canon)[0]
+    x, _ = pool.unit_features(pool.modules[0], canonical=canon)
     n, d = x.shape
-    if canon and hasattr(lego, "_si_lloyd"):  # the numpy sign-invariant k-means (older lego.py)
-        shim = _ArgminCounter(np)
-        lego.np = shim
-        try:
-            t = _time(lambda: lego.sign_invariant_kmeans(x, k, n_init=1, max_iter=100, seed=0))
-        finally:
-            lego.np = np
-        iters = shim.count
-    else:  # Rust k-means (sign-invariant when canonicalize, as lego calls it)
-        kw: dict[str, Any] = {"sign_invariant": True, "tol": 0.0} if canon else {"tol": 1e-4}
-        box: dict[str, Any] = {}
-        t = _time(lambda: box.setdefault("r", rw.kmeans(x, k, n_init=1, max_iter=100, seed=0, **kw)))
-        iters = box["r"].n_iter
+    box: dict[str, Any] = {}
+    t = _time(lambda: box.setdefault("r", rw.kmeans(x, k, n_init=1, max_iter=100, seed=0, sign_invariant=canon)))
+    iters = box["r"].n_iter
     return {"n": n, "d": d, "iters": iters, "seconds": t, "gflops": 2 * n * k * d * iters / t / 1e9}
 
 
@@ -241,9 +214,9 @@ def main() -> None:
     p.add_argument("--big-n", type=int, default=500, help="adapters of llama-7b-qv (0: skip)")
     p.add_argument("--small-n", type=int, default=2000, help="adapters of small (0: skip)")
     p.add_argument("--ks", default="16,64", help="merged ranks k")
-    p.add_argument("--canon", default="0,1", help="canonicalize values to run (0/1)")
+    p.add_argument("--canon", default="1,0", help="canonicalize values to run (0/1; LEGO's default is 1)")
     p.add_argument("--big-configs", default="", help="k:canon list for the big pool only (default: ks x canon)")
-    p.add_argument("--cold", default="", help="pools (big,small) to add a cold-cache run to (first k, canonicalize 0)")
+    p.add_argument("--cold", default="big,small", help="pools to add a cold-cache run to (first k, first canon)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="50 adapters of each pool, k=16 only")
     p.add_argument("--write", action="store_true", help="replace the bench_scale section of RESULTS.md")
@@ -291,12 +264,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         else:
             cfgs = [{"k": k, "canon": c, "cold": False} for k in ks for c in canons]
         if ("big" if shape == "llama-7b-qv" else "small") in args.cold.split(","):
-            cfgs.append({"k": ks[0], "canon": 0, "cold": True})
+            cfgs.append({"k": ks[0], "canon": canons[0], "cold": True})
         for cfg in cfgs:
             argv = [__file__, "--child", "--pool-dir", str(pool_dir), "--n", str(n), "--k", str(cfg["k"]),
                     "--canon", str(cfg["canon"]), "--threads", str(args.threads)]  # fmt: skip
             argv += ["--cold-child"] if cfg["cold"] else []
-            r = C.run_child(argv, env=threads_env, timeout=3600, echo_stderr=True)
+            # rankwise uses no BLAS; without the OpenBLAS pins the GEMM peak is the machine's own.
+            unset = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+            r = C.run_child(argv, env=threads_env, timeout=3600, echo_stderr=True, unset=unset)
             label = f"{n} × `{shape}` ({r['gb_on_disk']:.2f} GB)"
             print(f"{label} {cfg}: {json.dumps(r)}", file=sys.stderr, flush=True)
             results.append((label, cfg, r))
@@ -318,7 +293,8 @@ def render(saved: dict[str, Any], write: bool, rendered: str = "") -> None:
         f"Command: `{saved['command']}` ({saved['seconds']:.0f} s in all; pools under `{pools}`, "
         f"made by `make_pool.py` through `_common.ensure_pool`){rendered}\n\n"
         f"{saved['machine']}\n\n"
-        "LEGO defaults (k-means++ init, n_init=3, max_iter=100, tol 1e-4, seed 0), rank-16 fp16 "
+        "LEGO defaults (normalized features, mass scale with parameter reweighting, k-means++ init, "
+        "n_init=3, max_iter=100, tol 1e-4, seed 0) at the k and canonicalize of the row, rank-16 fp16 "
         f"adapters from `benches/make_pool.py` (seed 0, unclustered), {saved['threads']} threads (rayon "
         "and BLAS). Each row is a fresh process. load = `AdapterPool.load` (finite check included); "
         "units / kmeans / assemble = `merge_info['timings']` summed over modules; other = the rest of "
@@ -326,9 +302,12 @@ def render(saved: dict[str, Any], write: bool, rendered: str = "") -> None:
         "of the write (the machine is shared: wall time / CPU time shows how much of the wall time was "
         "spent waiting for a core). Peak RSS = ru_maxrss, with the polled peaks (5 ms) of RssAnon (the "
         "process's own memory) and RssFile (mapped adapter pages, page cache, reclaimable). "
-        "k-means share = kmeans / total. GFLOP/s: one n_init=1 k-means on module 0's unit matrix, "
-        "2·n·k·d flops per Lloyd iteration times its iterations, over the numpy float32 2048³ GEMM "
-        "peak measured in the same process right after it. Cold rows: the pool's files evicted with "
+        "k-means share = kmeans / total. GFLOP/s: one n_init=1 k-means on module 0's features as LEGO "
+        "clusters them, 2·n·k·d flops per Lloyd iteration times its iterations over its wall time (seeding "
+        "included; an effective rate, since the distance cache skips the columns of unmoved centres), "
+        "over the numpy float32 2048³ GEMM peak measured in the same process right after it (children run "
+        "without OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE, so OpenBLAS uses its kernels for this CPU). "
+        "Cold rows: the pool's files evicted with "
         "posix_fadvise(DONTNEED) just before the load (only these files; no global "
         "`echo 3 > /proc/sys/vm/drop_caches`, which would cool the caches of the other jobs on this shared "
         "machine); the bytes still "
@@ -372,41 +351,24 @@ def analysis(results: list[Any]) -> str:
 
 
 RSS_FIX = """\
-1. **Peak RSS misses the 1.5 GB target because of `AdapterPool.load`.** Its finite check touches
-   every page of the pool before the pages are released, so the whole pool is mapped-resident at
-   once: the load phase's RssFile is the pool's size on disk, while from the merge on the process
-   stays under the target. The pages are clean page cache (reclaimable), but ru_maxrss and cgroup
-   accounting count them. Fix: release each file's pages as soon as its scan is done (what
-   `MappedFiles.check_finite` in rust/py/src/files.rs does since commit 301aaa8: check that the
-   installed `_core` is built from it); the merge-phase peak then becomes the process peak."""
+1. **Peak RSS misses the 1.5 GB target.** See the per-phase peaks above: the load phase's RssFile
+   is the pool's mapped pages (the finite check should release each file as soon as it is scanned),
+   the merge phase's RssAnon one module's unit matrix and the k-means state."""
 
 RSS_OK = """\
-1. **Peak RSS meets the 1.5 GB target**: `MappedFiles.check_finite` releases each file's pages as
-   soon as its scan is done (rust/py/src/files.rs, commit 301aaa8), so the load phase's RssFile stays
-   at a few files. (A run of this script on a build without it, earlier the same day, peaked at
-   8097 MB for the 500-adapter pool: RssFile 8025 MB in the load, 702 MB in the merge.) The process
-   peak is now the merge: one module's f32 unit matrix (n × (d_out + d_in)) plus its transient copies
-   in `assemble`."""
+1. **Peak RSS meets the 1.5 GB target.** The finite check releases each file's pages as soon as
+   it is scanned, so the load holds a few files; the merge holds one module's unit matrix
+   (n × (d_out + d_in) float32: normalized features and raw units in one array, see
+   `AdapterPool.unit_features`), the k-means state (distance cache n × k, cluster sums) and the
+   factors of the merged adapter."""
 
 ANALYSIS = """\
-2. **Time: k-means dominates (target ≥ 60% met); the rest is units, then assemble.** `units` (the
-   f16 → f32 unit matrix built from the mapped pages, one module at a time) is the biggest non-k-means
-   phase on `llama-7b-qv`, then `assemble` (`lego._cluster_means` gathers `units[members]`, a copy of
-   every member row in k pieces, and sums it in float64; `_restore_norm` makes another pass over b and
-   a). Suggestion: for `features="raw"` the Rust k-means already holds the exact cluster sums of the
-   final assignment (fused fixed-point update); returning the member means and the members' mean b / a
-   norms from `_core.kmeans` would remove the assemble pass over the units and its copies. For
-   `units`, a `unit_matrix` that writes into a caller-provided buffer reused across modules (all
-   modules of these pools have one shape) would save the 262 MB allocation and first-touch page faults
-   per `llama-7b-qv` module. Load (finite scan, warm cache) and write are small at this scale.
-3. **The k-means runs well below the GEMM peak.** At k = 16 the assignment GEMM is skinny (k
-   columns), so each Lloyd iteration streams the whole n × d unit matrix for 2·k flops per value
-   (memory-bound), and k-means++ seeding (k passes over a 256·k-point subsample) is paid again for each
-   of the n_init = 3 restarts. On unclustered synthetic pools the restarts buy little; `n_init=1`
-   would cut the k-means phase about 3×, a quality trade-off for the merge's owner to decide.
-   The machine was shared (load ~6 on 2 cores; the 2,000-adapter rows ran concurrently with the
-   500-adapter row to fit the time box): compare the CPU-s column with the wall times, and treat
-   the GFLOP/s as lower bounds."""
+2. **Where the time goes.** Per module: `units` builds the f16 → f32 unit matrix from the mapped
+   pages (canonical form and normalization fused, in Rust); `kmeans` is n_init = 3 restarts of
+   k-means++ seeding (dot products in a 256-dimensional random projection for these widths) and
+   Lloyd iterations (distance cache: late iterations recompute only moved centres); `assemble` is
+   one Rust pass for the cluster means and member norms. `other` is the rest of the Python loop
+   (validation, the merged factors' copies)."""
 
 
 if __name__ == "__main__":
