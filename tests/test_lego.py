@@ -307,3 +307,27 @@ def test_rw_merge_stays_callable_after_importing_the_subpackage() -> None:
     code = "import rankwise.merge.lego, rankwise as rw; print(callable(rw.merge), rw.merge.__name__)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.stdout.split()[0] == "True", res.stderr
+
+
+@pytest.mark.parametrize("canonical", [False, True])
+def test_unit_features_are_normalized_units_and_fill_a_given_buffer(
+    mixed_pool: rw.AdapterPool, canonical: bool
+) -> None:
+    # Reference: the unit matrix (raw or canonical), normalized part by part in numpy.
+    w = [0.5, 2.0, -1.0]
+    for m in mixed_pool.modules:
+        d_out = mixed_pool.shape(m)[0]
+        units = mixed_pool.unit_matrix(m, w, canonical=canonical)[0].astype(np.float64)
+        x, norms = mixed_pool.unit_features(m, w, canonical=canonical)
+        want_norms = np.stack([np.linalg.norm(units[:, :d_out], axis=1), np.linalg.norm(units[:, d_out:], axis=1)], 1)
+        np.testing.assert_allclose(norms, want_norms, rtol=1e-5)
+        np.testing.assert_allclose(x[:, :d_out] * norms[:, :1], units[:, :d_out], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(x[:, d_out:] * norms[:, 1:], units[:, d_out:], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(np.linalg.norm(x[:, :d_out], axis=1), 1.0, rtol=1e-5)
+        # The same bytes written into a dirty caller buffer, which is what comes back.
+        buf = np.full(x.shape, np.nan, dtype=np.float32)
+        got, got_norms = mixed_pool.unit_features(m, w, canonical=canonical, out=buf)
+        assert got is buf
+        assert got.tobytes() == x.tobytes() and got_norms.tobytes() == norms.tobytes()
+        with pytest.raises(rw.RankwiseError, match="out has shape"):
+            mixed_pool.unit_features(m, w, canonical=canonical, out=np.empty((x.shape[0] + 1, x.shape[1]), np.float32))

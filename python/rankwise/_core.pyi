@@ -20,7 +20,11 @@ class MappedFiles:
     def check_finite(self, items: list[tuple[int, str]]) -> None: ...
     def release(self, i: int) -> None: ...
     def unit_matrix(
-        self, sources: list[tuple[int, str, str, float]], canonical: bool = False, normalized: bool = False
+        self,
+        sources: list[tuple[int, str, str, float]],
+        canonical: bool = False,
+        normalized: bool = False,
+        out: npt.NDArray[np.float32] | None = None,
     ) -> tuple[npt.NDArray[np.float32], list[int], npt.NDArray[np.float32] | None]: ...
 
 def write_safetensors(

@@ -120,18 +120,29 @@ class AdapterPool:
         return units, ranks
 
     def unit_features(
-        self, module: str, weights: Sequence[float] | None = None, *, canonical: bool = False
+        self,
+        module: str,
+        weights: Sequence[float] | None = None,
+        *,
+        canonical: bool = False,
+        out: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The units of :meth:`unit_matrix` with each part scaled to unit length, rows
         ``[b/‖b‖ ; a/‖a‖]`` (float32; zero parts stay zero), and the norms ``[‖b‖, ‖a‖]`` of each
         row (``[Σ ranks, 2]``), from which the units are ``x * norms`` part by part: LoRA-LEGO's
-        normalized features and raw units in one matrix, built in one Rust pass."""
-        x, _, norms = self._units(module, weights, canonical, normalized=True)
+        normalized features and raw units in one matrix, built in one Rust pass. ``out``: a
+        C-contiguous float32 array of that shape to write the rows into (and return)."""
+        x, _, norms = self._units(module, weights, canonical, normalized=True, out=out)
         assert norms is not None
         return x, norms
 
     def _units(
-        self, module: str, weights: Sequence[float] | None, canonical: bool, normalized: bool
+        self,
+        module: str,
+        weights: Sequence[float] | None,
+        canonical: bool,
+        normalized: bool,
+        out: np.ndarray | None = None,
     ) -> tuple[np.ndarray, list[int], np.ndarray | None]:
         w = self.check_weights(weights)
         sources = []
@@ -142,7 +153,7 @@ class AdapterPool:
             sources.append((a._files, (a._file_index, m.key_a, m.key_b, float(m.scaling * wj))))
         files = sources[0][0]
         if all(f is files for f, _ in sources):
-            units, ranks, norms = files.unit_matrix([s for _, s in sources], canonical, normalized)
+            units, ranks, norms = files.unit_matrix([s for _, s in sources], canonical, normalized, out)
             return units, list(ranks), norms
         # Adapters loaded separately (each its own file set): one call each, stacked in order.
         parts = [f.unit_matrix([s], canonical, normalized) for f, s in sources]

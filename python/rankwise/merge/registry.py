@@ -33,6 +33,7 @@ class ModuleContext:
     index: int  # position of the module in the pool's module list
     weights: np.ndarray  # per-adapter weights (float64)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase, summed over modules
+    scratch: dict[str, Any] = field(default_factory=dict)  # buffers a method reuses across modules
 
     @contextlib.contextmanager
     def timed(self, phase: str) -> Iterator[None]:
@@ -58,9 +59,21 @@ class ModuleContext:
             return self.pool.unit_matrix(self.module, w, canonical=canonical)[0]
 
     def unit_features(self, *, canonical: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """The weighted units with unit-length parts, and their part norms (AdapterPool.unit_features)."""
+        """The weighted units with unit-length parts, and their part norms (AdapterPool.unit_features).
+
+        The rows go into one buffer kept in ``scratch`` and reused by the next module (as large as
+        the largest module so far): at scale a module's matrix is hundreds of MB, and fresh pages
+        for each cost a quarter of building it. The array is only valid until the next module."""
+        n, width = sum(self.ranks), sum(self.shape)
+        buf = self.scratch.get("unit_features")
+        if buf is None or buf.size < n * width:
+            self.scratch.pop("unit_features", None)
+            buf = None  # the smaller buffer is freed before the larger one is allocated
+            buf = self.scratch["unit_features"] = np.empty(n * width, dtype=np.float32)
         with self.timed("units"):
-            return self.pool.unit_features(self.module, self.weights, canonical=canonical)
+            return self.pool.unit_features(
+                self.module, self.weights, canonical=canonical, out=buf[: n * width].reshape(n, width)
+            )
 
     def factors(self, j: int, *, folded: bool = True) -> Factors:
         """Adapter j's ``(A, B)`` for this module (scaling folded into B, weight not applied)."""
@@ -159,9 +172,10 @@ def merge(
         bar = tqdm(total=len(modules), desc=f"merge ({method})", unit="module", leave=False)
     merged: dict[str, Factors] = {}
     timings: dict[str, float] = {}
+    scratch: dict[str, Any] = {}
     t0 = time.perf_counter()
     for i, name in enumerate(modules):
-        merged[name] = m.fn(ModuleContext(pool, name, i, w, timings), **opts)
+        merged[name] = m.fn(ModuleContext(pool, name, i, w, timings, scratch), **opts)
         pool.release()  # keep the resident set to one module's pages
         if bar is not None:
             bar.update(1)

@@ -1267,6 +1267,11 @@ impl Xoshiro256 {
     }
 }
 
+/// `Σ v²` in f64 with 8 lanes (AVX2 when the CPU has it): the same bytes on every CPU.
+pub(crate) fn sq_norm(v: &[f32]) -> f64 {
+    Simd::detect().sq_norm(v)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Small kernels, compiled twice: baseline x86-64 and AVX2 (chosen at run time). Their arithmetic
 // is fixed by the source (no reassociation, no FMA contraction), so both give the same bytes.

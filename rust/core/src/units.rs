@@ -79,6 +79,35 @@ pub fn unit_matrix(
     canonical: bool,
     normalized: bool,
 ) -> Result<UnitMatrix> {
+    let layout = unit_layout(sources)?;
+    let mut data = vec![0f32; layout.n_units * (layout.d_out + layout.d_in)];
+    let part_norms = fill_unit_matrix(sources, &layout, canonical, normalized, &mut data)?;
+    let UnitLayout {
+        n_units,
+        d_out,
+        d_in,
+        ranks,
+    } = layout;
+    Ok(UnitMatrix {
+        data,
+        n_units,
+        d_out,
+        d_in,
+        ranks,
+        part_norms,
+    })
+}
+
+/// The shape of a module's unit matrix across `sources`, checked: every source has 2-D factors
+/// of matching rank, and all share d_out and d_in.
+pub struct UnitLayout {
+    pub n_units: usize,
+    pub d_out: usize,
+    pub d_in: usize,
+    pub ranks: Vec<usize>,
+}
+
+pub fn unit_layout(sources: &[UnitSource]) -> Result<UnitLayout> {
     if sources.is_empty() {
         return Err(Error::invalid("no adapters given for the module"));
     }
@@ -98,16 +127,40 @@ pub fn unit_matrix(
             )));
         }
     }
-    let width = d_out + d_in;
     let ranks: Vec<usize> = dims.iter().map(|d| d.0).collect();
-    let n_units: usize = ranks.iter().sum();
-    let mut data = vec![0f32; n_units * width];
-    let mut norms = vec![0f32; if normalized { 2 * n_units } else { 0 }];
+    Ok(UnitLayout {
+        n_units: ranks.iter().sum(),
+        d_out,
+        d_in,
+        ranks,
+    })
+}
+
+/// [`unit_matrix`] into a caller's buffer of exactly `n_units × (d_out + d_in)` values (every
+/// value is written): a merge reuses one buffer across modules instead of faulting in fresh
+/// pages for each. Returns the part norms when `normalized`.
+pub fn fill_unit_matrix(
+    sources: &[UnitSource],
+    layout: &UnitLayout,
+    canonical: bool,
+    normalized: bool,
+    out: &mut [f32],
+) -> Result<Option<Vec<f32>>> {
+    let (d_out, d_in) = (layout.d_out, layout.d_in);
+    let width = d_out + d_in;
+    if out.len() != layout.n_units * width || layout.ranks.len() != sources.len() {
+        return Err(Error::invalid(format!(
+            "unit matrix buffer has {} values, expected {} units × {width}",
+            out.len(),
+            layout.n_units
+        )));
+    }
+    let mut norms = vec![0f32; if normalized { 2 * layout.n_units } else { 0 }];
 
     // Split the output into one disjoint block of rows per source, then fill them in parallel.
     let mut blocks: Vec<(&mut [f32], &mut [f32])> = Vec::with_capacity(sources.len());
-    let (mut rest, mut rest_n) = (data.as_mut_slice(), norms.as_mut_slice());
-    for &r in &ranks {
+    let (mut rest, mut rest_n) = (out, norms.as_mut_slice());
+    for &r in &layout.ranks {
         let (head, tail) = rest.split_at_mut(r * width);
         let (head_n, tail_n) = rest_n.split_at_mut(if normalized { 2 * r } else { 0 });
         blocks.push((head, head_n));
@@ -116,41 +169,22 @@ pub fn unit_matrix(
     blocks
         .into_par_iter()
         .zip(sources.par_iter())
-        .zip(ranks.par_iter())
+        .zip(layout.ranks.par_iter())
         .try_for_each(|(((block, block_n), src), &r)| {
             catch_panic("building the unit matrix", || {
-                fill_units(src, r, d_out, d_in, canonical, block)?;
-                if normalized {
-                    for (row, nrm) in block
-                        .chunks_exact_mut(width)
-                        .zip(block_n.chunks_exact_mut(2))
-                    {
-                        let (b, a) = row.split_at_mut(d_out);
-                        nrm[0] = normalize(b);
-                        nrm[1] = normalize(a);
+                fill_units(src, r, d_out, d_in, block)?;
+                if canonical || normalized {
+                    for (u, row) in block.chunks_exact_mut(width).enumerate() {
+                        let nrm = finish_unit(row, d_out, canonical, normalized);
+                        if normalized {
+                            block_n[2 * u..2 * u + 2].copy_from_slice(&nrm);
+                        }
                     }
                 }
                 Ok(())
             })
         })?;
-    Ok(UnitMatrix {
-        data,
-        n_units,
-        d_out,
-        d_in,
-        ranks,
-        part_norms: normalized.then_some(norms),
-    })
-}
-
-/// Divides `v` by its norm (computed in f64) and returns the norm; a zero vector stays zero.
-fn normalize(v: &mut [f32]) -> f32 {
-    let norm = v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
-    if norm > 0.0 {
-        let inv = (1.0 / norm) as f32;
-        v.iter_mut().for_each(|x| *x *= inv);
-    }
-    norm as f32
+    Ok(normalized.then_some(norms))
 }
 
 fn fill_units(
@@ -158,7 +192,6 @@ fn fill_units(
     r: usize,
     d_out: usize,
     d_in: usize,
-    canonical: bool,
     block: &mut [f32],
 ) -> Result<()> {
     let width = d_out + d_in;
@@ -180,11 +213,55 @@ fn fill_units(
         if let Some(i) = a_row.iter().position(|v| !v.is_finite()) {
             return Err(nonfinite(src, src.key_a, u * d_in + i));
         }
-        if canonical {
-            canonicalize(row, d_out);
-        }
     }
     Ok(())
+}
+
+/// Puts one unit `[b ; a]` in canonical form and/or scales its parts to unit length, from one
+/// measurement of the part norms (each row is 2-3 passes in L1, not 4-6). Returns the norms
+/// `[‖b‖, ‖a‖]` the parts had before the normalization (of the canonical unit, if `canonical`).
+/// Canonical then normalized is `[σ·b/‖b‖ ; σ·a/‖a‖]` with norms both `√(‖b‖·‖a‖)`.
+fn finish_unit(row: &mut [f32], d_out: usize, canonical: bool, normalized: bool) -> [f32; 2] {
+    let (b, a) = row.split_at_mut(d_out);
+    let nb = crate::kmeans::sq_norm(b).sqrt();
+    let na = crate::kmeans::sq_norm(a).sqrt();
+    if canonical && nb > 0.0 && na > 0.0 {
+        let sign = canonical_sign(a);
+        let (cb, ca, norm) = if normalized {
+            (sign / nb, sign / na, (nb * na).sqrt())
+        } else {
+            let c = (na / nb).sqrt();
+            (sign * c, sign / c, 0.0)
+        };
+        let (cb, ca) = (cb as f32, ca as f32);
+        b.iter_mut().for_each(|v| *v *= cb);
+        a.iter_mut().for_each(|v| *v *= ca);
+        return [norm as f32; 2];
+    }
+    if normalized {
+        for (part, n) in [(b, nb), (a, na)] {
+            if n > 0.0 {
+                let inv = (1.0 / n) as f32;
+                part.iter_mut().for_each(|v| *v *= inv);
+            }
+        }
+    }
+    [nb as f32, na as f32]
+}
+
+/// +1, or −1 when the entry of `a` with the largest magnitude (the first on ties) is negative.
+fn canonical_sign(a: &[f32]) -> f64 {
+    let mut pivot = 0usize;
+    for (j, v) in a.iter().enumerate() {
+        if v.abs() > a[pivot].abs() {
+            pivot = j;
+        }
+    }
+    if a[pivot] < 0.0 {
+        -1.0
+    } else {
+        1.0
+    }
 }
 
 fn nonfinite(src: &UnitSource, key: &str, index: usize) -> Error {
@@ -199,31 +276,7 @@ fn nonfinite(src: &UnitSource, key: &str, index: usize) -> Error {
 /// ‖b‖ = ‖a‖ (the product b·aᵀ is unchanged), then flip both signs so that the entry of `a`
 /// with the largest magnitude is positive (first such entry on ties). Zero units stay zero.
 pub fn canonicalize(row: &mut [f32], d_out: usize) {
-    let (b, a) = row.split_at_mut(d_out);
-    let nb = b
-        .iter()
-        .map(|&v| (v as f64) * (v as f64))
-        .sum::<f64>()
-        .sqrt();
-    let na = a
-        .iter()
-        .map(|&v| (v as f64) * (v as f64))
-        .sum::<f64>()
-        .sqrt();
-    if nb == 0.0 || na == 0.0 {
-        return;
-    }
-    let c = (na / nb).sqrt();
-    let mut pivot = 0usize;
-    for (j, v) in a.iter().enumerate() {
-        if v.abs() > a[pivot].abs() {
-            pivot = j;
-        }
-    }
-    let sign = if a[pivot] < 0.0 { -1.0 } else { 1.0 };
-    let (cb, ca) = ((sign * c) as f32, (sign / c) as f32);
-    b.iter_mut().for_each(|v| *v *= cb);
-    a.iter_mut().for_each(|v| *v *= ca);
+    finish_unit(row, d_out, true, false);
 }
 
 #[cfg(test)]

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use numpy::ndarray::{Array2, ArrayD, IxDyn};
-use numpy::{IntoPyArray, PyArray2, PyArrayDyn, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use numpy::{
+    IntoPyArray, PyArray2, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods,
+};
 use pyo3::prelude::*;
 
 use rankwise_core::dtype::DType;
@@ -117,43 +119,73 @@ impl MappedFiles {
     /// The unit matrix of one module: `sources` lists `(file index, key_A, key_B, b_scale)` per
     /// adapter. Returns `(U, ranks, part_norms)` with `U` float32 `[Σ ranks, d_out + d_in]`;
     /// with `normalized`, U's b and a parts have unit norm and `part_norms` (`[Σ ranks, 2]`)
-    /// holds the norms they had, else it is None.
-    #[pyo3(signature = (sources, canonical=false, normalized=false))]
+    /// holds the norms they had, else it is None. With `out` (a C-contiguous float32 array of
+    /// exactly that shape), U is written into it and `out` is returned.
+    #[pyo3(signature = (sources, canonical=false, normalized=false, out=None))]
     fn unit_matrix<'py>(
         &self,
         py: Python<'py>,
         sources: Vec<(usize, String, String, f32)>,
         canonical: bool,
         normalized: bool,
+        out: Option<Bound<'py, PyArray2<f32>>>,
     ) -> PyResult<UnitMatrixOut<'py>> {
         for (i, ..) in &sources {
             self.file(*i)?;
         }
         let files = &self.files;
-        let um = run(py, || {
-            let srcs: Vec<UnitSource> = sources
-                .iter()
-                .map(|(i, ka, kb, s)| UnitSource {
-                    file: &files[*i],
-                    key_a: ka,
-                    key_b: kb,
-                    b_scale: *s,
-                })
-                .collect();
-            units::unit_matrix(&srcs, canonical, normalized)
-        })?;
-        let width = um.d_out + um.d_in;
-        let arr = Array2::from_shape_vec((um.n_units, width), um.data)
-            .map_err(|e| to_pyerr(Error::invalid(e.to_string())))?;
-        let norms = match um.part_norms {
+        let srcs: Vec<UnitSource> = sources
+            .iter()
+            .map(|(i, ka, kb, s)| UnitSource {
+                file: &files[*i],
+                key_a: ka,
+                key_b: kb,
+                b_scale: *s,
+            })
+            .collect();
+        let layout = run(py, || units::unit_layout(&srcs))?;
+        let width = layout.d_out + layout.d_in;
+        let n = layout.n_units;
+        let (arr, norms) = match out {
+            Some(arr) => {
+                if arr.shape() != [n, width] {
+                    return Err(to_pyerr(Error::invalid(format!(
+                        "out has shape {:?}, expected ({n}, {width})",
+                        arr.shape()
+                    ))));
+                }
+                let norms = {
+                    let mut view = arr
+                        .try_readwrite()
+                        .map_err(|e| to_pyerr(Error::invalid(e.to_string())))?;
+                    let buf = view.as_slice_mut().map_err(|_| {
+                        to_pyerr(Error::invalid("out must be a C-contiguous float32 array"))
+                    })?;
+                    run(py, || {
+                        units::fill_unit_matrix(&srcs, &layout, canonical, normalized, buf)
+                    })?
+                };
+                (arr, norms)
+            }
+            None => {
+                let mut data = vec![0f32; n * width];
+                let norms = run(py, || {
+                    units::fill_unit_matrix(&srcs, &layout, canonical, normalized, &mut data)
+                })?;
+                let arr = Array2::from_shape_vec((n, width), data)
+                    .map_err(|e| to_pyerr(Error::invalid(e.to_string())))?;
+                (arr.into_pyarray(py), norms)
+            }
+        };
+        let norms = match norms {
             Some(v) => Some(
-                Array2::from_shape_vec((um.n_units, 2), v)
+                Array2::from_shape_vec((n, 2), v)
                     .map_err(|e| to_pyerr(Error::invalid(e.to_string())))?
                     .into_pyarray(py),
             ),
             None => None,
         };
-        Ok((arr.into_pyarray(py), um.ranks, norms))
+        Ok((arr, layout.ranks, norms))
     }
 }
 
