@@ -292,9 +292,10 @@ def render(runs: list[dict[str, Any]], a: argparse.Namespace, cmd: str) -> str:
 
 
 NOTES = (
-    "rankwise writes the inputs' dtype (fp16), PEFT its model's (fp32). `svd` works on the factors: a "
-    "Householder QR of the stacked A's (d_in × R, R = Σ ranks = {R}) and the top eigenpairs of an R × R "
-    "matrix, O((d_out + d_in)·R² + R³), where PEFT takes the full SVD of the d_out × d_in sum, "
+    "rankwise writes the inputs' dtype (fp16), PEFT its model's (fp32). `svd` works on the factors: the "
+    "two R × R Gram matrices of the stacked A's and B's (R = Σ ranks = {R}), a Cholesky factor L of A·Aᵀ "
+    "and the top eigenpairs of Lᵀ·BᵀB·L, float64, O((d_out + d_in)·R² + R³) (a Householder QR of the "
+    "stacked A's where A·Aᵀ is singular), where PEFT takes the full SVD of the d_out × d_in sum, "
     "O(d³): the gap grows with d / R (compare the two shapes). The `_svd` variants prune the dense "
     "deltas elementwise, so both libraries form them; rankwise streams them (no stack of n deltas) and "
     "computes only the top-k eigenpairs of their Gram matrix. `max |ΔW diff|`: for `svd` it is PEFT's "

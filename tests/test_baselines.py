@@ -177,12 +177,138 @@ def test_factored_svd_equals_dense_svd():
     np.testing.assert_allclose(bl._apply_q(h, tau, w), np.linalg.qr(x)[0] @ w, atol=1e-12)
 
 
+def _truncated(d, k):
+    """The rank-k truncation of d by a float64 dense SVD (the reference)."""
+    u, s, vh = np.linalg.svd(d)
+    return (u[:, :k] * s[:k]) @ vh[:k]
+
+
+def _product(b, a):
+    """``(Bᵀ, A)`` as _product_top_k takes them (float64, C-contiguous)."""
+    return np.ascontiguousarray(b.T, dtype=np.float64), np.ascontiguousarray(a, dtype=np.float64)
+
+
+def _refuse(*args):
+    raise AssertionError("the Gram path declined: the QR fallback ran")
+
+
+@pytest.mark.parametrize("with_scipy", [True, False])
+def test_gram_svd_equals_dense_svd(monkeypatch, with_scipy):
+    """The Gram path (Cholesky of A·Aᵀ, top-k eigenpairs of Lᵀ·BᵀB·L, Vh = S⁻²·(U·S)ᵀ·B·A)
+    against a float64 SVD of the dense product: square, wide and tall, k from 1 to R, and
+    spectra whose gaps are 1e-6 of σ_1 (flat, or a cluster straddling k) with non-orthogonal
+    factors. There the truncation itself moves by ~1e-16·(‖B‖‖A‖/σ_1)²/1e-6 under rounding
+    errors (the float64 SVD of the product is off the exact one by ~5e-10 here), so the Gram
+    path is held to 1e-8 and to within 4× of the Householder QR path's error."""
+    if not with_scipy:
+        monkeypatch.setattr(bl, "_SCIPY", False)
+    _factored_top_k = bl._factored_top_k
+    monkeypatch.setattr(bl, "_factored_top_k", _refuse)  # none of these may fall back
+    rng = np.random.default_rng(1)
+    cases = []
+    for d_out, d_in, r in ((60, 60, 24), (40, 90, 30), (90, 40, 30)):
+        b, a = rng.standard_normal((d_out, r)), rng.standard_normal((r, d_in))
+        cases.append((b, a, b @ a, (1, 7, r), 1e-11))
+    for spectrum in ("flat", "cluster"):
+        d_out, d_in, r = 70, 80, 40
+        if spectrum == "flat":
+            s = 1.0 - 1e-6 * np.arange(r)
+        else:  # σ_8 … σ_13 within 1e-6 of each other, k = 10 cuts through them
+            s = np.concatenate([np.linspace(3, 2, 8), 1.0 - 1e-6 * np.arange(6), np.linspace(0.5, 0.01, r - 14)])
+        u = np.linalg.qr(rng.standard_normal((d_out, r)))[0]
+        v = np.linalg.qr(rng.standard_normal((d_in, r)))[0]
+        t = rng.standard_normal((r, r)) + 3 * np.eye(r)  # factors B·A = (U·S·T)(T⁻¹·Vᵀ), not orthogonal
+        cases.append(((u * s) @ t, np.linalg.solve(t, v.T), (u * s) @ v.T, (10, 16), 1e-8))
+    for b, a, exact, ks, tol in cases:
+        sv = np.linalg.svd(exact, compute_uv=False)
+        for k in ks:
+            us, vh = bl._product_top_k(*_product(b, a), k)
+            want = _truncated(exact, k)
+            scale = np.abs(want).max()
+            err = np.abs(us @ vh - want).max() / scale
+            qr_us, qr_vh = _factored_top_k(b, a, k)
+            assert err < max(tol, 4 * np.abs(qr_us @ qr_vh - want).max() / scale), (k, err)
+            np.testing.assert_allclose(np.linalg.norm(us, axis=0), sv[:k], rtol=1e-10)
+            np.testing.assert_allclose(vh @ vh.T, np.eye(k), atol=1e-10)
+
+
+@pytest.mark.parametrize("with_scipy", [True, False])
+def test_svd_rank_deficient_stacks(monkeypatch, with_scipy):
+    """Stacks whose A·Aᵀ is singular or nearly so: an adapter twice (with different weights),
+    a zero row, rows equal up to 1e-7 (cond(A·Aᵀ) ~ 1e15), and k above the rank of the product.
+    Each result equals the float64 SVD. The Cholesky of an exactly singular A·Aᵀ fails and the
+    Householder QR path takes over; the nearly singular one goes through, and the Gram path is
+    as exact; where σ_k is ~0 the QR path runs, and Vh stays orthonormal."""
+    if not with_scipy:
+        monkeypatch.setattr(bl, "_SCIPY", False)
+    paths = []
+    gram = bl._gram_top_k
+    monkeypatch.setattr(bl, "_gram_top_k", lambda *x: paths.append(gram(*x)) or paths[-1])
+    rng = np.random.default_rng(2)
+    b, a = rng.standard_normal((80, 20)), rng.standard_normal((20, 100))
+    dup_b, dup_a = b.copy(), a.copy()
+    dup_a[10:15], dup_b[:, 10:15] = a[:5], 0.5 * b[:, :5]  # adapter 0 again, weight 0.5: rank 15
+    zero_b, zero_a = b.copy(), a.copy()
+    zero_a[19] = 0.0  # rank 19; Cholesky of A·Aᵀ meets an exact 0
+    near_b, near_a = b.copy(), a.copy()
+    near_a[10:15] = a[:5] + 1e-7 * rng.standard_normal((5, 100))  # cond(A) ~ 3e7
+    near_b[:, 10:15] = -0.7 * b[:, :5]  # σ_16…σ_20 ~ 1e-16·σ_1
+    cases = [(dup_b, dup_a, "QR"), (zero_b, zero_a, "QR"), (near_b, near_a, "Gram for k ≤ 15")]
+    for bb, aa, path in cases:
+        d = bb @ aa
+        for k in (3, 15, 19, 20):
+            paths.clear()
+            us, vh = bl._product_top_k(*_product(bb, aa), k)
+            assert (paths[0] is not None) == (path != "QR" and k <= 15), (path, k)
+            want = _truncated(d, k)
+            np.testing.assert_allclose(us @ vh, want, atol=1e-12 * np.abs(want).max(), err_msg=f"{path}, k {k}")
+            np.testing.assert_allclose(vh @ vh.T, np.eye(k), atol=1e-12, err_msg=f"{path}, k {k}")
+
+
+def test_svd_pool_equals_float64_svd(base3, tmp_path):
+    """rw.merge's svd against a float64 SVD of Σ w_j·s_j·B_j·A_j (raw factors, folded in
+    float64): distinct adapters, an adapter twice (A·Aᵀ singular), an adapter minus itself
+    (ΔW = 0: zero B, orthonormal A), and svd_rank = R."""
+    cases = [
+        (base3, W_NEG, {}),
+        (base3, W1, {"svd_rank": 12}),  # k = R = 3·4
+        ([base3[0], base3[0], base3[1]], W1, {}),
+        ([base3[0], base3[0]], [1.0, -1.0], {}),
+    ]
+    for folders, weights, kw in cases:
+        pool = rw.AdapterPool.load(folders)
+        got = ours(pool, "svd", weights, **kw)
+        k = kw.get("svd_rank", 4)
+        for m in pool.modules:
+            parts = []
+            for j, w in enumerate(weights):
+                a, b = pool[j].factors(m)  # raw (unfolded) factors
+                parts.append((w * pool[j].module(m).scaling) * (b.astype(np.float64) @ a.astype(np.float64)))
+            want = _truncated(sum(parts), k)
+            ga, gb = got[m]
+            assert ga.shape[0] == k
+            # Relative to the sum, or for a sum that cancels to 0, to 1e-6 of its largest term.
+            scale = max(np.abs(want).max(), 1e-6 * max(np.abs(x).max() for x in parts))
+            np.testing.assert_allclose(gb.astype(np.float64) @ ga, want, atol=1e-6 * scale, err_msg=m)
+            np.testing.assert_allclose(ga.astype(np.float64) @ ga.T, np.eye(k), atol=1e-5, err_msg=m)
+
+
+def test_svd_in_memory_pool_same_bytes(pool3):
+    """Adapters held in memory (no mapped files: factors read one by one, not in one core call)
+    merge to the same bytes as the file-backed pool."""
+    copies = [rw.Adapter(a.config, a.modules, factors={m: a.factors(m) for m in a.modules}) for a in pool3]
+    got, want = ours(rw.AdapterPool(copies), "svd", W_NEG), ours(pool3, "svd", W_NEG)
+    for m in want:
+        np.testing.assert_array_equal(got[m][0], want[m][0])
+        np.testing.assert_array_equal(got[m][1], want[m][1])
+
+
 def test_numpy_only_eigh_gives_the_same(pool3, hetero, monkeypatch):
     """Without scipy (numpy's full eigh instead of syevr's top-k) the results are the same."""
     pool = rw.AdapterPool.load(hetero)
     cases = [(pool, "svd", {}), (pool3, "svd", {"svd_clamp": 0.95}), (pool3, "ties_svd", {"density": 0.5})]
     with_scipy = [ours(p, m, W_NEG, **kw) for p, m, kw in cases]
-    monkeypatch.setattr(bl, "_SCIPY_EIGH", False)
+    monkeypatch.setattr(bl, "_SCIPY", False)
     for (p, m, kw), want in zip(cases, with_scipy):
         got = ours(p, m, W_NEG, **kw)
         for name in want:
