@@ -105,6 +105,8 @@ def machine_info() -> str:
     for mod in ("torch", "peft", "safetensors"):
         if mod in sys.modules:
             parts.append(f"{mod} {sys.modules[mod].__version__}")
+    pins = [f"{v}={os.environ[v]}" for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if v in os.environ]
+    parts.append("OpenBLAS kernels pinned by " + ", ".join(pins) if pins else "OpenBLAS kernels: its own choice")
     parts.append(f"commit {git_commit()}")
     return "Machine: " + "; ".join(parts) + "."
 
