@@ -1568,6 +1568,16 @@ mod tests {
         (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
     }
 
+    /// Labels, signs, iterations, inertia and centroids all equal to the bit.
+    fn assert_same_bytes(a: &KMeansResult, b: &KMeansResult) {
+        assert_eq!(a.labels, b.labels);
+        assert_eq!(a.signs, b.signs);
+        assert_eq!(a.n_iter, b.n_iter);
+        assert_eq!(a.inertia.to_bits(), b.inertia.to_bits());
+        let bits = |c: &[f32]| c.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+        assert_eq!(bits(&a.centroids), bits(&b.centroids));
+    }
+
     fn params(k: usize) -> KMeansParams {
         KMeansParams {
             k,
@@ -1854,12 +1864,7 @@ mod tests {
         let b = in_pool(2, || kmeans(&x, n, d, &p, None).unwrap());
         let c = in_pool(3, || kmeans(&x, n, d, &p, None).unwrap());
         for r in [&b, &c] {
-            assert_eq!(a.labels, r.labels);
-            assert_eq!(a.n_iter, r.n_iter);
-            assert_eq!(a.inertia.to_bits(), r.inertia.to_bits());
-            let ab: Vec<u32> = a.centroids.iter().map(|v| v.to_bits()).collect();
-            let rb: Vec<u32> = r.centroids.iter().map(|v| v.to_bits()).collect();
-            assert_eq!(ab, rb);
+            assert_same_bytes(&a, r);
         }
         // Another seed gives another result.
         let q = KMeansParams { seed: 43, ..p };
@@ -2003,13 +2008,7 @@ mod tests {
                     None,
                 )
                 .unwrap();
-                assert_eq!(cached.labels, fresh.labels);
-                assert_eq!(cached.signs, fresh.signs);
-                assert_eq!(cached.n_iter, fresh.n_iter);
-                assert_eq!(cached.inertia.to_bits(), fresh.inertia.to_bits());
-                let a: Vec<u32> = cached.centroids.iter().map(|v| v.to_bits()).collect();
-                let b: Vec<u32> = fresh.centroids.iter().map(|v| v.to_bits()).collect();
-                assert_eq!(a, b);
+                assert_same_bytes(&cached, &fresh);
             }
         }
     }
@@ -2138,13 +2137,7 @@ mod tests {
         };
         let a = in_pool(1, || kmeans(&x, n, d, &p, None).unwrap());
         let b = in_pool(2, || kmeans(&x, n, d, &p, None).unwrap());
-        assert_eq!(a.labels, b.labels);
-        assert_eq!(a.signs, b.signs);
-        assert_eq!(a.n_iter, b.n_iter);
-        assert_eq!(a.inertia.to_bits(), b.inertia.to_bits());
-        let ab: Vec<u32> = a.centroids.iter().map(|v| v.to_bits()).collect();
-        let bb: Vec<u32> = b.centroids.iter().map(|v| v.to_bits()).collect();
-        assert_eq!(ab, bb);
+        assert_same_bytes(&a, &b);
         assert!(a.signs.contains(&-1.0));
     }
 
