@@ -43,6 +43,16 @@ of all rows (+1e-6 relative); for each method, the wall time of the shortest run
 Above the tables: the machine's float32 GEMM peak measured in the same run (numpy ``a @ b``,
 4096², same threads) and, per shape, numpy's ``x @ c.T`` for the same (n, d, k).
 
+Seeding table (skip with ``--no-seeding``): for wide data (d ≥ 1024, k ≥ 16) rankwise takes the
+dot products of k-means++ seeding in a 256-dimensional random projection. The table holds it
+against exact seeding (``seed_projection=False``, scikit-learn's greedy k-means++) with everything
+else as LEGO runs it (``n_init=3``, ``max_iter=100``, ``tol=1e-4``), seeds 0, 1, 2: the final
+inertia (the k-means objective after Lloyd) and the wall time, on the blobs above and on LoRA
+unit matrices as LEGO clusters them (normalized, canonical, modulo sign): module 0 of 500
+unclustered ``llama-7b-qv`` adapters (n = 8000, d = 8192) and of 200 clustered ones (make_pool
+``--clustered 16``: every adapter holds perturbed copies of 16 shared units), made by make_pool
+under ``RANKWISE_POOLS`` when missing (8.4 GB and 3.4 GB).
+
 ``--write`` replaces the bench_kmeans section of benches/RESULTS.md.
 """
 
@@ -169,6 +179,51 @@ def _wall(fn) -> float:
     return time.perf_counter() - t0
 
 
+# --------------------------------------------------------------------------------- seeding
+def seeding_rows() -> list[list]:
+    """Projected vs exact k-means++ seeding: final inertia and time, per data set and k."""
+    import rankwise as rw
+    from rankwise import _core
+
+    def unit_features(pool_paths: list[Path]) -> np.ndarray:
+        pool = rw.AdapterPool.load(pool_paths)
+        return pool.unit_features(pool.modules[0], canonical=True)[0]
+
+    data = [
+        ("blobs 8000 × 8192", lambda: make_data(8000, 8192, 64)[0], False),
+        ("blobs 8000 × 2048", lambda: make_data(8000, 2048, 16)[0], False),
+        ("500 × llama-7b-qv, module 0 units", lambda: unit_features(C.ensure_pool("llama-7b-qv", 500)), True),
+        (
+            "200 × llama-7b-qv clustered-16, module 0 units",
+            lambda: unit_features(C.ensure_pool("llama-7b-qv", 200, clustered=16)),
+            True,
+        ),
+    ]
+    rows = []
+    for name, make, si in data:
+        x = make()
+        for k in (16, 64):
+            res = {}
+            for proj in (False, True):
+                runs = []
+                for seed in (0, 1, 2):
+                    t0 = time.perf_counter()
+                    r = _core.kmeans(x, k, 3, 100, 1e-4, seed, None, si, seed_projection=proj)
+                    runs.append((r[2], time.perf_counter() - t0))
+                res[proj] = runs
+            ratio = [p[0] / e[0] for p, e in zip(res[True], res[False])]
+            t_exact = float(np.mean([e[1] for e in res[False]]))
+            t_proj = float(np.mean([p[1] for p in res[True]]))
+            inertia = float(np.mean([e[0] for e in res[False]]))
+            spread = f"{np.mean(ratio):.5f} ({min(ratio):.5f}–{max(ratio):.5f})"
+            label = f"{name} ({x.shape[0]} × {x.shape[1]})"
+            speed = f"{t_exact / t_proj:.1f}×"
+            rows.append([label, k, "yes" if si else "no", f"{inertia:.6g}", spread, t_exact, t_proj, speed])
+            print(f"[seeding] {name} k={k}: {rows[-1]}", file=sys.stderr)
+        del x
+    return rows
+
+
 # ------------------------------------------------------------------------------------- main
 BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
@@ -214,6 +269,8 @@ def child(args) -> dict:
                     if target is not None:
                         res["methods"][name]["tti"] = time_to_target(fn, x, init, args.max_iter, target)
             out["shapes"][spec] = res
+    if args.seeding and "rankwise" in methods:
+        out["seeding"] = seeding_rows()
     import sklearn
 
     out["versions"] = f"faiss {faiss.__version__}, scikit-learn {sklearn.__version__}"
@@ -229,6 +286,8 @@ def run_children(args, targets: dict | None) -> list[tuple[str, dict]]:
         base.append("--no-tti")
     else:
         base += ["--targets", json.dumps(targets)]
+    if targets is None and not args.no_seeding:
+        base.append("--seeding")
     # (label, variables removed, methods); rankwise runs once, it uses no BLAS.
     variants: list[tuple[str, tuple[str, ...], str]] = [("as set", (), ";".join(METHODS))]
     if any(v in os.environ for v in BLAS_VARS):
@@ -291,8 +350,26 @@ def render(args, results: list[tuple[str, dict]], total: float, machine: str) ->
             f"{args.repeat} runs after a warm-up; 'CPU s / thread' is the process CPU time / threads "
             "(OpenMP spin-waits count).",
             *sections,
+            *seeding_section(results),
         ]
     )
+
+
+def seeding_section(results: list[tuple[str, dict]]) -> list[str]:
+    rows = next((res["seeding"] for _, res in results if "seeding" in res), None)
+    if not rows:
+        return []
+    head = (
+        "### k-means++ seeding: random projection vs exact distances\n\n"
+        "rankwise's seeding takes its dot products in a 256-dimensional random projection for d ≥ 1024 "
+        "and k ≥ 16; `seed_projection=False` seeds with exact distances (scikit-learn's greedy k-means++). "
+        "Everything else as LEGO runs it: `n_init=3`, `max_iter=100`, `tol=1e-4`, seeds 0, 1, 2 (mean "
+        "over seeds; the ratio's range in brackets). Inertia: the k-means objective after Lloyd (modulo "
+        "sign for LoRA units). Time: the whole k-means call."
+    )
+    headers = ["data (n × d)", "k", "modulo sign", "inertia, exact seeding", "projected / exact inertia"]
+    headers += ["s, exact", "s, projected", "speed-up"]
+    return [head, C.md_table(headers, rows)]
 
 
 def main() -> None:
@@ -305,6 +382,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-tti", action="store_true", help="skip the time-to-equal-inertia column")
     ap.add_argument("--write", action="store_true", help="replace the section in benches/RESULTS.md")
+    ap.add_argument("--no-seeding", action="store_true", help="skip the projected-vs-exact seeding table")
+    ap.add_argument("--seeding", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--methods", default=";".join(METHODS), help=argparse.SUPPRESS)
     ap.add_argument("--targets", type=json.loads, default=None, help=argparse.SUPPRESS)
