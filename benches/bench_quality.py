@@ -270,10 +270,11 @@ def report(pools: list[Pool], runs: dict[str, PoolRun], results: list[Result], a
     out.append(
         f"\n`{default}` is the paper-literal setting (lego's first default); "
         + ", ".join(f"`{lb}`" for lb in recommended)
-        + " the recommended options, the second lego's default (see the notes above). Other LEGO rows: the five best by mean over "
-        "pools, the three best by mean rank over pools (a configuration's rank among all LEGO "
-        "configurations, averaged over pools: rewards consistency). A starred mean is over the pools "
-        "the method could run on (n/a: it needs equal ranks; –: not run there, its settings depend on r).\n"
+        + " the recommended options, the second lego's default (see the notes above). "
+        "Other LEGO rows: the five best by mean over pools, the three best by mean rank over pools "
+        "(a configuration's rank among all LEGO configurations, averaged over pools: rewards "
+        "consistency). A starred mean is over the pools the method could run on (n/a: it needs "
+        "equal ranks; –: not run there, its settings depend on r).\n"
     )
     out.append("### LEGO factors: paired differences\n")
     out.append(factor_table(sc, pools))
