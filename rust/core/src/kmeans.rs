@@ -66,7 +66,9 @@
 //! see every cluster's mass, and its cost is k passes over the points (each against 2 + ln k
 //! candidates), which would otherwise dwarf a few Lloyd iterations for large n. For wide data
 //! (d ≥ 1024, k ≥ 16) the dot products of seeding are taken in a random projection to
-//! [`SEED_PROJECTION_DIM`] dimensions, computed once per call (see `projects_for_seeding`).
+//! [`SEED_PROJECTION_DIM`] dimensions (see `projects_for_seeding`): the projection matrix is
+//! drawn once per call, and the rows seeding uses are projected (a restart's subsample, or all
+//! of x once for every restart).
 //! The projection matrix is drawn from the first output of a splitmix64 stream started at `seed`
 //! (when used); restart `r` of `n_init` uses the next output; the run with the lowest inertia is
 //! kept (the first on ties).
@@ -313,11 +315,11 @@ fn run(
         return lloyd(x, n, d, fx, c.to_vec(), params.max_iter, tol_abs, si, cache);
     }
     let mut seeds = SplitMix64(params.seed);
-    let space = SeedSpace::new(x, n, d, k, params.seed_projection, &mut seeds);
+    let mut space = SeedSpace::new(d, k, params.seed_projection, &mut seeds);
     let mut best: Option<KMeansResult> = None;
     for _ in 0..params.n_init {
         let mut rng = Xoshiro256::new(seeds.next_u64());
-        let centres = seed_kmeans_pp(x, &space, n, d, k, &mut rng, si)?;
+        let centres = seed_kmeans_pp(x, &mut space, n, d, k, &mut rng, si)?;
         let r = lloyd(x, n, d, fx, centres, params.max_iter, tol_abs, si, cache)?;
         if best.as_ref().is_none_or(|b| r.inertia < b.inertia) {
             best = Some(r);
@@ -1001,53 +1003,59 @@ fn mean_variance(x: &[f32], n: usize, d: usize) -> f64 {
 // ---------------------------------------------------------------------------------------------
 // Seeding
 
-/// The points k-means++ seeding measures distances on: x itself, or for wide x (see
-/// [`projects_for_seeding`]) its random projection `y = x·Rᵀ` (n × p), computed once per call
-/// and shared by the restarts; with the exact squared norms of the rows of x either way.
+/// Where k-means++ seeding measures distances: the points themselves or, for wide data (see
+/// `projects_for_seeding`), their random projection `R·x` (R drawn once per call, shared by the
+/// restarts). Only the rows seeding looks at are projected: a restart's subsample when
+/// n > 256·k, else all of x, once per call (`whole`, made by the first restart).
 struct SeedSpace {
+    /// R (p × d), when projecting.
+    r: Option<Vec<f32>>,
+    whole: Option<SeedPoints>,
+}
+
+/// Rows as seeding sees them: their projection (None: the rows themselves) and their exact
+/// squared norms.
+struct SeedPoints {
     y: Option<Vec<f32>>,
     norms: Vec<f64>,
 }
 
 impl SeedSpace {
-    fn new(
-        x: &[f32],
-        n: usize,
-        d: usize,
-        k: usize,
-        projection: bool,
-        seeds: &mut SplitMix64,
-    ) -> Self {
-        let simd = Simd::detect();
-        let norms = x.par_chunks(d).map(|r| simd.sq_norm(r)).collect();
-        let y = (projection && projects_for_seeding(d, k)).then(|| {
-            project(
-                x,
-                n,
-                d,
+    fn new(d: usize, k: usize, projection: bool, seeds: &mut SplitMix64) -> Self {
+        let r = (projection && projects_for_seeding(d, k)).then(|| {
+            sign_matrix(
                 SEED_PROJECTION_DIM,
+                d,
                 &mut Xoshiro256::new(seeds.next_u64()),
             )
         });
-        SeedSpace { y, norms }
+        SeedSpace { r, whole: None }
     }
+}
+
+fn seed_points(rows: &[f32], m: usize, d: usize, r: Option<&[f32]>) -> SeedPoints {
+    let simd = Simd::detect();
+    let norms = rows.par_chunks(d).map(|v| simd.sq_norm(v)).collect();
+    let y = r.map(|r| project(rows, m, d, r));
+    SeedPoints { y, norms }
 }
 
 /// Greedy k-means++ (scikit-learn's `_kmeans_plusplus`) on x, or on a subsample of
 /// `SEED_POINTS_PER_CENTRE·k` points when x has more; `si`: sign-invariant distances. The
-/// distances are taken in `space` (a projection of x for wide x). Returns k rows of x.
+/// distances are taken in `space` (a projection for wide x). Returns k rows of x.
 fn seed_kmeans_pp(
     x: &[f32],
-    space: &SeedSpace,
+    space: &mut SeedSpace,
     n: usize,
     d: usize,
     k: usize,
     rng: &mut Xoshiro256,
     si: bool,
 ) -> Result<Vec<f32>> {
-    let (pts, w) = match &space.y {
-        Some(y) => (y.as_slice(), SEED_PROJECTION_DIM),
-        None => (x, d),
+    let w = if space.r.is_some() {
+        SEED_PROJECTION_DIM
+    } else {
+        d
     };
     let m = n.min(SEED_POINTS_PER_CENTRE.saturating_mul(k));
     let chosen = if m < n {
@@ -1059,16 +1067,19 @@ fn seed_kmeans_pp(
         }
         idx.truncate(m);
         idx.sort_unstable();
-        let mut sample = vec![0f32; m * w];
+        let mut sample = vec![0f32; m * d];
         sample
-            .par_chunks_mut(w)
+            .par_chunks_mut(d)
             .zip(idx.par_iter())
-            .for_each(|(dst, &i)| dst.copy_from_slice(&pts[i * w..(i + 1) * w]));
-        let norms: Vec<f64> = idx.iter().map(|&i| space.norms[i]).collect();
-        let local = kmeans_pp(&sample, &norms, m, w, k, rng, si)?;
+            .for_each(|(dst, &i)| dst.copy_from_slice(&x[i * d..(i + 1) * d]));
+        let pts = seed_points(&sample, m, d, space.r.as_deref());
+        let s = pts.y.as_deref().unwrap_or(&sample);
+        let local = kmeans_pp(s, &pts.norms, m, w, k, rng, si)?;
         local.into_iter().map(|i| idx[i]).collect()
     } else {
-        kmeans_pp(pts, &space.norms, n, w, k, rng, si)?
+        let SeedSpace { r, whole } = space;
+        let pts = whole.get_or_insert_with(|| seed_points(x, n, d, r.as_deref()));
+        kmeans_pp(pts.y.as_deref().unwrap_or(x), &pts.norms, n, w, k, rng, si)?
     };
     let mut centres = Vec::with_capacity(k * d);
     for i in chosen {
@@ -1095,9 +1106,9 @@ fn projects_for_seeding(d: usize, k: usize) -> bool {
     d >= 4 * SEED_PROJECTION_DIM && k >= 16
 }
 
-/// `y (n × p) = x · Rᵀ` for a random sign matrix R (p × d, entries ±1/√p drawn from `rng`):
-/// a Johnson-Lindenstrauss projection (E[Rx·Rc] = x·c). One GEMM per fixed block of rows.
-fn project(x: &[f32], n: usize, d: usize, p: usize, rng: &mut Xoshiro256) -> Vec<f32> {
+/// A random sign matrix (p × d, entries ±1/√p drawn from `rng`): `R·x` is a
+/// Johnson-Lindenstrauss projection (E[Rx·Rc] = x·c).
+fn sign_matrix(p: usize, d: usize, rng: &mut Xoshiro256) -> Vec<f32> {
     let scale = 1.0 / (p as f32).sqrt();
     let mut r = vec![0f32; p * d];
     for chunk in r.chunks_mut(64) {
@@ -1106,11 +1117,17 @@ fn project(x: &[f32], n: usize, d: usize, p: usize, rng: &mut Xoshiro256) -> Vec
             *v = if bits >> j & 1 == 1 { scale } else { -scale };
         }
     }
+    r
+}
+
+/// `y (n × p) = x · Rᵀ` for R (p × d), one GEMM per fixed block of rows.
+fn project(x: &[f32], n: usize, d: usize, r: &[f32]) -> Vec<f32> {
+    let p = r.len() / d;
     let rows = block_rows(n, d);
     let mut y = vec![0f32; n * p];
     y.par_chunks_mut(rows * p)
         .zip(x.par_chunks(rows * d))
-        .for_each(|(out, xb)| gemm_xct(xb, xb.len() / d, d, &r, p, out));
+        .for_each(|(out, xb)| gemm_xct(xb, xb.len() / d, d, r, p, out));
     y
 }
 
@@ -2257,7 +2274,7 @@ mod tests {
         let (x, _) = blobs(n, d, 7, 4.0, 21);
         let c = seed_kmeans_pp(
             &x,
-            &exact_space(&x, n, d),
+            &mut exact_space(d),
             n,
             d,
             k,
@@ -2273,59 +2290,65 @@ mod tests {
         assert_eq!(c, want);
     }
 
-    fn exact_space(x: &[f32], n: usize, d: usize) -> SeedSpace {
-        SeedSpace::new(x, n, d, 1, false, &mut SplitMix64(0))
+    fn exact_space(d: usize) -> SeedSpace {
+        SeedSpace::new(d, 1, false, &mut SplitMix64(0))
     }
 
     #[test]
     fn projected_seeding_is_used_for_wide_data_and_finds_the_blobs() {
-        // d ≥ 4·p and k ≥ 16: seeding measures distances in the projection; the seeds are
-        // points of x and, on separated blobs, k-means still puts every blob in one cluster.
-        let (n, d, k) = (800, 1100, 16);
-        let (x, truth) = blobs(n, d, k, 20.0, 17);
-        assert!(SeedSpace::new(&x, n, d, k, true, &mut SplitMix64(0))
-            .y
-            .is_some());
-        assert!(SeedSpace::new(&x, n, d, 15, true, &mut SplitMix64(0))
-            .y
+        // d ≥ 4·p and k ≥ 16: seeding measures distances in the projection (of all points, and
+        // of a subsample when n > 256·k); the seeds are points of x and, on separated blobs,
+        // k-means still puts every blob in one cluster.
+        let (d, k) = (1100, 16);
+        assert!(SeedSpace::new(d, k, true, &mut SplitMix64(0)).r.is_some());
+        assert!(SeedSpace::new(d, 15, true, &mut SplitMix64(0)).r.is_none());
+        assert!(SeedSpace::new(1023, k, true, &mut SplitMix64(0))
+            .r
             .is_none());
-        assert!(SeedSpace::new(&x, n, 1023, k, true, &mut SplitMix64(0))
-            .y
-            .is_none());
-        let space = SeedSpace::new(&x, n, d, k, true, &mut SplitMix64(0));
-        let c = seed_kmeans_pp(&x, &space, n, d, k, &mut Xoshiro256::new(3), false).unwrap();
-        for cj in c.chunks(d) {
-            assert!(x.chunks(d).any(|r| r == cj));
-        }
-        for si in [false, true] {
-            let p = KMeansParams {
-                n_init: 2,
-                sign_invariant: si,
-                ..params(k)
-            };
-            let r = kmeans(&x, n, d, &p, None).unwrap();
-            let exact = kmeans(
-                &x,
-                n,
-                d,
-                &KMeansParams {
-                    seed_projection: false,
-                    ..p
-                },
-                None,
-            )
-            .unwrap();
-            let mut map = vec![None; k];
-            for (i, &t) in truth.iter().enumerate() {
-                let l = r.labels[i];
-                assert_eq!(*map[t].get_or_insert(l), l, "blob {t} split (si={si})");
+        for n in [800, 256 * k + 400] {
+            let (x, truth) = blobs(n, d, k, 20.0, 17);
+            let mut space = SeedSpace::new(d, k, true, &mut SplitMix64(0));
+            let c =
+                seed_kmeans_pp(&x, &mut space, n, d, k, &mut Xoshiro256::new(3), false).unwrap();
+            for cj in c.chunks(d) {
+                assert!(x.chunks(d).any(|r| r == cj));
             }
-            assert!(
-                r.inertia <= exact.inertia * 1.000_001,
-                "{} vs {}",
-                r.inertia,
-                exact.inertia
-            );
+            // Only the whole-x path keeps its projection for the next restart.
+            assert_eq!(space.whole.is_some(), n <= 256 * k);
+            for si in [false, true] {
+                let p = KMeansParams {
+                    n_init: 2,
+                    sign_invariant: si,
+                    ..params(k)
+                };
+                let r = kmeans(&x, n, d, &p, None).unwrap();
+                let exact = kmeans(
+                    &x,
+                    n,
+                    d,
+                    &KMeansParams {
+                        seed_projection: false,
+                        ..p
+                    },
+                    None,
+                )
+                .unwrap();
+                let mut map = vec![None; k];
+                for (i, &t) in truth.iter().enumerate() {
+                    let l = r.labels[i];
+                    assert_eq!(
+                        *map[t].get_or_insert(l),
+                        l,
+                        "blob {t} split (n={n}, si={si})"
+                    );
+                }
+                assert!(
+                    r.inertia <= exact.inertia * 1.000_001,
+                    "{} vs {}",
+                    r.inertia,
+                    exact.inertia
+                );
+            }
         }
     }
 
@@ -2352,7 +2375,7 @@ mod tests {
         let (n, d, k) = (3000, 3, 2);
         let (x, _) = blobs(n, d, 2, 10.0, 1);
         let mut rng = Xoshiro256::new(1);
-        let c = seed_kmeans_pp(&x, &exact_space(&x, n, d), n, d, k, &mut rng, false).unwrap();
+        let c = seed_kmeans_pp(&x, &mut exact_space(d), n, d, k, &mut rng, false).unwrap();
         // Centres are points of x.
         for cj in c.chunks(d) {
             assert!(x.chunks(d).any(|r| r == cj));
@@ -2569,8 +2592,8 @@ mod tests {
                 });
                 println!("  kmeans without distance cache {:6.1} ms per iter", tf / it as f64 * 1e3);
                 let (ts, cs) = if std::env::var("KM_NOSEED").is_ok() { (0.0, 0.0) } else { time_it(1, threads, || {
-                    let space = SeedSpace::new(&x, n, d, k, true, &mut SplitMix64(0));
-                    std::hint::black_box(seed_kmeans_pp(&x, &space, n, d, k, &mut Xoshiro256::new(0), false).unwrap());
+                    let mut space = SeedSpace::new(d, k, true, &mut SplitMix64(0));
+                    std::hint::black_box(seed_kmeans_pp(&x, &mut space, n, d, k, &mut Xoshiro256::new(0), false).unwrap());
                 }) };
                 println!(
                     "({n},{d},{k}) t={threads} rows={rows}  [wall best / cpu per thread]\n  gemm   {:6.1} / {:6.1} ms  {:5.1} / {:5.1} GFLOP/s\n  assign {:6.1} / {:6.1} ms  {:5.1} / {:5.1} GFLOP/s\n  assign+update {:6.1} / {:6.1} ms\n  kmeans {it} iters {:6.1} / {:6.1} ms per iter  {:5.1} / {:5.1} GFLOP/s per iter\n  seeding {:.3} / {:.3} s",
