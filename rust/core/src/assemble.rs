@@ -74,8 +74,8 @@ pub fn cluster_means(
             None => x
                 .par_chunks(width)
                 .map(|row| {
-                    let sq = |v: &[f32]| v.iter().map(|&a| a as f64 * a as f64).sum::<f64>().sqrt();
-                    [sq(&row[..d_out]), sq(&row[d_out..])]
+                    let norm = |v: &[f32]| crate::kmeans::sq_norm(v).sqrt();
+                    [norm(&row[..d_out]), norm(&row[d_out..])]
                 })
                 .collect(),
         };
@@ -265,8 +265,24 @@ mod tests {
     #[test]
     fn bad_input_is_an_error() {
         let x = vec![0f32; 12];
-        assert!(cluster_means(&x, 4, 2, &[0, 1, 3], &[1.0; 3], 3, None).is_err());
-        assert!(cluster_means(&x, 4, 2, &[0, 1], &[1.0; 2], 3, None).is_err());
-        assert!(cluster_means(&x, 4, 2, &[0, 1, 2], &[1.0; 3], 3, Some(&[1.0; 4])).is_err());
+        let msg = |r: Result<ClusterMeans>| r.err().map(|e| e.to_string()).unwrap_or_default();
+        let cases: [(Result<ClusterMeans>, &str); 3] = [
+            (
+                cluster_means(&x, 4, 2, &[0, 1, 3], &[1.0; 3], 3, None),
+                "label 3 of row 2 is not in 0..3",
+            ),
+            (
+                cluster_means(&x, 4, 2, &[0, 1], &[1.0; 2], 3, None),
+                "x has 12 values, labels 2",
+            ),
+            (
+                cluster_means(&x, 4, 2, &[0, 1, 2], &[1.0; 3], 3, Some(&[1.0; 4])),
+                "part_norms has 4 values, expected 2·n = 6",
+            ),
+        ];
+        for (r, want) in cases {
+            let got = msg(r);
+            assert!(got.contains(want), "{got:?} should contain {want:?}");
+        }
     }
 }
