@@ -10,6 +10,7 @@ import pytest
 
 import rankwise as rw
 from peft_factory import lora_layers, make_adapter, peft_model
+from rankwise import _core
 from rankwise.adapter import Adapter
 
 QV = ["q_proj", "v_proj"]
@@ -315,10 +316,27 @@ def test_unit_features_are_normalized_units_and_fill_a_given_buffer(
         np.testing.assert_allclose(x[:, :d_out] * norms[:, :1], units[:, :d_out], rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(x[:, d_out:] * norms[:, 1:], units[:, d_out:], rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(np.linalg.norm(x[:, :d_out], axis=1), 1.0, rtol=1e-5)
-        # The same bytes written into a dirty caller buffer, which is what comes back.
-        buf = np.full(x.shape, np.nan, dtype=np.float32)
-        got, got_norms = mixed_pool.unit_features(m, w, canonical=canonical, out=buf)
-        assert got is buf
-        assert got.tobytes() == x.tobytes() and got_norms.tobytes() == norms.tobytes()
-        with pytest.raises(rw.RankwiseError, match="out has shape"):
+        # The same bytes written into a dirty caller buffer, which is what comes back: from one
+        # set of mapped files, and from adapters loaded one by one (one core call each).
+        separate = rw.AdapterPool([rw.load_adapter(a.path) for a in mixed_pool])
+        for pool in (mixed_pool, separate):
+            buf = np.full(x.shape, np.nan, dtype=np.float32)
+            got, got_norms = pool.unit_features(m, w, canonical=canonical, out=buf)
+            assert got is buf
+            assert got.tobytes() == x.tobytes() and got_norms.tobytes() == norms.tobytes()
+            buf = np.full(units.shape, np.nan, dtype=np.float32)
+            got_units = pool.unit_matrix(m, w, canonical=canonical, out=buf)[0]
+            assert got_units is buf and got_units.tobytes() == units.astype(np.float32).tobytes()
+        with pytest.raises(rw.MergeConfigError, match=r"out has shape \(\d+, \d+\), expected"):
             mixed_pool.unit_features(m, w, canonical=canonical, out=np.empty((x.shape[0] + 1, x.shape[1]), np.float32))
+
+
+def test_cluster_means_rejects_bad_input() -> None:
+    x = np.zeros((3, 4), dtype=np.float32)
+    signs = np.ones(3, dtype=np.float32)
+    with pytest.raises(rw.MergeConfigError, match=r"label 3 of row 2 is not in 0\.\.3"):
+        _core.cluster_means(x, np.array([0, 1, 3]), signs, 3, 2)
+    with pytest.raises(rw.MergeConfigError, match=r"x has 12 values, labels 2"):
+        _core.cluster_means(x, np.array([0, 1]), signs[:2], 3, 2)
+    with pytest.raises(rw.MergeConfigError, match=r"part_norms has 4 values, expected 2·n = 6"):
+        _core.cluster_means(x, np.array([0, 1, 2]), signs, 3, 2, np.ones((2, 2), dtype=np.float32))

@@ -109,14 +109,20 @@ class AdapterPool:
         return w
 
     def unit_matrix(
-        self, module: str, weights: Sequence[float] | None = None, *, canonical: bool = False
+        self,
+        module: str,
+        weights: Sequence[float] | None = None,
+        *,
+        canonical: bool = False,
+        out: np.ndarray | None = None,
     ) -> tuple[np.ndarray, list[int]]:
         """Units of one module across the pool: ``U[Σ ranks, d_out + d_in]`` (float32), rows
-        ``[w_j·s_j·b_i ; a_i]``, and the rank each adapter contributed.
+        ``[w_j·s_j·b_i ; a_i]``, and the rank each adapter contributed. ``out``: a C-contiguous
+        float32 array of that shape to write the rows into (and return).
 
         Built in Rust straight from the mapped bytes; the pages read are released afterwards.
         """
-        units, ranks, _ = self._units(module, weights, canonical, normalized=False)
+        units, ranks, _ = self._units(module, weights, canonical, normalized=False, out=out)
         return units, ranks
 
     def unit_features(
@@ -159,7 +165,7 @@ class AdapterPool:
         parts = [f.unit_matrix([s], canonical, normalized) for f, s in sources]
         ranks = [r for _, rs, _ in parts for r in rs]
         norms = np.concatenate([n for _, _, n in parts]) if normalized else None
-        return np.concatenate([u for u, _, _ in parts]), ranks, norms
+        return np.concatenate([u for u, _, _ in parts], out=out), ranks, norms
 
     def release(self) -> None:
         """Drops every mapped page from this process's resident set."""

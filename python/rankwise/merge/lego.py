@@ -163,8 +163,8 @@ def _scaled(x: np.ndarray, norms: np.ndarray, d_out: int) -> np.ndarray:
 
 
 def _normalized(units: np.ndarray, d_out: int) -> np.ndarray:
-    """cat(b/‖b‖, a/‖a‖) per unit (zero parts stay zero), float32. Written part by part into one
-    new array: at scale the unit matrix is hundreds of MB, and this is its only copy."""
+    """cat(b/‖b‖, a/‖a‖) per row (zero parts stay zero), float32: for the k rows of an aligned
+    init (the unit matrix itself comes normalized from the core, AdapterPool.unit_features)."""
     out = np.empty(units.shape, dtype=np.float32)
     for part in (slice(0, d_out), slice(d_out, units.shape[1])):
         src = units[:, part]

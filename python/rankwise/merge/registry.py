@@ -53,27 +53,31 @@ class ModuleContext:
         return self.pool.ranks(self.module)
 
     def units(self, *, canonical: bool = False, weighted: bool = True) -> np.ndarray:
-        """``U[Σ ranks, d_out + d_in]``: rows ``[w_j·s_j·b_i ; a_i]`` (Rust, from the mapped files)."""
+        """``U[Σ ranks, d_out + d_in]``: rows ``[w_j·s_j·b_i ; a_i]`` (Rust, from the mapped files),
+        in the module buffer (see :meth:`_rows_buffer`): valid until the next module."""
         w = self.weights if weighted else None
+        out = self._rows_buffer()
         with self.timed("units"):
-            return self.pool.unit_matrix(self.module, w, canonical=canonical)[0]
+            return self.pool.unit_matrix(self.module, w, canonical=canonical, out=out)[0]
 
     def unit_features(self, *, canonical: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """The weighted units with unit-length parts, and their part norms (AdapterPool.unit_features).
-
-        The rows go into one buffer kept in ``scratch`` and reused by the next module (as large as
-        the largest module so far): at scale a module's matrix is hundreds of MB, and fresh pages
-        for each cost a quarter of building it. The array is only valid until the next module."""
-        n, width = sum(self.ranks), sum(self.shape)
-        buf = self.scratch.get("unit_features")
-        if buf is None or buf.size < n * width:
-            self.scratch.pop("unit_features", None)
-            buf = None  # the smaller buffer is freed before the larger one is allocated
-            buf = self.scratch["unit_features"] = np.empty(n * width, dtype=np.float32)
+        """The weighted units with unit-length parts, and their part norms (AdapterPool.unit_features),
+        in the module buffer (see :meth:`_rows_buffer`): valid until the next module."""
+        out = self._rows_buffer()
         with self.timed("units"):
-            return self.pool.unit_features(
-                self.module, self.weights, canonical=canonical, out=buf[: n * width].reshape(n, width)
-            )
+            return self.pool.unit_features(self.module, self.weights, canonical=canonical, out=out)
+
+    def _rows_buffer(self) -> np.ndarray:
+        """A ``Σ ranks × (d_out + d_in)`` float32 array in one buffer kept in ``scratch`` and reused
+        by the next module (as large as the largest module so far): at scale a module's unit
+        matrix is hundreds of MB, and fresh pages for each cost a quarter of building it."""
+        n, width = sum(self.ranks), sum(self.shape)
+        buf = self.scratch.get("rows")
+        if buf is None or buf.size < n * width:
+            self.scratch.pop("rows", None)
+            buf = None  # the smaller buffer is freed before the larger one is allocated
+            buf = self.scratch["rows"] = np.empty(n * width, dtype=np.float32)
+        return buf[: n * width].reshape(n, width)
 
     def factors(self, j: int, *, folded: bool = True) -> Factors:
         """Adapter j's ``(A, B)`` for this module (scaling folded into B, weight not applied)."""

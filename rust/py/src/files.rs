@@ -146,36 +146,27 @@ impl MappedFiles {
         let layout = run(py, || units::unit_layout(&srcs))?;
         let width = layout.d_out + layout.d_in;
         let n = layout.n_units;
-        let (arr, norms) = match out {
-            Some(arr) => {
-                if arr.shape() != [n, width] {
-                    return Err(to_pyerr(Error::invalid(format!(
-                        "out has shape {:?}, expected ({n}, {width})",
-                        arr.shape()
-                    ))));
-                }
-                let norms = {
-                    let mut view = arr
-                        .try_readwrite()
-                        .map_err(|e| to_pyerr(Error::invalid(e.to_string())))?;
-                    let buf = view.as_slice_mut().map_err(|_| {
-                        to_pyerr(Error::invalid("out must be a C-contiguous float32 array"))
-                    })?;
-                    run(py, || {
-                        units::fill_unit_matrix(&srcs, &layout, canonical, normalized, buf)
-                    })?
-                };
-                (arr, norms)
+        let arr = match out {
+            Some(arr) if arr.shape() != [n, width] => {
+                return Err(to_pyerr(Error::invalid(format!(
+                    "out has shape ({}, {}), expected ({n}, {width})",
+                    arr.shape()[0],
+                    arr.shape()[1]
+                ))))
             }
-            None => {
-                let mut data = vec![0f32; n * width];
-                let norms = run(py, || {
-                    units::fill_unit_matrix(&srcs, &layout, canonical, normalized, &mut data)
-                })?;
-                let arr = Array2::from_shape_vec((n, width), data)
-                    .map_err(|e| to_pyerr(Error::invalid(e.to_string())))?;
-                (arr.into_pyarray(py), norms)
-            }
+            Some(arr) => arr,
+            None => PyArray2::zeros(py, [n, width], false),
+        };
+        let norms = {
+            let mut view = arr
+                .try_readwrite()
+                .map_err(|e| to_pyerr(Error::invalid(e.to_string())))?;
+            let buf = view.as_slice_mut().map_err(|_| {
+                to_pyerr(Error::invalid("out must be a C-contiguous float32 array"))
+            })?;
+            run(py, || {
+                units::fill_unit_matrix(&srcs, &layout, canonical, normalized, buf)
+            })?
         };
         let norms = match norms {
             Some(v) => Some(
