@@ -67,8 +67,8 @@
 //! candidates), which would otherwise dwarf a few Lloyd iterations for large n. For wide data
 //! (d ≥ 1024, k ≥ 16) the dot products of seeding are taken in a random projection to
 //! [`SEED_PROJECTION_DIM`] dimensions (see `projects_for_seeding`): the projection matrix is
-//! drawn once per call, and the rows seeding uses are projected (a restart's subsample, or all
-//! of x once for every restart).
+//! drawn once per call; all of x is projected once when the restarts' subsamples together
+//! cover at least n rows, else each restart projects its own subsample.
 //! The projection matrix is drawn from the first output of a splitmix64 stream started at `seed`
 //! (when used); restart `r` of `n_init` uses the next output; the run with the lowest inertia is
 //! kept (the first on ties).
@@ -315,7 +315,7 @@ fn run(
         return lloyd(x, n, d, fx, c.to_vec(), params.max_iter, tol_abs, si, cache);
     }
     let mut seeds = SplitMix64(params.seed);
-    let mut space = SeedSpace::new(d, k, params.seed_projection, &mut seeds);
+    let mut space = SeedSpace::new(n, d, k, params.n_init, params.seed_projection, &mut seeds);
     let mut best: Option<KMeansResult> = None;
     for _ in 0..params.n_init {
         let mut rng = Xoshiro256::new(seeds.next_u64());
@@ -1005,11 +1005,14 @@ fn mean_variance(x: &[f32], n: usize, d: usize) -> f64 {
 
 /// Where k-means++ seeding measures distances: the points themselves or, for wide data (see
 /// `projects_for_seeding`), their random projection `R·x` (R drawn once per call, shared by the
-/// restarts). Only the rows seeding looks at are projected: a restart's subsample when
-/// n > 256·k, else all of x, once per call (`whole`, made by the first restart).
+/// restarts). What is projected is what costs least: all of x once for every restart (`whole`,
+/// made by the first restart) when the restarts' subsamples together cover at least n rows, else
+/// each restart's own subsample.
 struct SeedSpace {
     /// R (p × d), when projecting.
     r: Option<Vec<f32>>,
+    /// Seed every restart from `whole` (all of x), not from its own subsample's projection.
+    share_whole: bool,
     whole: Option<SeedPoints>,
 }
 
@@ -1021,7 +1024,14 @@ struct SeedPoints {
 }
 
 impl SeedSpace {
-    fn new(d: usize, k: usize, projection: bool, seeds: &mut SplitMix64) -> Self {
+    fn new(
+        n: usize,
+        d: usize,
+        k: usize,
+        n_init: usize,
+        projection: bool,
+        seeds: &mut SplitMix64,
+    ) -> Self {
         let r = (projection && projects_for_seeding(d, k)).then(|| {
             sign_matrix(
                 SEED_PROJECTION_DIM,
@@ -1029,8 +1039,19 @@ impl SeedSpace {
                 &mut Xoshiro256::new(seeds.next_u64()),
             )
         });
-        SeedSpace { r, whole: None }
+        let m = seed_points_used(n, k);
+        let share_whole = m == n || (r.is_some() && n <= n_init.saturating_mul(m));
+        SeedSpace {
+            r,
+            share_whole,
+            whole: None,
+        }
     }
+}
+
+/// Points a restart seeds from: all n, or a subsample of `SEED_POINTS_PER_CENTRE·k`.
+fn seed_points_used(n: usize, k: usize) -> usize {
+    n.min(SEED_POINTS_PER_CENTRE.saturating_mul(k))
 }
 
 fn seed_points(rows: &[f32], m: usize, d: usize, r: Option<&[f32]>) -> SeedPoints {
@@ -1038,6 +1059,15 @@ fn seed_points(rows: &[f32], m: usize, d: usize, r: Option<&[f32]>) -> SeedPoint
     let norms = rows.par_chunks(d).map(|v| simd.sq_norm(v)).collect();
     let y = r.map(|r| project(rows, m, d, r));
     SeedPoints { y, norms }
+}
+
+/// The rows `idx` of the row-major `src` (rows of `w` values), packed.
+fn gather_rows(src: &[f32], w: usize, idx: &[usize]) -> Vec<f32> {
+    let mut out = vec![0f32; idx.len() * w];
+    out.par_chunks_mut(w)
+        .zip(idx.par_iter())
+        .for_each(|(dst, &i)| dst.copy_from_slice(&src[i * w..(i + 1) * w]));
+    out
 }
 
 /// Greedy k-means++ (scikit-learn's `_kmeans_plusplus`) on x, or on a subsample of
@@ -1057,8 +1087,8 @@ fn seed_kmeans_pp(
     } else {
         d
     };
-    let m = n.min(SEED_POINTS_PER_CENTRE.saturating_mul(k));
-    let chosen = if m < n {
+    let m = seed_points_used(n, k);
+    let idx: Option<Vec<usize>> = (m < n).then(|| {
         // Partial Fisher-Yates: m distinct indices, then sorted for locality.
         let mut idx: Vec<usize> = (0..n).collect();
         for i in 0..m {
@@ -1067,19 +1097,35 @@ fn seed_kmeans_pp(
         }
         idx.truncate(m);
         idx.sort_unstable();
-        let mut sample = vec![0f32; m * d];
-        sample
-            .par_chunks_mut(d)
-            .zip(idx.par_iter())
-            .for_each(|(dst, &i)| dst.copy_from_slice(&x[i * d..(i + 1) * d]));
-        let pts = seed_points(&sample, m, d, space.r.as_deref());
-        let s = pts.y.as_deref().unwrap_or(&sample);
-        let local = kmeans_pp(s, &pts.norms, m, w, k, rng, si)?;
-        local.into_iter().map(|i| idx[i]).collect()
-    } else {
-        let SeedSpace { r, whole } = space;
+        idx
+    });
+    let chosen = if space.share_whole {
+        let SeedSpace { r, whole, .. } = space;
         let pts = whole.get_or_insert_with(|| seed_points(x, n, d, r.as_deref()));
-        kmeans_pp(pts.y.as_deref().unwrap_or(x), &pts.norms, n, w, k, rng, si)?
+        let all = pts.y.as_deref().unwrap_or(x);
+        match &idx {
+            None => kmeans_pp(all, &pts.norms, n, w, k, rng, si)?,
+            Some(idx) => {
+                let norms: Vec<f64> = idx.iter().map(|&i| pts.norms[i]).collect();
+                let local = kmeans_pp(&gather_rows(all, w, idx), &norms, m, w, k, rng, si)?;
+                local.into_iter().map(|i| idx[i]).collect()
+            }
+        }
+    } else {
+        // Only when m < n (share_whole holds for m = n).
+        let idx = idx.unwrap_or_default();
+        let sample = gather_rows(x, d, &idx);
+        let pts = seed_points(&sample, m, d, space.r.as_deref());
+        let local = kmeans_pp(
+            pts.y.as_deref().unwrap_or(&sample),
+            &pts.norms,
+            m,
+            w,
+            k,
+            rng,
+            si,
+        )?;
+        local.into_iter().map(|i| idx[i]).collect()
     };
     let mut centres = Vec::with_capacity(k * d);
     for i in chosen {
@@ -2274,7 +2320,7 @@ mod tests {
         let (x, _) = blobs(n, d, 7, 4.0, 21);
         let c = seed_kmeans_pp(
             &x,
-            &mut exact_space(d),
+            &mut exact_space(n, d, k),
             n,
             d,
             k,
@@ -2290,8 +2336,8 @@ mod tests {
         assert_eq!(c, want);
     }
 
-    fn exact_space(d: usize) -> SeedSpace {
-        SeedSpace::new(d, 1, false, &mut SplitMix64(0))
+    fn exact_space(n: usize, d: usize, k: usize) -> SeedSpace {
+        SeedSpace::new(n, d, k, 1, false, &mut SplitMix64(0))
     }
 
     #[test]
@@ -2300,24 +2346,26 @@ mod tests {
         // of a subsample when n > 256·k); the seeds are points of x and, on separated blobs,
         // k-means still puts every blob in one cluster.
         let (d, k) = (1100, 16);
-        assert!(SeedSpace::new(d, k, true, &mut SplitMix64(0)).r.is_some());
-        assert!(SeedSpace::new(d, 15, true, &mut SplitMix64(0)).r.is_none());
-        assert!(SeedSpace::new(1023, k, true, &mut SplitMix64(0))
-            .r
-            .is_none());
-        for n in [800, 256 * k + 400] {
+        let space = |n, d, k, n_init| SeedSpace::new(n, d, k, n_init, true, &mut SplitMix64(0));
+        assert!(space(800, d, k, 1).r.is_some());
+        assert!(space(800, d, 15, 1).r.is_none());
+        assert!(space(800, 1023, k, 1).r.is_none());
+        // Restarts whose subsamples together cover x share one projection of all of x, else
+        // each restart projects its own subsample: both paths run below.
+        let big = 256 * k + 400;
+        assert!(space(800, d, k, 1).share_whole && space(big, d, k, 2).share_whole);
+        assert!(!space(big, d, k, 1).share_whole);
+        for (n, n_init) in [(800, 1), (big, 1), (big, 2)] {
             let (x, truth) = blobs(n, d, k, 20.0, 17);
-            let mut space = SeedSpace::new(d, k, true, &mut SplitMix64(0));
-            let c =
-                seed_kmeans_pp(&x, &mut space, n, d, k, &mut Xoshiro256::new(3), false).unwrap();
+            let mut sp = space(n, d, k, n_init);
+            let c = seed_kmeans_pp(&x, &mut sp, n, d, k, &mut Xoshiro256::new(3), false).unwrap();
             for cj in c.chunks(d) {
                 assert!(x.chunks(d).any(|r| r == cj));
             }
-            // Only the whole-x path keeps its projection for the next restart.
-            assert_eq!(space.whole.is_some(), n <= 256 * k);
+            assert_eq!(sp.whole.is_some(), sp.share_whole);
             for si in [false, true] {
                 let p = KMeansParams {
-                    n_init: 2,
+                    n_init,
                     sign_invariant: si,
                     ..params(k)
                 };
@@ -2375,7 +2423,7 @@ mod tests {
         let (n, d, k) = (3000, 3, 2);
         let (x, _) = blobs(n, d, 2, 10.0, 1);
         let mut rng = Xoshiro256::new(1);
-        let c = seed_kmeans_pp(&x, &mut exact_space(d), n, d, k, &mut rng, false).unwrap();
+        let c = seed_kmeans_pp(&x, &mut exact_space(n, d, k), n, d, k, &mut rng, false).unwrap();
         // Centres are points of x.
         for cj in c.chunks(d) {
             assert!(x.chunks(d).any(|r| r == cj));
@@ -2592,7 +2640,7 @@ mod tests {
                 });
                 println!("  kmeans without distance cache {:6.1} ms per iter", tf / it as f64 * 1e3);
                 let (ts, cs) = if std::env::var("KM_NOSEED").is_ok() { (0.0, 0.0) } else { time_it(1, threads, || {
-                    let mut space = SeedSpace::new(d, k, true, &mut SplitMix64(0));
+                    let mut space = SeedSpace::new(n, d, k, 1, true, &mut SplitMix64(0));
                     std::hint::black_box(seed_kmeans_pp(&x, &mut space, n, d, k, &mut Xoshiro256::new(0), false).unwrap());
                 }) };
                 println!(
