@@ -190,8 +190,8 @@ def seeding_rows() -> list[list]:
         return pool.unit_features(pool.modules[0], canonical=True)[0]
 
     data = [
-        ("blobs 8000 × 8192", lambda: make_data(8000, 8192, 64)[0], False),
-        ("blobs 8000 × 2048", lambda: make_data(8000, 2048, 16)[0], False),
+        ("blobs", lambda: make_data(8000, 8192, 64)[0], False),
+        ("blobs", lambda: make_data(8000, 2048, 16)[0], False),
         ("500 × llama-7b-qv, module 0 units", lambda: unit_features(C.ensure_pool("llama-7b-qv", 500)), True),
         (
             "200 × llama-7b-qv clustered-16, module 0 units",
