@@ -52,6 +52,14 @@ def cluster_means(
     d_out: int,
     part_norms: npt.NDArray[np.float32] | None = None,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]: ...
+def gram_top_k(
+    units: npt.NDArray[np.float32] | npt.NDArray[np.float64],
+    d_out: int,
+    fold: npt.NDArray[np.float64],
+    k: int,
+    allow_single: bool = False,
+    parallel: bool = False,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None: ...
 def hungarian(cost: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]: ...
 def align_factors(
     pairs: list[

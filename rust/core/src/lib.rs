@@ -9,8 +9,10 @@ pub mod assemble;
 pub mod dtype;
 pub mod error;
 pub mod kmeans;
+pub mod lowrank_svd;
 pub mod safetensors_io;
 pub mod threads;
+pub(crate) mod tridiag_eigen;
 pub mod units;
 
 pub use error::{Error, Result};

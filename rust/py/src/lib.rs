@@ -9,6 +9,7 @@ mod errors;
 mod files;
 mod kmeans;
 mod run;
+mod svd;
 
 use pyo3::prelude::*;
 
@@ -62,6 +63,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(align::align_factors, m)?)?;
     m.add_function(wrap_pyfunction!(align::align_units, m)?)?;
     m.add_function(wrap_pyfunction!(align::delta_gram, m)?)?;
+    m.add_function(wrap_pyfunction!(svd::gram_top_k, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_in_worker, m)?)?;

@@ -1,0 +1,612 @@
+//! The top-k singular triplets of a sum of low-rank updates, `ΔW = B_w·A` (B_w: d_out × R, A:
+//! R × d_in, R = Σ ranks < min(d_out, d_in)), without forming ΔW: the `svd` merge baseline.
+//!
+//! With `A·Aᵀ = L·Lᵀ` (Cholesky), `(B_w·L)ᵀ(B_w·L) = M = Lᵀ·(B_wᵀ·B_w)·L` is R × R and
+//! `(B_w·L)(B_w·L)ᵀ = ΔW·ΔWᵀ`, so the top-k eigenpairs `M·W = W·Λ` give `U_k·S_k = B_w·L·W` and
+//! `Vh_k = S_k⁻²·(U_k·S_k)ᵀ·B_w·A`. Steps: two Gram matrices (d·R² flops each), the Cholesky
+//! factor and `M` (≈ 1.7·R³), the tridiagonal form of M (4/3·R³, faer), its k largest
+//! eigenpairs (bisection and inverse iteration, O(R·k): `tridiag_eigen`) and the k vectors
+//! carried back through the Householder reflectors (2·R²·k). LAPACK's syevr takes the same
+//! route; doing it here keeps the GIL released, so a merge runs modules on all cores at once.
+//!
+//! Precision. The work is generic over the working precision `T`; `top_k` takes float32 when
+//! the caller allows it and the result is provably close, else float64. In float32 the result
+//! is the exact truncation of ΔW + E with ‖E‖ ≈ c·ε₃₂·‖A‖₂²·‖B_w‖₂²/σ_1 (the Gram matrices
+//! square the factors; measured c ≈ 5): fine for adapters that add up (‖A‖₂‖B_w‖₂ ≈ σ_1), not
+//! for sums that cancel (weights ±1 on near-copies, where ‖A‖₂‖B_w‖₂ ≫ σ_1). So float32 is
+//! kept only when `ρ² = ‖A‖₂²‖B_w‖₂²/σ_1² ≤ F32_MAX_RHO_SQ` (‖E‖ ≲ 1e-5·σ_1, far below the
+//! 5e-4 rounding of the float16 factors it is written to) and σ_k ≥ `F32_MIN_RATIO`·σ_1; the
+//! 2-norms come from a few power iterations on the Gram matrices (cheap: R² per step).
+//!
+//! `None` means "this path does not apply": the Cholesky factor does not exist (A·Aᵀ singular
+//! in floating point: the same adapter twice, a zero row) or σ_k ≤ `MIN_RATIO`·σ_1 (Vh divides
+//! by σ_k²; ‖A‖₂‖B_w‖₂ stands in for σ_1 when larger, so that a sum cancelling to ~0 is not
+//! taken for a well-resolved one). The caller then takes a QR path, exact for any rank.
+
+use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
+use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
+use faer::linalg::evd::tridiag::{tridiag_in_place, tridiag_in_place_scratch};
+use faer::linalg::householder::{
+    apply_block_householder_sequence_on_the_left_in_place_scratch,
+    apply_block_householder_sequence_on_the_left_in_place_with_conj,
+};
+use faer::linalg::matmul::matmul;
+use faer::linalg::matmul::triangular::{matmul as tri_matmul, BlockStructure as Bs};
+use faer::linalg::qr::no_pivoting::factor::recommended_block_size;
+use faer::traits::RealField;
+use faer::{Accum, Conj, Mat, Par};
+
+use crate::error::{catch_panic, Error, Result};
+use crate::tridiag_eigen;
+
+/// σ_k / max(σ_1, ‖A‖₂‖B_w‖₂) below which a float64 result is declined (see the module
+/// comment): Vh's rows are then accurate to about ε·σ_1/σ_k only.
+pub const MIN_RATIO: f64 = 1e-4;
+/// The same bound for float32 results (ε₃₂·σ_1²/σ_k² ≤ 6e-4 on Vh's last row).
+pub const F32_MIN_RATIO: f64 = 1e-2;
+/// Largest `‖A‖₂²‖B_w‖₂²/σ_1²` a float32 result is kept for (see the module comment).
+pub const F32_MAX_RHO_SQ: f64 = 32.0;
+/// Power iterations estimating a Gram matrix's largest eigenvalue (from below; the estimate
+/// only needs to be within a small factor, which `F32_MAX_RHO_SQ` leaves room for).
+const POWER_STEPS: usize = 8;
+
+/// A working precision: f32 or f64.
+pub trait Real: RealField + Copy + Send + Sync + 'static {
+    /// Whether this is float32 (its results get the float32 checks).
+    const SINGLE: bool;
+    fn of(x: f64) -> Self;
+    fn get(self) -> f64;
+}
+
+impl Real for f32 {
+    const SINGLE: bool = true;
+    fn of(x: f64) -> Self {
+        x as f32
+    }
+    fn get(self) -> f64 {
+        self as f64
+    }
+}
+
+impl Real for f64 {
+    const SINGLE: bool = false;
+    fn of(x: f64) -> Self {
+        x
+    }
+    fn get(self) -> f64 {
+        self
+    }
+}
+
+/// `U_k·S_k` (d_out × k) and `Vh_k` (k × d_in), row-major, singular values descending.
+#[derive(Debug, Clone)]
+pub struct TopK {
+    pub us: Vec<f64>,
+    pub vh: Vec<f64>,
+}
+
+/// The top-k singular triplets of `Σ_i fold_i·b_i·a_iᵀ` where row i of `units`
+/// (R × (d_out + d_in), row-major) is `[b_i ; a_i]`, in float32 where `allow_single` and the
+/// float32 checks pass (see the module comment), else in float64. With `parallel`, the two
+/// Gram matrices (half the flops) are formed at once on the current rayon pool; the rest is
+/// sequential: the tridiagonal reduction is memory-bound, and a merge gets more from running
+/// modules at once. `None`: the Gram path does not apply (see the module comment).
+pub fn top_k<U: Copy + Into<f64> + Sync>(
+    units: &[U],
+    d_out: usize,
+    d_in: usize,
+    fold: &[f64],
+    k: usize,
+    allow_single: bool,
+    parallel: bool,
+) -> Result<Option<TopK>> {
+    catch_panic("svd of the stacked factors", || {
+        if allow_single {
+            if let Some(res) = gram_top_k::<f32, U>(units, d_out, d_in, fold, k, parallel)? {
+                return Ok(Some(res));
+            }
+        }
+        gram_top_k::<f64, U>(units, d_out, d_in, fold, k, parallel)
+    })
+}
+
+/// An estimate (from below) of the largest eigenvalue of the symmetric PSD matrix `g`: the
+/// Rayleigh quotient after a few power iterations.
+fn largest_eigenvalue<T: Real>(g: &Mat<T>) -> f64 {
+    let r = g.nrows();
+    // A start with no structure a Gram matrix could be orthogonal to by accident.
+    let mut x = Mat::<T>::from_fn(r, 1, |i, _| T::of(1.0 + ((i * 7919) % 97) as f64 / 97.0));
+    let mut y = Mat::<T>::zeros(r, 1);
+    let mut lam = 0.0;
+    for _ in 0..POWER_STEPS {
+        let norm = x
+            .col(0)
+            .iter()
+            .map(|v| v.get() * v.get())
+            .sum::<f64>()
+            .sqrt();
+        if norm.is_nan() || norm <= 0.0 {
+            return 0.0;
+        }
+        let inv = T::of(1.0 / norm);
+        x.col_mut(0).iter_mut().for_each(|v| *v *= inv);
+        matmul(
+            y.as_mut(),
+            Accum::Replace,
+            g.as_ref(),
+            x.as_ref(),
+            T::of(1.0),
+            Par::Seq,
+        );
+        lam = x
+            .col(0)
+            .iter()
+            .zip(y.col(0).iter())
+            .map(|(a, b)| a.get() * b.get())
+            .sum();
+        std::mem::swap(&mut x, &mut y);
+    }
+    lam
+}
+
+/// The matrix (`len` × R, column-major) whose column j is `units[j·width + start ..][..len]`,
+/// times `fold[j]` when given.
+fn columns<T: Real, U: Copy + Into<f64>>(
+    units: &[U],
+    width: usize,
+    start: usize,
+    len: usize,
+    fold: Option<&[f64]>,
+) -> Mat<T> {
+    let r = units.len() / width;
+    let mut out = Mat::<T>::zeros(len, r);
+    for (j, row) in units.chunks_exact(width).enumerate() {
+        let f = fold.map_or(1.0, |f| f[j]);
+        let src = &row[start..start + len];
+        out.col_mut(j)
+            .iter_mut()
+            .zip(src)
+            .for_each(|(o, &v)| *o = T::of(v.into() * f));
+    }
+    out
+}
+
+/// Copies the lower triangle of the square `g` onto its upper triangle, in tiles: entry by
+/// entry, each write of a row would touch a new cache line.
+fn mirror_lower<T: Real>(g: &mut Mat<T>) {
+    const TILE: usize = 32;
+    let n = g.nrows();
+    for j0 in (0..n).step_by(TILE) {
+        for i0 in (j0..n).step_by(TILE) {
+            for j in j0..(j0 + TILE).min(n) {
+                for i in i0.max(j + 1)..(i0 + TILE).min(n) {
+                    g[(j, i)] = g[(i, j)];
+                }
+            }
+        }
+    }
+}
+
+/// The lower triangle of `xᵀ·x` (x: d × R, column-major), R × R.
+fn gram_lower<T: Real>(x: &Mat<T>) -> Mat<T> {
+    let r = x.ncols();
+    let mut g = Mat::<T>::zeros(r, r);
+    tri_matmul(
+        g.as_mut(),
+        Bs::TriangularLower,
+        Accum::Replace,
+        x.transpose(),
+        Bs::Rectangular,
+        x.as_ref(),
+        Bs::Rectangular,
+        T::of(1.0),
+        Par::Seq,
+    );
+    g
+}
+
+/// `top_k` in precision `T` (None also where a float32 result fails its checks).
+pub fn gram_top_k<T: Real, U: Copy + Into<f64> + Sync>(
+    units: &[U],
+    d_out: usize,
+    d_in: usize,
+    fold: &[f64],
+    k: usize,
+    parallel: bool,
+) -> Result<Option<TopK>> {
+    let r = fold.len();
+    let width = d_out + d_in;
+    if units.len() != r * width {
+        return Err(Error::invalid(format!(
+            "units hold {} values, expected {r} rows of {width}",
+            units.len()
+        )));
+    }
+    if k == 0 || k > r || r >= d_out.min(d_in) {
+        return Err(Error::invalid(format!(
+            "need 1 <= k <= R < min(d_out, d_in), got k = {k}, R = {r}, shape {d_out} x {d_in}"
+        )));
+    }
+    if let Some(i) = fold.iter().position(|f| !f.is_finite()) {
+        return Err(Error::invalid(format!("fold[{i}] is not finite")));
+    }
+    // Columns of B_w and of Aᵀ: row i of `units`, contiguous in both.
+    let build_bw = || columns::<T, U>(units, width, 0, d_out, Some(fold));
+    let build_at = || columns::<T, U>(units, width, d_out, d_in, None);
+    let ((bw, mut m), (at, mut l)) = if parallel {
+        rayon::join(
+            || {
+                let bw = build_bw();
+                let g = gram_lower(&bw);
+                (bw, g)
+            },
+            || {
+                let at = build_at();
+                let g = gram_lower(&at);
+                (at, g)
+            },
+        )
+    } else {
+        let (bw, at) = (build_bw(), build_at());
+        let (gb, ga) = (gram_lower(&bw), gram_lower(&at));
+        ((bw, gb), (at, ga))
+    };
+    let one = T::of(1.0);
+    let par = Par::Seq;
+
+    let h_block = recommended_block_size::<T>(r, r);
+    let mut buf = MemBuffer::new(StackReq::any_of(&[
+        cholesky_in_place_scratch::<T>(r, par, Default::default()),
+        tridiag_in_place_scratch::<T>(r, par, Default::default()),
+        apply_block_householder_sequence_on_the_left_in_place_scratch::<T>(r, h_block, k),
+    ]));
+    let stack = MemStack::new(&mut buf);
+
+    // Both Gram matrices in full (for the products below; G_A's upper triangle is free: the
+    // Cholesky factor and its uses read the lower one), and ‖A‖₂²·‖B_w‖₂² for the checks.
+    mirror_lower(&mut m);
+    mirror_lower(&mut l);
+    let norms_sq = largest_eigenvalue(&l) * largest_eigenvalue(&m);
+
+    // L: A·Aᵀ = L·Lᵀ, factored in place in the lower triangle (the upper is never read).
+    match cholesky_in_place(
+        l.as_mut(),
+        Default::default(),
+        par,
+        stack,
+        Default::default(),
+    ) {
+        Ok(info) if info.dynamic_regularization_count == 0 => {}
+        _ => return Ok(None),
+    }
+
+    // M = Lᵀ·G_B·L, lower triangle.
+    let mut x = Mat::<T>::zeros(r, r);
+    tri_matmul(
+        x.as_mut(),
+        Bs::Rectangular,
+        Accum::Replace,
+        m.as_ref(),
+        Bs::Rectangular,
+        l.as_ref(),
+        Bs::TriangularLower,
+        one,
+        par,
+    );
+    tri_matmul(
+        m.as_mut(),
+        Bs::TriangularLower,
+        Accum::Replace,
+        l.transpose(),
+        Bs::TriangularUpper,
+        x.as_ref(),
+        Bs::Rectangular,
+        one,
+        par,
+    );
+    drop(x);
+
+    // M = Q·T·Qᵀ; the k largest eigenpairs of T; W = Q·(their vectors).
+    let mut h = Mat::<T>::zeros(h_block, r - 1);
+    tridiag_in_place(m.as_mut(), h.as_mut(), par, stack, Default::default());
+    let diag: Vec<f64> = (0..r).map(|i| m[(i, i)].get()).collect();
+    let off: Vec<f64> = (0..r - 1).map(|i| m[(i + 1, i)].get()).collect();
+    if diag.iter().chain(&off).any(|v| !v.is_finite()) {
+        return Ok(None);
+    }
+    let mut vecs = vec![0.0; r * k];
+    if tridiag_eigen::top_k(&diag, &off, k, &mut vecs).is_err() {
+        return Ok(None);
+    }
+    let mut w = Mat::<T>::from_fn(r, k, |i, j| T::of(vecs[j * r + i]));
+    if r > 1 {
+        apply_block_householder_sequence_on_the_left_in_place_with_conj(
+            m.submatrix(1, 0, r - 1, r - 1),
+            h.as_ref(),
+            Conj::No,
+            w.subrows_mut(1, r - 1),
+            par,
+            stack,
+        );
+    }
+
+    // U_k·S_k = B_w·(L·W); σ² from its columns; Vh = S⁻²·(Aᵀ·(B_wᵀ·U_k·S_k))ᵀ.
+    let mut lw = Mat::<T>::zeros(r, k);
+    tri_matmul(
+        lw.as_mut(),
+        Bs::Rectangular,
+        Accum::Replace,
+        l.as_ref(),
+        Bs::TriangularLower,
+        w.as_ref(),
+        Bs::Rectangular,
+        one,
+        par,
+    );
+    let mut us = Mat::<T>::zeros(d_out, k);
+    matmul(
+        us.as_mut(),
+        Accum::Replace,
+        bw.as_ref(),
+        lw.as_ref(),
+        one,
+        par,
+    );
+    let s2: Vec<f64> = (0..k)
+        .map(|j| us.col(j).iter().map(|v| v.get() * v.get()).sum())
+        .collect();
+    // σ_k against σ_1 and against ‖A‖₂‖B_w‖₂: a sum that cancels to ~0 (an adapter minus
+    // itself) has singular values at rounding level, which the Gram path cannot resolve.
+    let min_ratio = if T::SINGLE { F32_MIN_RATIO } else { MIN_RATIO };
+    let resolved = s2[k - 1] > min_ratio * min_ratio * s2[0].max(norms_sq);
+    if !resolved {
+        return Ok(None); // also σ_1 = 0 and NaN
+    }
+    let close = norms_sq <= F32_MAX_RHO_SQ * s2[0];
+    if T::SINGLE && !close {
+        return Ok(None);
+    }
+    let mut y = Mat::<T>::zeros(r, k);
+    matmul(
+        y.as_mut(),
+        Accum::Replace,
+        bw.transpose(),
+        us.as_ref(),
+        one,
+        par,
+    );
+    let mut z = Mat::<T>::zeros(d_in, k);
+    matmul(
+        z.as_mut(),
+        Accum::Replace,
+        at.as_ref(),
+        y.as_ref(),
+        one,
+        par,
+    );
+
+    let mut us_out = vec![0.0; d_out * k];
+    for (i, row) in us_out.chunks_exact_mut(k).enumerate() {
+        for (j, v) in row.iter_mut().enumerate() {
+            *v = us[(i, j)].get();
+        }
+    }
+    let mut vh_out = vec![0.0; k * d_in];
+    for (j, row) in vh_out.chunks_exact_mut(d_in).enumerate() {
+        let inv = 1.0 / s2[j];
+        for (i, v) in row.iter_mut().enumerate() {
+            *v = z[(i, j)].get() * inv;
+        }
+    }
+    Ok(Some(TopK {
+        us: us_out,
+        vh: vh_out,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deterministic generator of uniforms in [-0.5, 0.5).
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self) -> f64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+        }
+    }
+
+    /// Units `[b_i ; a_i]` (R rows, float32 values) and folds for random factors.
+    fn random_units(d_out: usize, d_in: usize, r: usize, seed: u64) -> (Vec<f32>, Vec<f64>) {
+        let mut g = Lcg(seed);
+        let units = (0..r * (d_out + d_in)).map(|_| g.next() as f32).collect();
+        let fold = (0..r).map(|i| [0.7, -1.3, 2.0][i % 3]).collect();
+        (units, fold)
+    }
+
+    /// The dense float64 ΔW = Σ fold_i·b_i·a_iᵀ.
+    fn dense(units: &[f32], fold: &[f64], d_out: usize, d_in: usize) -> Mat<f64> {
+        let w = d_out + d_in;
+        Mat::from_fn(d_out, d_in, |o, i| {
+            (0..fold.len())
+                .map(|r| fold[r] * units[r * w + o] as f64 * units[r * w + d_out + i] as f64)
+                .sum()
+        })
+    }
+
+    /// The reference rank-k truncation (faer's dense SVD) and the singular values.
+    fn truncated(d: &Mat<f64>, k: usize) -> (Mat<f64>, Vec<f64>) {
+        let svd = d.thin_svd().unwrap();
+        let (u, s, v) = (svd.U(), svd.S(), svd.V());
+        let t = Mat::from_fn(d.nrows(), d.ncols(), |o, i| {
+            (0..k).map(|c| u[(o, c)] * s[c] * v[(i, c)]).sum()
+        });
+        (t, (0..s.dim()).map(|c| s[c]).collect())
+    }
+
+    fn product(res: &TopK, d_out: usize, d_in: usize, k: usize) -> Mat<f64> {
+        Mat::from_fn(d_out, d_in, |o, i| {
+            (0..k)
+                .map(|c| res.us[o * k + c] * res.vh[c * d_in + i])
+                .sum()
+        })
+    }
+
+    fn max_abs_diff(a: &Mat<f64>, b: &Mat<f64>) -> f64 {
+        let mut m: f64 = 0.0;
+        for j in 0..a.ncols() {
+            for i in 0..a.nrows() {
+                m = m.max((a[(i, j)] - b[(i, j)]).abs());
+            }
+        }
+        m
+    }
+
+    fn max_abs(a: &Mat<f64>) -> f64 {
+        max_abs_diff(a, &Mat::zeros(a.nrows(), a.ncols()))
+    }
+
+    #[test]
+    fn float64_equals_the_dense_svd() {
+        for &(d_out, d_in, r) in &[(40, 60, 12), (60, 40, 12), (33, 35, 32)] {
+            let (units, fold) = random_units(d_out, d_in, r, 1 + r as u64);
+            let d = dense(&units, &fold, d_out, d_in);
+            for k in [1, 5, r] {
+                let res = gram_top_k::<f64, f32>(&units, d_out, d_in, &fold, k, false)
+                    .unwrap()
+                    .expect("the Gram path applies");
+                let (want, s) = truncated(&d, k);
+                let err = max_abs_diff(&product(&res, d_out, d_in, k), &want) / max_abs(&want);
+                assert!(err < 1e-10, "{d_out}x{d_in} R {r} k {k}: {err:e}");
+                for c in 0..k {
+                    let norm = (0..d_out).map(|o| res.us[o * k + c].powi(2)).sum::<f64>();
+                    assert!((norm.sqrt() - s[c]).abs() <= 1e-10 * s[0], "σ_{c}");
+                    for c2 in 0..k {
+                        let dot: f64 = (0..d_in)
+                            .map(|i| res.vh[c * d_in + i] * res.vh[c2 * d_in + i])
+                            .sum();
+                        let want = if c == c2 { 1.0 } else { 0.0 };
+                        assert!((dot - want).abs() < 1e-10, "Vh not orthonormal");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn float32_is_close_and_used_where_allowed() {
+        let (d_out, d_in, r, k) = (200, 300, 48, 16);
+        let (units, fold) = random_units(d_out, d_in, r, 7);
+        let want = truncated(&dense(&units, &fold, d_out, d_in), k).0;
+        let single = top_k(&units, d_out, d_in, &fold, k, true, false)
+            .unwrap()
+            .unwrap();
+        let double = top_k(&units, d_out, d_in, &fold, k, false, false)
+            .unwrap()
+            .unwrap();
+        let err = max_abs_diff(&product(&single, d_out, d_in, k), &want) / max_abs(&want);
+        assert!(err < 1e-5, "float32 error {err:e}");
+        assert!(
+            err > 1e-12,
+            "the float32 result is float64-exact: float32 did not run"
+        );
+        let err64 = max_abs_diff(&product(&double, d_out, d_in, k), &want) / max_abs(&want);
+        assert!(err64 < 1e-11, "float64 error {err64:e}");
+    }
+
+    #[test]
+    fn float32_declines_sums_that_cancel() {
+        // Adapter pairs (x, x + 0.1·noise) with folds +1 and -1: ‖A‖‖B_w‖ ≈ 20·σ_1, where
+        // float32 Gram matrices would lose ~1e-4 of the result. float64 runs instead.
+        let (d_out, d_in, half) = (120, 150, 16);
+        let (base, _) = random_units(d_out, d_in, half, 3);
+        let mut g = Lcg(4);
+        let mut units = base.clone();
+        units.extend(base.iter().map(|&v| v + 0.1 * g.next() as f32));
+        let fold: Vec<f64> = (0..2 * half)
+            .map(|i| if i < half { 1.0 } else { -1.0 })
+            .collect();
+        let k = 8;
+        assert!(gram_top_k::<f32, f32>(&units, d_out, d_in, &fold, k, false)
+            .unwrap()
+            .is_none());
+        let double = gram_top_k::<f64, f32>(&units, d_out, d_in, &fold, k, false)
+            .unwrap()
+            .unwrap();
+        let auto = top_k(&units, d_out, d_in, &fold, k, true, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(auto.us, double.us);
+        assert_eq!(auto.vh, double.vh);
+        let want = truncated(&dense(&units, &fold, d_out, d_in), k).0;
+        let err = max_abs_diff(&product(&double, d_out, d_in, k), &want) / max_abs(&want);
+        assert!(err < 1e-9, "float64 error {err:e}");
+    }
+
+    #[test]
+    fn declines_singular_stacks_and_zero_sums() {
+        let (d_out, d_in, r) = (30, 40, 6);
+        let (base, _) = random_units(d_out, d_in, r, 5);
+        // The same adapter twice, weights 1 and -1: ΔW = 0.
+        let mut twice = base.clone();
+        twice.extend_from_slice(&base);
+        let fold: Vec<f64> = (0..2 * r).map(|i| if i < r { 1.0 } else { -1.0 }).collect();
+        for single in [false, true] {
+            let res = top_k(&twice, d_out, d_in, &fold, 3, single, false).unwrap();
+            assert!(res.is_none(), "ΔW = 0 taken for a resolved sum");
+        }
+        // A zero row of A: rank R - 1, so σ_R = 0.
+        let mut zero = base.clone();
+        zero[(r - 1) * (d_out + d_in) + d_out..].fill(0.0);
+        let fold = vec![1.0; r];
+        assert!(top_k(&zero, d_out, d_in, &fold, r, false, false)
+            .unwrap()
+            .is_none());
+        assert!(top_k(&zero, d_out, d_in, &fold, r - 1, false, false)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn parallel_gives_the_same_bytes() {
+        let (d_out, d_in, r, k) = (90, 110, 40, 10);
+        let (units, fold) = random_units(d_out, d_in, r, 9);
+        for single in [false, true] {
+            let seq = top_k(&units, d_out, d_in, &fold, k, single, false)
+                .unwrap()
+                .unwrap();
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(2)
+                .build()
+                .unwrap();
+            let par = pool
+                .install(|| top_k(&units, d_out, d_in, &fold, k, single, true))
+                .unwrap()
+                .unwrap();
+            assert_eq!(seq.us, par.us);
+            assert_eq!(seq.vh, par.vh);
+        }
+    }
+
+    #[test]
+    fn bad_input_is_an_error() {
+        let (units, fold) = random_units(10, 12, 4, 1);
+        let bad = |u: &[f32], f: &[f64], d_out: usize, d_in: usize, k: usize| {
+            matches!(
+                top_k(u, d_out, d_in, f, k, false, false),
+                Err(Error::InvalidArgument { .. })
+            )
+        };
+        assert!(bad(&units, &fold, 10, 12, 0)); // k = 0
+        assert!(bad(&units, &fold, 10, 12, 5)); // k > R
+        assert!(bad(&units, &fold, 10, 13, 2)); // lengths disagree
+        assert!(bad(&units, &fold[..3], 10, 12, 2)); // fold too short
+        assert!(bad(&units, &[1.0, f64::NAN, 1.0, 1.0], 10, 12, 2));
+        let (units, fold) = random_units(4, 12, 4, 1);
+        assert!(bad(&units, &fold, 4, 12, 2)); // R = min(d_out, d_in)
+    }
+}
