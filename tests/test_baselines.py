@@ -303,6 +303,84 @@ def test_svd_in_memory_pool_same_bytes(pool3):
         np.testing.assert_array_equal(got[m][1], want[m][1])
 
 
+def test_svd_half_precision_output_computes_in_float32(pool3, monkeypatch):
+    """Merging to float16 lets the core work in float32 where it proves the result close (its
+    error, ~1e-6 here, is far below float16's 5e-4 rounding); float32 output keeps float64."""
+    m = pool3.modules[0]
+    d_out, _ = pool3.shape(m)
+    units, ranks = pool3.unit_matrix(m, [1.0 / a.module(m).scaling for a in pool3])
+    fold = np.repeat([w * a.module(m).scaling for w, a in zip(W_NEG, pool3)], ranks)
+    single = rw._core.gram_top_k(units, d_out, fold, 4, allow_single=True)
+    double = rw._core.gram_top_k(units, d_out, fold, 4)
+    d_single, d_double = single[0] @ single[1], double[0] @ double[1]
+    err = np.abs(d_single - d_double).max() / np.abs(d_double).max()
+    assert 0 < err < 1e-5, err  # float32 ran (not the same bits), and is close
+    calls, gram = [], bl._gram_top_k
+    monkeypatch.setattr(bl, "_gram_top_k", lambda *a, **kw: calls.append(kw["single"]) or gram(*a, **kw))
+    f16, f32 = ours(pool3, "svd", W_NEG, dtype="F16"), ours(pool3, "svd", W_NEG)
+    n = len(pool3.modules)
+    assert calls == [True] * n + [False] * n
+    for name in f32:
+        want = f32[name][1].astype(np.float64) @ f32[name][0]
+        got = f16[name][1].astype(np.float64) @ f16[name][0]
+        np.testing.assert_allclose(got, want, atol=2e-3 * np.abs(want).max(), err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", ["F32", "F16"])
+def test_svd_modules_in_parallel_same_bytes(pool3, hetero, dtype):
+    """svd runs modules on all threads at once (each module on one): the same bytes as one
+    thread, modules reported in order, phase timings summed."""
+    pools = [pool3, rw.AdapterPool.load(hetero)]
+    try:
+        rw.set_num_threads(1)
+        want = [ours(p, "svd", W_NEG, dtype=dtype) for p in pools]
+        rw.set_num_threads(2)
+        seen = []
+        got = [ours(p, "svd", W_NEG, dtype=dtype, progress=lambda i, n, name: seen.append((i, name))) for p in pools]
+    finally:
+        rw.set_num_threads(0)
+    assert seen == [(i + 1, name) for p in pools for i, name in enumerate(p.modules)]
+    for g, w in zip(got, want):
+        assert list(g) == list(w)
+        for name in w:
+            np.testing.assert_array_equal(g[name][0], w[name][0])
+            np.testing.assert_array_equal(g[name][1], w[name][1])
+
+
+def test_parallel_merge_raises_the_failing_modules_error(pool3, monkeypatch):
+    """An error in one module of a parallel merge reaches the caller (nothing hangs)."""
+    stacked = bl._stacked_units
+
+    def fail_third(ctx):
+        if ctx.index == 2:
+            raise rw.errors.IncompatibleAdaptersError(f"{ctx.module}: deliberate")
+        return stacked(ctx)
+
+    monkeypatch.setattr(bl, "_stacked_units", fail_third)
+    try:
+        rw.set_num_threads(2)
+        with pytest.raises(rw.errors.IncompatibleAdaptersError, match=f"{pool3.modules[2]}: deliberate"):
+            rw.merge(pool3, "svd", weights=W1)
+    finally:
+        rw.set_num_threads(0)
+
+
+@pytest.mark.parametrize(
+    "args, kw, pattern",
+    [
+        ((np.zeros((4, 10), np.float32), 12, np.ones(4), 2), {}, "d_out = 12 exceeds the units' width 10"),
+        ((np.zeros((4, 30), np.float32), 10, np.ones(4), 5), {}, "k = 5, R = 4"),
+        ((np.zeros((4, 30), np.float32), 10, np.ones(3), 2), {}, "expected 3 rows of 30"),
+        ((np.zeros((4, 30), np.int32), 10, np.ones(4), 2), {}, "float32 or float64"),
+        ((np.zeros((4, 60), np.float32)[:, ::2], 10, np.ones(4), 2), {}, "C-contiguous"),
+        ((np.zeros((4, 30), np.float32), 10, np.array([1.0, np.inf, 1.0, 1.0]), 2), {}, "fold\\[1\\] is not finite"),
+    ],
+)
+def test_gram_top_k_bad_input(args, kw, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        rw._core.gram_top_k(*args, **kw)
+
+
 def test_numpy_only_eigh_gives_the_same(pool3, hetero, monkeypatch):
     """Without scipy (numpy's full eigh instead of syevr's top-k) the results are the same."""
     pool = rw.AdapterPool.load(hetero)

@@ -30,26 +30,30 @@ oracle of tests/test_baselines.py:
 
 Speed: ``svd`` never forms a d_out × d_in matrix when the stacked rank R = Σ r_j is below
 min(d_out, d_in). With ``B_w = [w_j·s_j·B_j]`` (d_out × R; weight and scaling folded into the raw
-factors in float64) and ``A = [A_j]`` (R × d_in), it forms the R × R Gram matrices
-``G_A = A·Aᵀ`` and ``G_B = B_wᵀ·B_w`` (BLAS syrk), the Cholesky factor ``G_A = L·Lᵀ`` and
-``M = Lᵀ·G_B·L`` (LAPACK potrf, sygst). Since ``(B_w·L)(B_w·L)ᵀ = ΔW·ΔWᵀ``, the top-k eigenpairs
-``M·W = W·Λ`` (syevr: tridiagonal reduction, then MRRR for the k wanted only) give
-``U_k·S_k = B_w·L·W`` and ``Vh_k = S_k⁻²·(U_k·S_k)ᵀ·B_w·A`` (so ``U_k·S_k·Vh_k = U_k·U_kᵀ·ΔW``):
-the SVD of the sum, exact, float64 throughout (rounded to float32 at the end). No inverse is
-formed, so an ill-conditioned A costs no accuracy (tested to cond(A) ~ 3e7, where it matches a
-Householder QR). Where the Cholesky factor does not exist (G_A singular in floating point: the
-same adapter twice, a zero row) or σ_k ≤ 1e-4·σ_1 (Vh would divide by ~0), the Householder QR
-path runs instead: ``Aᵀ = Q_a·R_a`` (Q_a kept as its R reflectors), the top-k eigenpairs of
-``R_a·G_B·R_aᵀ``, ``U_k·S_k = B_w·R_aᵀ·W_k`` and ``Vh_k = (Q_a·W_k)ᵀ`` (the reflectors applied
-blockwise to the k columns of W_k; orthonormal for any σ). Cost O((d_out + d_in)·R² + R³)
-(Gram path: (d_out + d_in)·R² + 8/3·R³ flops, about 27 ms on one core for R = 512 and
-d = 1024, of which the two syrk 11 ms, the eigen-solve 9) against PEFT's
-O(d_out·d_in·min(d_out, d_in)) SVD of the dense sum. When R ≥ min(d_out, d_in), or
-svd_rank > R, the delta is formed and its top-k singular triplets come from the eigenpairs of
-its smaller Gram matrix (float64). With scipy installed (an optional speed-up, not a
-dependency), its BLAS/LAPACK wrappers run all of the Gram path, top-k eigenpairs alone; every
-call goes to scipy's library, as numpy's wheel bundles a second OpenBLAS whose idle threads
-would spin against scipy's. Without scipy, numpy runs the same steps with a full ``eigh``.
+factors in float64) and ``A = [A_j]`` (R × d_in), the core (rust/core/src/lowrank_svd.rs, GIL
+released) forms the R × R Gram matrices ``G_A = A·Aᵀ`` and ``G_B = B_wᵀ·B_w``, the Cholesky
+factor ``G_A = L·Lᵀ`` and ``M = Lᵀ·G_B·L``. Since ``(B_w·L)(B_w·L)ᵀ = ΔW·ΔWᵀ``, the top-k
+eigenpairs ``M·W = W·Λ`` (tridiagonal reduction, then bisection and inverse iteration for the k
+wanted only, like LAPACK's syevr) give ``U_k·S_k = B_w·L·W`` and
+``Vh_k = S_k⁻²·(U_k·S_k)ᵀ·B_w·A`` (so ``U_k·S_k·Vh_k = U_k·U_kᵀ·ΔW``): the SVD of the sum,
+exact. No inverse is formed. Where the Cholesky factor does not exist (G_A singular in floating
+point: the same adapter twice, a zero row) or σ_k ≤ 1e-4·max(σ_1, ‖A‖₂‖B_w‖₂) (Vh would divide
+by ~0; a sum that cancels to ~0), the Householder QR path runs instead: ``Aᵀ = Q_a·R_a`` (Q_a
+kept as its R reflectors), the top-k eigenpairs of ``R_a·G_B·R_aᵀ``, ``U_k·S_k = B_w·R_aᵀ·W_k``
+and ``Vh_k = (Q_a·W_k)ᵀ`` (the reflectors applied blockwise to the k columns of W_k;
+orthonormal for any σ). Cost O((d_out + d_in)·R² + R³) against PEFT's O(d_out·d_in·min(d_out,
+d_in)) SVD of the dense sum. When R ≥ min(d_out, d_in), or svd_rank > R, the delta is formed
+and its top-k singular triplets come from the eigenpairs of its smaller Gram matrix (float64).
+Modules run in parallel, one per thread (``parallel_modules``). The QR and dense paths take
+their top-k eigenpairs from scipy's syevr when scipy is installed (an optional speed-up, not a
+dependency), else from numpy's full ``eigh``.
+
+Precision of ``svd``: float64, except when the merged factors are written in float16 or
+bfloat16. Then the Gram path runs in float32 wherever the core proves the result close: its
+error is about 5·2⁻²⁴·ρ² relative to σ_1, with ρ = ‖A‖₂‖B_w‖₂/σ_1 (1 to 2 for adapters that
+add up; large where the weighted sum cancels), and float32 is kept only for ρ² ≤ 32 and
+σ_k ≥ 1e-2·σ_1, i.e. errors ≲ 1e-5, far below the ≥ 2⁻¹¹ rounding of the written factors.
+Elsewhere float64 runs. PEFT computes the whole SVD in float32.
 The pruned SVD variants need the dense deltas (pruning is elementwise on them); they stream
 them: one adapter's delta at a time plus the accumulators of the sum (TIES keeps five
 d_out × d_in arrays: elected-sign sum, and per sign the weighted sum and the count), never the
@@ -95,6 +99,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import _core
 from ..errors import MergeConfigError, RankwiseError
 from ..pool import AdapterPool
 from .registry import Factors, ModuleContext, register_method
@@ -118,6 +123,9 @@ _PRUNE = {
     "magnitude_prune_svd": ("magnitude", False),
 }
 _EQUAL_RANKS = ("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune")
+
+# Output dtypes whose rounding (≥ 2⁻¹¹ relative) dwarfs the float32 svd's error: see svd().
+_HALF_DTYPES = ("F16", "BF16")
 
 # Householder reflectors are applied to W in blocks of this many (compact WY form).
 _QR_BLOCK = 64
@@ -185,14 +193,18 @@ def _make_prepare(method: str, params: list[str]) -> Prepare:
     return prepare
 
 
-def _register(name: str) -> Callable[[Callable[..., Factors]], Callable[..., Factors]]:
+Decorator = Callable[[Callable[..., Factors]], Callable[..., Factors]]
+
+
+def _register(name: str, *, parallel_modules: bool = False) -> Decorator:
     """register_method with a prepare that validates the options ``fn`` takes."""
 
     def deco(fn: Callable[..., Factors]) -> Callable[..., Factors]:
         import inspect
 
         params = [p for p in inspect.signature(fn).parameters if p != "ctx"]
-        return register_method(name, prepare=_make_prepare(name, params))(fn)
+        prepare = _make_prepare(name, params)
+        return register_method(name, prepare=prepare, parallel_modules=parallel_modules)(fn)
 
     return deco
 
@@ -412,16 +424,13 @@ _SCIPY: Any = None  # None: not looked up yet; False: scipy (or a LAPACK wrapper
 
 
 def _scipy() -> Any:
-    """``scipy.linalg`` when it is installed with the LAPACK/BLAS wrappers used here, else None."""
+    """``scipy.linalg`` when it is installed with the LAPACK wrapper used here, else None."""
     global _SCIPY
     if _SCIPY is None:
         try:
             import scipy.linalg as sl
 
-            for name in ("dsyevr", "dpotrf", "dsygst"):
-                getattr(sl.lapack, name)
-            for name in ("dsyrk", "dgemm", "dtrmm"):
-                getattr(sl.blas, name)
+            sl.lapack.dsyevr  # noqa: B018 - present in this build?
         except (ImportError, AttributeError):  # pragma: no cover - scipy is optional
             _SCIPY = False
         else:
@@ -445,59 +454,16 @@ def _dense_top_k(d: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return u * s[None, :], vh
 
 
-# σ_k / σ_1 below which the Gram path hands over to the QR path: its Vh = S⁻¹·Uᵀ·(b·a) divides
-# by σ_k (rows accurate to about 1e-16·σ_1/σ_k), where the QR path's Vh is orthonormal for any σ.
-_GRAM_MIN_RATIO = 1e-4
-
-
-def _gram_top_k(bt: np.ndarray, a: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(U_k·S_k, Vh_k)`` of ``btᵀ @ a`` (bt: R × d_out, a: R × d_in, float64, C-contiguous,
-    k ≤ R) from the two R × R Gram matrices, without a QR or a d_out × d_in matrix.
-
-    ``a·aᵀ = L·Lᵀ`` (Cholesky); the top-k eigenpairs ``M·W = W·Λ`` of ``M = Lᵀ·(bt·btᵀ)·L`` give
-    ``U_k·S_k = btᵀ·L·W`` (as ``(btᵀ·L)ᵀ(btᵀ·L) = M``), and ``Vh_k = S⁻²·(U_k·S_k)ᵀ·btᵀ·a``. No
-    inverse of L is formed. None when the Cholesky factor does not exist (a·aᵀ singular in
-    floating point) or σ_k ≤ _GRAM_MIN_RATIO·σ_1: the caller then takes the QR path."""
-    sp = _scipy()
-    if sp is None:
-        return _gram_top_k_numpy(bt, a, k)
-    blas, lapack = sp.blas, sp.lapack
-    # Every BLAS/LAPACK call goes to scipy's library: numpy's wheel bundles its own OpenBLAS,
-    # and alternating between the two makes each one's idle threads spin while the other works.
-    # bt.T and a.T are the Fortran-ordered B (d_out × R) and Aᵀ (d_in × R): no copies.
-    ga = blas.dsyrk(1.0, a.T, trans=1, lower=1)  # lower triangle of a·aᵀ
-    lo, info = lapack.dpotrf(ga, lower=1, clean=0, overwrite_a=1)
-    if info != 0:
-        return None
-    gb = blas.dsyrk(1.0, bt.T, trans=1, lower=1)
-    m, info = lapack.dsygst(gb, lo, itype=2, lower=1, overwrite_a=1)  # Lᵀ·gb·L, lower triangle
-    res = _syevr_top(m, k, overwrite=True) if info == 0 else None
-    if res is None:  # pragma: no cover - LAPACK failing on a finite symmetric matrix
-        return None
-    c = blas.dtrmm(1.0, lo, res[1], lower=1)  # L·W (L's lower triangle only)
-    us = blas.dgemm(1.0, bt.T, c)  # btᵀ·L·W = U_k·S_k
-    s2 = np.einsum("ij,ij->j", us, us)  # σ_i², from the vectors themselves
-    if not s2[-1] > _GRAM_MIN_RATIO**2 * s2[0]:  # also σ_1 = 0, NaN
-        return None
-    vh = blas.dgemm(1.0, a.T, blas.dgemm(1.0, bt.T, us, trans_a=1)).T  # (aᵀ·bt·us)ᵀ
-    vh /= s2[:, None]
-    return np.ascontiguousarray(us), vh
-
-
-def _gram_top_k_numpy(bt: np.ndarray, a: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """_gram_top_k with numpy only (scipy not installed): the same steps, full eigh."""
-    try:
-        lo = np.linalg.cholesky(a @ a.T)
-    except np.linalg.LinAlgError:
-        return None
-    m = lo.T @ (bt @ bt.T) @ lo
-    us = bt.T @ (lo @ _top_eigh((m + m.T) * 0.5, k)[1])
-    s2 = np.einsum("ij,ij->j", us, us)
-    if not s2[-1] > _GRAM_MIN_RATIO**2 * s2[0]:
-        return None
-    vh = (bt @ us).T @ a
-    vh /= s2[:, None]
-    return us, vh
+def _gram_top_k(
+    units: np.ndarray, d_out: int, fold: np.ndarray, k: int, *, single: bool = False, parallel: bool = False
+) -> Factors | None:
+    """``(U_k·S_k, Vh_k)`` of ``Σ_i fold_i·b_i·a_iᵀ`` (row i of ``units``: ``[b_i ; a_i]``,
+    float32 or float64; R rows, R < min(d_out, d_in), k ≤ R) by the Gram path of the core
+    (rust/core/src/lowrank_svd.rs; GIL released). ``single``: float32 where the core proves it
+    close, else float64. None where the path declines: the Cholesky factor of A·Aᵀ does not
+    exist in floating point, or σ_k ≤ 1e-4·σ_1 (Vh would divide by ~0); the caller then takes
+    the QR path."""
+    return _core.gram_top_k(units, d_out, fold, k, allow_single=single, parallel=parallel)
 
 
 def _factored_top_k(b: np.ndarray, a: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -546,9 +512,9 @@ def _rank_for(ctx: ModuleContext, svd_rank: int) -> int:
     return min(int(svd_rank), *ctx.shape)
 
 
-def _stack_svd_factors(ctx: ModuleContext) -> tuple[np.ndarray, np.ndarray]:
-    """``(Bᵀ, A)`` of the pool's module, stacked: R × d_out and R × d_in, float64, C-contiguous;
-    rows of adapter j are ``w_j·s_j·B_jᵀ`` (weight and scaling folded in float64) and ``A_j``."""
+def _stacked_units(ctx: ModuleContext) -> tuple[np.ndarray, np.ndarray]:
+    """The module's raw factors of all adapters as rows ``[b_i ; a_i]`` (float32, R × (d_out +
+    d_in)) and each row's fold ``w_j·s_j`` (float64, weight times scaling of its adapter)."""
     d_out, d_in = ctx.shape
     scalings = [a.module(ctx.module).scaling for a in ctx.pool]
     fold = np.repeat([float(w) * s for w, s in zip(ctx.weights, scalings)], ctx.ranks)
@@ -557,38 +523,51 @@ def _stack_svd_factors(ctx: ModuleContext) -> tuple[np.ndarray, np.ndarray]:
         # w'_j = 1/s_j, s_j·w'_j is within an ulp of 1 in float64, so exactly 1 in the float32
         # the core folds with: the rows are the raw factors, converted exactly to float32.
         try:
-            u = ctx.pool.unit_matrix(ctx.module, [1.0 / s for s in scalings])[0]
+            return ctx.pool.unit_matrix(ctx.module, [1.0 / s for s in scalings], out=ctx.rows_buffer())[0], fold
         except RankwiseError:  # adapters not backed by files: read them one by one below
             pass
-        else:
-            return np.multiply(u[:, :d_out], fold[:, None]), u[:, d_out:].astype(np.float64)
-    bt, a = np.empty((fold.size, d_out)), np.empty((fold.size, d_in))
+    units = np.empty((fold.size, d_out + d_in), dtype=np.float32)
     i = 0
     for j in range(len(ctx.pool)):
         aj, bj = ctx.factors(j, folded=False)
         n = aj.shape[0]
-        a[i : i + n] = aj
-        np.multiply(bj.T, fold[i : i + n, None], out=bt[i : i + n])
+        units[i : i + n, :d_out] = bj.T
+        units[i : i + n, d_out:] = aj
         i += n
-    return bt, a
+    return units, fold
 
 
-def _product_top_k(bt: np.ndarray, a: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(U_k·S_k, Vh_k)`` of ``btᵀ @ a`` (bt: R × d_out, a: R × d_in, float64, C-contiguous;
-    k ≤ min(d_out, d_in)): the Gram path when R < min(d_out, d_in) and k ≤ R, the Householder
-    QR path where the Gram path declines, else the dense delta."""
-    r = a.shape[0]
-    if r < min(bt.shape[1], a.shape[1]) and k <= r:
-        res = _gram_top_k(bt, a, k)
+def _product_top_k(bt: np.ndarray, a: np.ndarray, k: int) -> Factors:
+    """``(U_k·S_k, Vh_k)`` of ``btᵀ @ a`` (bt: R × d_out, a: R × d_in, float64; k ≤
+    min(d_out, d_in)): the Gram path when R < min(d_out, d_in) and k ≤ R, the Householder QR
+    path where the Gram path declines, else the dense delta."""
+    r, d_out = bt.shape
+    if r < min(d_out, a.shape[1]) and k <= r:
+        res = _gram_top_k(np.concatenate([bt, a], axis=1), d_out, np.ones(r), k)
         return res if res is not None else _factored_top_k(bt.T, a, k)
     return _dense_top_k(bt.T @ a, k)
 
 
-@_register("svd")
+@_register("svd", parallel_modules=True)
 def svd(ctx: ModuleContext, *, svd_rank: int | None = None, svd_clamp: float | None = None) -> Factors:
     """Truncated SVD of Σ w_j·ΔW_j, computed from the factors (PEFT 'svd')."""
     assert svd_rank is not None  # resolved by prepare
-    return _svd_finish(*_product_top_k(*_stack_svd_factors(ctx), _rank_for(ctx, svd_rank)), svd_clamp)
+    k = _rank_for(ctx, svd_rank)
+    with ctx.timed("units"):
+        units, fold = _stacked_units(ctx)
+    d_out, d_in = ctx.shape
+    r = fold.size
+    with ctx.timed("svd"):
+        if r < min(d_out, d_in) and k <= r:
+            single = ctx.out_dtype in _HALF_DTYPES
+            res = _gram_top_k(units, d_out, fold, k, single=single, parallel=ctx.threads > 1)
+            if res is None:
+                bt = np.multiply(units[:, :d_out], fold[:, None], dtype=np.float64)
+                res = _factored_top_k(bt.T, units[:, d_out:].astype(np.float64), k)
+        else:
+            bt = np.multiply(units[:, :d_out], fold[:, None], dtype=np.float64)
+            res = _dense_top_k(bt.T @ units[:, d_out:].astype(np.float64), k)
+    return _svd_finish(*res, svd_clamp)
 
 
 def _delta_svd_merge(

@@ -3,6 +3,9 @@
 A method is a function ``fn(ctx: ModuleContext, **options) -> (A, B)`` that merges one module
 and returns folded factors (delta = B @ A). ``merge`` validates the options once, streams the
 pool module by module (one module's units in memory at a time), and builds the merged Adapter.
+A method registered with ``parallel_modules=True`` does its heavy work in core calls that
+release the GIL and run on one thread when ``ctx.threads == 1``: ``merge`` then runs that many
+modules at once (rankwise's thread count), each on one thread, instead of one module on all.
 Adding a method is one file with one ``@register_method`` function, plus its test.
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import _core
 from ..adapter import Adapter, normalize_dtype
 from ..errors import MergeConfigError
 from ..pool import AdapterPool
@@ -34,6 +39,9 @@ class ModuleContext:
     weights: np.ndarray  # per-adapter weights (float64)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase, summed over modules
     scratch: dict[str, Any] = field(default_factory=dict)  # buffers a method reuses across modules
+    threads: int = 1  # threads this module's core calls may use (see parallel_modules)
+    out_dtype: str = "F32"  # safetensors dtype the merged factors are written in
+    lock: threading.Lock = field(default_factory=threading.Lock)  # guards timings across modules
 
     @contextlib.contextmanager
     def timed(self, phase: str) -> Iterator[None]:
@@ -42,7 +50,9 @@ class ModuleContext:
         try:
             yield
         finally:
-            self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - t0
+            dt = time.perf_counter() - t0
+            with self.lock:
+                self.timings[phase] = self.timings.get(phase, 0.0) + dt
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -54,20 +64,20 @@ class ModuleContext:
 
     def units(self, *, canonical: bool = False, weighted: bool = True) -> np.ndarray:
         """``U[Σ ranks, d_out + d_in]``: rows ``[w_j·s_j·b_i ; a_i]`` (Rust, from the mapped files),
-        in the module buffer (see :meth:`_rows_buffer`): valid until the next module."""
+        in the module buffer (see :meth:`rows_buffer`): valid until the next module."""
         w = self.weights if weighted else None
-        out = self._rows_buffer()
+        out = self.rows_buffer()
         with self.timed("units"):
             return self.pool.unit_matrix(self.module, w, canonical=canonical, out=out)[0]
 
     def unit_features(self, *, canonical: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """The weighted units with unit-length parts, and their part norms (AdapterPool.unit_features),
-        in the module buffer (see :meth:`_rows_buffer`): valid until the next module."""
-        out = self._rows_buffer()
+        in the module buffer (see :meth:`rows_buffer`): valid until the next module."""
+        out = self.rows_buffer()
         with self.timed("units"):
             return self.pool.unit_features(self.module, self.weights, canonical=canonical, out=out)
 
-    def _rows_buffer(self) -> np.ndarray:
+    def rows_buffer(self) -> np.ndarray:
         """A ``Σ ranks × (d_out + d_in)`` float32 array in one buffer kept in ``scratch`` and reused
         by the next module (as large as the largest module so far): at scale a module's unit
         matrix is hundreds of MB, and fresh pages for each cost a quarter of building it."""
@@ -91,6 +101,7 @@ class MergeMethod:
     prepare: Callable[[AdapterPool, np.ndarray, dict[str, Any]], dict[str, Any]] | None
     summary: str
     params: list[str] = field(default_factory=list)
+    parallel_modules: bool = False
 
 
 _METHODS: dict[str, MergeMethod] = {}
@@ -100,14 +111,16 @@ def register_method(
     name: str,
     *,
     prepare: Callable[[AdapterPool, np.ndarray, dict[str, Any]], dict[str, Any]] | None = None,
+    parallel_modules: bool = False,
 ) -> Callable[[Callable[..., Factors]], Callable[..., Factors]]:
     """Registers ``fn(ctx, **options) -> (A, B)`` under ``name``. ``prepare(pool, weights,
-    options) -> options`` (optional) validates and resolves options once, before any work."""
+    options) -> options`` (optional) validates and resolves options once, before any work.
+    ``parallel_modules``: see the module docstring."""
 
     def deco(fn: Callable[..., Factors]) -> Callable[..., Factors]:
         params = [p for p in inspect.signature(fn).parameters if p != "ctx"]
         doc = (fn.__doc__ or "").strip().splitlines()
-        _METHODS[name] = MergeMethod(name, fn, prepare, doc[0] if doc else "", params)
+        _METHODS[name] = MergeMethod(name, fn, prepare, doc[0] if doc else "", params, parallel_modules)
         return fn
 
     return deco
@@ -176,15 +189,25 @@ def merge(
         bar = tqdm(total=len(modules), desc=f"merge ({method})", unit="module", leave=False)
     merged: dict[str, Factors] = {}
     timings: dict[str, float] = {}
-    scratch: dict[str, Any] = {}
+    lock = threading.Lock()
     t0 = time.perf_counter()
-    for i, name in enumerate(modules):
-        merged[name] = m.fn(ModuleContext(pool, name, i, w, timings, scratch), **opts)
-        pool.release()  # keep the resident set to one module's pages
+
+    def done(i: int, name: str, factors: Factors) -> None:
+        merged[name] = factors
+        pool.release()  # keep the resident set to the running modules' pages
         if bar is not None:
             bar.update(1)
         elif callable(progress):
             progress(i + 1, len(modules), name)
+
+    workers = min(_core.get_num_threads(), len(modules)) if m.parallel_modules else 1
+    if workers <= 1:
+        scratch: dict[str, Any] = {}
+        threads = _core.get_num_threads()
+        for i, name in enumerate(modules):
+            done(i, name, m.fn(ModuleContext(pool, name, i, w, timings, scratch, threads, out_dtype, lock), **opts))
+    else:
+        _merge_parallel(m, pool, w, opts, timings, out_dtype, lock, workers, done)
     if bar is not None:
         bar.close()
     out = Adapter.from_factors(merged, base_config=pool[0].config, dtype=out_dtype)
@@ -197,6 +220,46 @@ def merge(
         "options": {k: v for k, v in opts.items() if _jsonable(v)},
     }
     return out
+
+
+def _merge_parallel(
+    m: MergeMethod,
+    pool: AdapterPool,
+    w: np.ndarray,
+    opts: dict[str, Any],
+    timings: dict[str, float],
+    out_dtype: str,
+    lock: threading.Lock,
+    workers: int,
+    done: Callable[[int, str, Factors], None],
+) -> None:
+    """Runs ``workers`` modules at once, each on one core thread, reporting them in order.
+    At most ``workers`` modules are in flight, so memory stays that many modules' worth."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    modules = pool.modules
+
+    local = threading.local()  # one scratch per worker thread: its buffers outlive a module
+
+    def one(i: int) -> Factors:
+        if not hasattr(local, "scratch"):
+            local.scratch = {}
+        ctx = ModuleContext(pool, modules[i], i, w, timings, local.scratch, 1, out_dtype, lock)
+        return m.fn(ctx, **opts)
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rankwise-merge") as ex:
+        pending: dict[int, Future[Factors]] = {}
+        nxt = 0
+        try:
+            for i, name in enumerate(modules):
+                while nxt < len(modules) and nxt < i + workers:
+                    pending[nxt] = ex.submit(one, nxt)
+                    nxt += 1
+                done(i, name, pending.pop(i).result())
+        except BaseException:
+            for f in pending.values():
+                f.cancel()
+            raise
 
 
 def _pool_dtype(pool: AdapterPool) -> str:
