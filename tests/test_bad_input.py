@@ -165,6 +165,24 @@ def test_nan_or_inf_values(tmp_path: Path, bad: float, dtype: str) -> None:
         rw.load_adapter(write_raw(tmp_path / "a", header, arr.tobytes()))
 
 
+@pytest.mark.parametrize("key, index", [(A_KEY, 5), (B_KEY, 3)])
+def test_nan_reaches_the_svd_merge_with_its_file_and_key(tmp_path: Path, key: str, index: int) -> None:
+    """Loaded without the finite check, a NaN still stops the svd merge, which reads the
+    factors straight from the mapped files, naming the file and the tensor."""
+    rng = np.random.default_rng(0)
+    header, _ = good_header(d=8)
+    good = write_raw(tmp_path / "good", header, rng.standard_normal(32).astype(np.float32).tobytes())
+    values = rng.standard_normal(32).astype(np.float32)
+    values[index + (16 if key == B_KEY else 0)] = np.nan
+    bad = write_raw(tmp_path / "bad", header, values.tobytes())
+    pool = rw.AdapterPool.load([good, bad], check_finite=False)
+    with pytest.raises(
+        rw.AdapterFormatError,
+        match=rf"bad/adapter_model.safetensors: tensor '{key}': contains NaN or Inf \(first at flat index {index}\)",
+    ):
+        rw.merge(pool, "svd")
+
+
 def test_unsupported_features_are_named(tmp_path: Path) -> None:
     dora = make_adapter(tmp_path / "dora", r=2, target_modules=["q_proj"], use_dora=True)
     with pytest.raises(rw.AdapterFormatError, match=r"adapter_config.json: DoRA \(use_dora=true\) is not supported"):

@@ -315,8 +315,8 @@ def test_svd_half_precision_output_computes_in_float32(pool3, monkeypatch):
     d_single, d_double = single[0] @ single[1], double[0] @ double[1]
     err = np.abs(d_single - d_double).max() / np.abs(d_double).max()
     assert 0 < err < 1e-5, err  # float32 ran (not the same bits), and is close
-    calls, gram = [], bl._gram_top_k
-    monkeypatch.setattr(bl, "_gram_top_k", lambda *a, **kw: calls.append(kw["single"]) or gram(*a, **kw))
+    calls, gram = [], bl._module_top_k
+    monkeypatch.setattr(bl, "_module_top_k", lambda *a, **kw: calls.append(kw["single"]) or gram(*a, **kw))
     f16, f32 = ours(pool3, "svd", W_NEG, dtype="F16"), ours(pool3, "svd", W_NEG)
     n = len(pool3.modules)
     assert calls == [True] * n + [False] * n
@@ -349,14 +349,14 @@ def test_svd_modules_in_parallel_same_bytes(pool3, hetero, dtype):
 
 def test_parallel_merge_raises_the_failing_modules_error(pool3, monkeypatch):
     """An error in one module of a parallel merge reaches the caller (nothing hangs)."""
-    stacked = bl._stacked_units
+    folds = bl._folds
 
     def fail_third(ctx):
         if ctx.index == 2:
             raise rw.errors.IncompatibleAdaptersError(f"{ctx.module}: deliberate")
-        return stacked(ctx)
+        return folds(ctx)
 
-    monkeypatch.setattr(bl, "_stacked_units", fail_third)
+    monkeypatch.setattr(bl, "_folds", fail_third)
     try:
         rw.set_num_threads(2)
         with pytest.raises(rw.errors.IncompatibleAdaptersError, match=f"{pool3.modules[2]}: deliberate"):

@@ -26,6 +26,14 @@ class MappedFiles:
         normalized: bool = False,
         out: npt.NDArray[np.float32] | None = None,
     ) -> tuple[npt.NDArray[np.float32], list[int], npt.NDArray[np.float32] | None]: ...
+    def svd_top_k(
+        self,
+        sources: list[tuple[int, str, str]],
+        fold: npt.NDArray[np.float64],
+        k: int,
+        allow_single: bool = False,
+        parallel: bool = False,
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None: ...
 
 def write_safetensors(
     path: str | PathLike[str],

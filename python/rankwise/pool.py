@@ -6,6 +6,7 @@ import glob
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -166,6 +167,14 @@ class AdapterPool:
         ranks = [r for _, rs, _ in parts for r in rs]
         norms = np.concatenate([n for _, _, n in parts]) if normalized else None
         return np.concatenate([u for u, _, _ in parts], out=out), ranks, norms
+
+    def _file_sources(self, module: str) -> tuple[Any, list[tuple[int, str, str]]] | None:
+        """The one MappedFiles all adapters are read from and ``(file index, key_A, key_B)`` of
+        ``module`` per adapter, or None (adapters in memory, or loaded separately)."""
+        files = self.adapters[0]._files
+        if files is None or any(a._files is not files for a in self.adapters):
+            return None
+        return files, [(a._file_index, a.module(module).key_a, a.module(module).key_b) for a in self.adapters]
 
     def release(self) -> None:
         """Drops every mapped page from this process's resident set."""

@@ -512,29 +512,45 @@ def _rank_for(ctx: ModuleContext, svd_rank: int) -> int:
     return min(int(svd_rank), *ctx.shape)
 
 
-def _stacked_units(ctx: ModuleContext) -> tuple[np.ndarray, np.ndarray]:
-    """The module's raw factors of all adapters as rows ``[b_i ; a_i]`` (float32, R × (d_out +
-    d_in)) and each row's fold ``w_j·s_j`` (float64, weight times scaling of its adapter)."""
-    d_out, d_in = ctx.shape
+def _module_top_k(ctx: ModuleContext, fold: np.ndarray, k: int, *, single: bool) -> Factors | None:
+    """The Gram path on the module's stacked factors: straight from the mapped files when the
+    pool has them (no unit matrix in between), else from the stacked rows."""
+    parallel = ctx.threads > 1
+    mapped = ctx.pool._file_sources(ctx.module)
+    if mapped is not None:
+        files, sources = mapped
+        return files.svd_top_k(sources, fold, k, allow_single=single, parallel=parallel)
+    return _gram_top_k(_stacked_units(ctx), ctx.shape[0], fold, k, single=single, parallel=parallel)
+
+
+def _folds(ctx: ModuleContext) -> np.ndarray:
+    """Each unit's fold ``w_j·s_j`` (weight times scaling of its adapter), float64."""
     scalings = [a.module(ctx.module).scaling for a in ctx.pool]
-    fold = np.repeat([float(w) * s for w, s in zip(ctx.weights, scalings)], ctx.ranks)
+    return np.repeat([float(w) * s for w, s in zip(ctx.weights, scalings)], ctx.ranks)
+
+
+def _stacked_units(ctx: ModuleContext) -> np.ndarray:
+    """The module's raw factors of all adapters as rows ``[b_i ; a_i]`` (float32, R × (d_out +
+    d_in)), in the module buffer (``ctx.rows_buffer()``)."""
+    d_out = ctx.shape[0]
+    scalings = [a.module(ctx.module).scaling for a in ctx.pool]
+    out = ctx.rows_buffer()
     if all(s != 0.0 and math.isfinite(1.0 / s) for s in scalings):
         # One Rust call reads the module's units [s_j·w'_j·b_i ; a_i] of all adapters; with
         # w'_j = 1/s_j, s_j·w'_j is within an ulp of 1 in float64, so exactly 1 in the float32
         # the core folds with: the rows are the raw factors, converted exactly to float32.
         try:
-            return ctx.pool.unit_matrix(ctx.module, [1.0 / s for s in scalings], out=ctx.rows_buffer())[0], fold
+            return ctx.pool.unit_matrix(ctx.module, [1.0 / s for s in scalings], out=out)[0]
         except RankwiseError:  # adapters not backed by files: read them one by one below
             pass
-    units = np.empty((fold.size, d_out + d_in), dtype=np.float32)
     i = 0
     for j in range(len(ctx.pool)):
         aj, bj = ctx.factors(j, folded=False)
         n = aj.shape[0]
-        units[i : i + n, :d_out] = bj.T
-        units[i : i + n, d_out:] = aj
+        out[i : i + n, :d_out] = bj.T
+        out[i : i + n, d_out:] = aj
         i += n
-    return units, fold
+    return out
 
 
 def _product_top_k(bt: np.ndarray, a: np.ndarray, k: int) -> Factors:
@@ -553,18 +569,19 @@ def svd(ctx: ModuleContext, *, svd_rank: int | None = None, svd_clamp: float | N
     """Truncated SVD of Σ w_j·ΔW_j, computed from the factors (PEFT 'svd')."""
     assert svd_rank is not None  # resolved by prepare
     k = _rank_for(ctx, svd_rank)
-    with ctx.timed("units"):
-        units, fold = _stacked_units(ctx)
     d_out, d_in = ctx.shape
+    fold = _folds(ctx)
     r = fold.size
     with ctx.timed("svd"):
+        res = None
         if r < min(d_out, d_in) and k <= r:
-            single = ctx.out_dtype in _HALF_DTYPES
-            res = _gram_top_k(units, d_out, fold, k, single=single, parallel=ctx.threads > 1)
+            res = _module_top_k(ctx, fold, k, single=ctx.out_dtype in _HALF_DTYPES)
             if res is None:
+                units = _stacked_units(ctx)
                 bt = np.multiply(units[:, :d_out], fold[:, None], dtype=np.float64)
                 res = _factored_top_k(bt.T, units[:, d_out:].astype(np.float64), k)
         else:
+            units = _stacked_units(ctx)
             bt = np.multiply(units[:, :d_out], fold[:, None], dtype=np.float64)
             res = _dense_top_k(bt.T @ units[:, d_out:].astype(np.float64), k)
     return _svd_finish(*res, svd_clamp)

@@ -16,6 +16,7 @@ import inspect
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -235,8 +236,6 @@ def _merge_parallel(
 ) -> None:
     """Runs ``workers`` modules at once, each on one core thread, reporting them in order.
     At most ``workers`` modules are in flight, so memory stays that many modules' worth."""
-    from concurrent.futures import Future, ThreadPoolExecutor
-
     modules = pool.modules
 
     local = threading.local()  # one scratch per worker thread: its buffers outlive a module

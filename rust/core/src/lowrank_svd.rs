@@ -34,7 +34,11 @@ use faer::linalg::matmul::matmul;
 use faer::linalg::matmul::triangular::{matmul as tri_matmul, BlockStructure as Bs};
 use faer::linalg::qr::no_pivoting::factor::recommended_block_size;
 use faer::traits::RealField;
-use faer::{Accum, Conj, Mat, Par};
+use std::cell::RefCell;
+use std::thread::LocalKey;
+
+use faer::reborrow::{Reborrow, ReborrowMut};
+use faer::{Accum, Conj, Mat, MatMut, MatRef, Par};
 
 use crate::error::{catch_panic, Error, Result};
 use crate::tridiag_eigen;
@@ -50,12 +54,24 @@ pub const F32_MAX_RHO_SQ: f64 = 32.0;
 /// only needs to be within a small factor, which `F32_MAX_RHO_SQ` leaves room for).
 const POWER_STEPS: usize = 8;
 
+/// Workspaces up to this size stay with their thread for the next call (a merge calls once
+/// per module: fresh pages for every call cost more than the small-module work itself, and
+/// two threads faulting in pages contend on the process's memory map).
+const RETAIN_BYTES: usize = 32 << 20;
+
+thread_local! {
+    static WORKSPACE_F32: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static WORKSPACE_F64: RefCell<Vec<f64>> = const { RefCell::new(Vec::new()) };
+}
+
 /// A working precision: f32 or f64.
 pub trait Real: RealField + Copy + Send + Sync + 'static {
     /// Whether this is float32 (its results get the float32 checks).
     const SINGLE: bool;
     fn of(x: f64) -> Self;
     fn get(self) -> f64;
+    /// This thread's reusable buffer of this type.
+    fn workspace() -> &'static LocalKey<RefCell<Vec<Self>>>;
 }
 
 impl Real for f32 {
@@ -65,6 +81,9 @@ impl Real for f32 {
     }
     fn get(self) -> f64 {
         self as f64
+    }
+    fn workspace() -> &'static LocalKey<RefCell<Vec<Self>>> {
+        &WORKSPACE_F32
     }
 }
 
@@ -76,6 +95,81 @@ impl Real for f64 {
     fn get(self) -> f64 {
         self
     }
+    fn workspace() -> &'static LocalKey<RefCell<Vec<Self>>> {
+        &WORKSPACE_F64
+    }
+}
+
+/// Runs `f` on `len` elements of this thread's workspace (contents unspecified), kept for the
+/// next call when at most `RETAIN_BYTES`.
+fn with_workspace<T: Real, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+    T::workspace().with(|cell| match cell.try_borrow_mut() {
+        Ok(mut ws) => {
+            if ws.len() < len {
+                *ws = Vec::new(); // the old buffer is freed before the new one is allocated
+                ws.resize(len, T::of(0.0));
+            }
+            let out = f(&mut ws[..len]);
+            if ws.len() * std::mem::size_of::<T>() > RETAIN_BYTES {
+                *ws = Vec::new();
+            }
+            out
+        }
+        Err(_) => f(&mut vec![T::of(0.0); len]), // re-entered on this thread: not expected
+    })
+}
+
+/// Where the stacked factors come from: writes column j of B_w (`fold_j·b_j`, d_out values)
+/// or of Aᵀ (`a_j`, d_in values) into the matrices the Gram path works on.
+pub trait FactorSource: Sync {
+    /// Fills `bw` (d_out × R) and `at` (d_in × R), column-major, in precision `T`.
+    fn fill<T: Real>(&self, bw: MatMut<'_, T>, at: MatMut<'_, T>, fold: &[f64]) -> Result<()>;
+}
+
+/// Rows `[b_i ; a_i]` of a row-major R × (d_out + d_in) slice (a unit matrix, or any stack).
+pub struct UnitRows<'a, U> {
+    pub units: &'a [U],
+    pub d_out: usize,
+}
+
+impl<U: Copy + Into<f64> + Sync> FactorSource for UnitRows<'_, U> {
+    fn fill<T: Real>(&self, bw: MatMut<'_, T>, at: MatMut<'_, T>, fold: &[f64]) -> Result<()> {
+        let width = self.d_out + at.nrows();
+        columns(bw, self.units, width, 0, self.d_out, Some(fold));
+        columns(at, self.units, width, self.d_out, width - self.d_out, None);
+        Ok(())
+    }
+}
+
+/// The module's factors read from mapped safetensors files (no unit matrix in between).
+pub struct MappedFactors<'a> {
+    pub sources: &'a [crate::units::UnitSource<'a>],
+    pub layout: &'a crate::units::UnitLayout,
+}
+
+impl FactorSource for MappedFactors<'_> {
+    fn fill<T: Real>(&self, bw: MatMut<'_, T>, at: MatMut<'_, T>, fold: &[f64]) -> Result<()> {
+        let (mut bw, mut at) = (bw, at);
+        crate::units::fill_factor_columns(
+            self.sources,
+            self.layout,
+            fold,
+            |j, col, f| {
+                bw.rb_mut()
+                    .col_mut(j)
+                    .iter_mut()
+                    .zip(col)
+                    .for_each(|(o, &v)| *o = T::of(v as f64 * f));
+            },
+            |j, col| {
+                at.rb_mut()
+                    .col_mut(j)
+                    .iter_mut()
+                    .zip(col)
+                    .for_each(|(o, &v)| *o = T::of(v as f64));
+            },
+        )
+    }
 }
 
 /// `U_k·S_k` (d_out × k) and `Vh_k` (k × d_in), row-major, singular values descending.
@@ -85,34 +179,9 @@ pub struct TopK {
     pub vh: Vec<f64>,
 }
 
-/// The top-k singular triplets of `Σ_i fold_i·b_i·a_iᵀ` where row i of `units`
-/// (R × (d_out + d_in), row-major) is `[b_i ; a_i]`, in float32 where `allow_single` and the
-/// float32 checks pass (see the module comment), else in float64. With `parallel`, the two
-/// Gram matrices (half the flops) are formed at once on the current rayon pool; the rest is
-/// sequential: the tridiagonal reduction is memory-bound, and a merge gets more from running
-/// modules at once. `None`: the Gram path does not apply (see the module comment).
-pub fn top_k<U: Copy + Into<f64> + Sync>(
-    units: &[U],
-    d_out: usize,
-    d_in: usize,
-    fold: &[f64],
-    k: usize,
-    allow_single: bool,
-    parallel: bool,
-) -> Result<Option<TopK>> {
-    catch_panic("svd of the stacked factors", || {
-        if allow_single {
-            if let Some(res) = gram_top_k::<f32, U>(units, d_out, d_in, fold, k, parallel)? {
-                return Ok(Some(res));
-            }
-        }
-        gram_top_k::<f64, U>(units, d_out, d_in, fold, k, parallel)
-    })
-}
-
 /// An estimate (from below) of the largest eigenvalue of the symmetric PSD matrix `g`: the
 /// Rayleigh quotient after a few power iterations.
-fn largest_eigenvalue<T: Real>(g: &Mat<T>) -> f64 {
+fn largest_eigenvalue<T: Real>(g: MatRef<'_, T>) -> f64 {
     let r = g.nrows();
     // A start with no structure a Gram matrix could be orthogonal to by accident.
     let mut x = Mat::<T>::from_fn(r, 1, |i, _| T::of(1.0 + ((i * 7919) % 97) as f64 / 97.0));
@@ -133,7 +202,7 @@ fn largest_eigenvalue<T: Real>(g: &Mat<T>) -> f64 {
         matmul(
             y.as_mut(),
             Accum::Replace,
-            g.as_ref(),
+            g,
             x.as_ref(),
             T::of(1.0),
             Par::Seq,
@@ -149,31 +218,30 @@ fn largest_eigenvalue<T: Real>(g: &Mat<T>) -> f64 {
     lam
 }
 
-/// The matrix (`len` × R, column-major) whose column j is `units[j·width + start ..][..len]`,
+/// Fills `out` (`len` × R, column-major): column j is `units[j·width + start ..][..len]`,
 /// times `fold[j]` when given.
 fn columns<T: Real, U: Copy + Into<f64>>(
+    mut out: MatMut<'_, T>,
     units: &[U],
     width: usize,
     start: usize,
     len: usize,
     fold: Option<&[f64]>,
-) -> Mat<T> {
-    let r = units.len() / width;
-    let mut out = Mat::<T>::zeros(len, r);
+) {
     for (j, row) in units.chunks_exact(width).enumerate() {
         let f = fold.map_or(1.0, |f| f[j]);
         let src = &row[start..start + len];
-        out.col_mut(j)
+        out.rb_mut()
+            .col_mut(j)
             .iter_mut()
             .zip(src)
             .for_each(|(o, &v)| *o = T::of(v.into() * f));
     }
-    out
 }
 
 /// Copies the lower triangle of the square `g` onto its upper triangle, in tiles: entry by
 /// entry, each write of a row would touch a new cache line.
-fn mirror_lower<T: Real>(g: &mut Mat<T>) {
+fn mirror_lower<T: Real>(mut g: MatMut<'_, T>) {
     const TILE: usize = 32;
     let n = g.nrows();
     for j0 in (0..n).step_by(TILE) {
@@ -187,27 +255,71 @@ fn mirror_lower<T: Real>(g: &mut Mat<T>) {
     }
 }
 
-/// The lower triangle of `xᵀ·x` (x: d × R, column-major), R × R.
-fn gram_lower<T: Real>(x: &Mat<T>) -> Mat<T> {
-    let r = x.ncols();
-    let mut g = Mat::<T>::zeros(r, r);
+/// The lower triangle of `xᵀ·x` (x: d × R, column-major) into `g` (R × R).
+fn gram_lower<T: Real>(g: MatMut<'_, T>, x: MatRef<'_, T>) {
     tri_matmul(
-        g.as_mut(),
+        g,
         Bs::TriangularLower,
         Accum::Replace,
         x.transpose(),
         Bs::Rectangular,
-        x.as_ref(),
+        x,
         Bs::Rectangular,
         T::of(1.0),
         Par::Seq,
     );
-    g
 }
 
-/// `top_k` in precision `T` (None also where a float32 result fails its checks).
-pub fn gram_top_k<T: Real, U: Copy + Into<f64> + Sync>(
+/// The top-k singular triplets of `Σ_i fold_i·b_i·a_iᵀ` where row i of `units`
+/// (R × (d_out + d_in), row-major) is `[b_i ; a_i]`: [`top_k_of`] on [`UnitRows`].
+pub fn top_k<U: Copy + Into<f64> + Sync>(
     units: &[U],
+    d_out: usize,
+    d_in: usize,
+    fold: &[f64],
+    k: usize,
+    allow_single: bool,
+    parallel: bool,
+) -> Result<Option<TopK>> {
+    let width = d_out + d_in;
+    if units.len() != fold.len() * width {
+        return Err(Error::invalid(format!(
+            "units hold {} values, expected {} rows of {width}",
+            units.len(),
+            fold.len()
+        )));
+    }
+    let src = UnitRows { units, d_out };
+    top_k_of(&src, d_out, d_in, fold, k, allow_single, parallel)
+}
+
+/// The top-k singular triplets of `ΔW = B_w·A` (R = `fold.len()` units from `src`), in
+/// float32 where `allow_single` and the float32 checks pass (see the module comment), else in
+/// float64. With `parallel`, the two Gram matrices (half the flops) are formed at once on the
+/// current rayon pool; the rest is sequential: the tridiagonal reduction is memory-bound, and
+/// a merge gets more from running modules at once. `None`: the Gram path does not apply.
+pub fn top_k_of<F: FactorSource>(
+    src: &F,
+    d_out: usize,
+    d_in: usize,
+    fold: &[f64],
+    k: usize,
+    allow_single: bool,
+    parallel: bool,
+) -> Result<Option<TopK>> {
+    catch_panic("svd of the stacked factors", || {
+        if allow_single {
+            if let Some(res) = gram_top_k::<f32, F>(src, d_out, d_in, fold, k, parallel)? {
+                return Ok(Some(res));
+            }
+        }
+        gram_top_k::<f64, F>(src, d_out, d_in, fold, k, parallel)
+    })
+}
+
+/// `top_k_of` in precision `T` (None also where a float32 result fails its checks).
+pub fn gram_top_k<T: Real, F: FactorSource>(
+    src: &F,
     d_out: usize,
     d_in: usize,
     fold: &[f64],
@@ -215,13 +327,6 @@ pub fn gram_top_k<T: Real, U: Copy + Into<f64> + Sync>(
     parallel: bool,
 ) -> Result<Option<TopK>> {
     let r = fold.len();
-    let width = d_out + d_in;
-    if units.len() != r * width {
-        return Err(Error::invalid(format!(
-            "units hold {} values, expected {r} rows of {width}",
-            units.len()
-        )));
-    }
     if k == 0 || k > r || r >= d_out.min(d_in) {
         return Err(Error::invalid(format!(
             "need 1 <= k <= R < min(d_out, d_in), got k = {k}, R = {r}, shape {d_out} x {d_in}"
@@ -230,27 +335,40 @@ pub fn gram_top_k<T: Real, U: Copy + Into<f64> + Sync>(
     if let Some(i) = fold.iter().position(|f| !f.is_finite()) {
         return Err(Error::invalid(format!("fold[{i}] is not finite")));
     }
-    // Columns of B_w and of Aᵀ: row i of `units`, contiguous in both.
-    let build_bw = || columns::<T, U>(units, width, 0, d_out, Some(fold));
-    let build_at = || columns::<T, U>(units, width, d_out, d_in, None);
-    let ((bw, mut m), (at, mut l)) = if parallel {
-        rayon::join(
-            || {
-                let bw = build_bw();
-                let g = gram_lower(&bw);
-                (bw, g)
-            },
-            || {
-                let at = build_at();
-                let g = gram_lower(&at);
-                (at, g)
-            },
-        )
+    with_workspace::<T, _>((d_out + d_in + 3 * r) * r, |ws| {
+        gram_top_k_in(ws, src, d_out, d_in, fold, k, parallel)
+    })
+}
+
+/// `gram_top_k` on the workspace `ws` ((d_out + d_in + 3·R)·R elements) for its large matrices.
+fn gram_top_k_in<T: Real, F: FactorSource>(
+    ws: &mut [T],
+    src: &F,
+    d_out: usize,
+    d_in: usize,
+    fold: &[f64],
+    k: usize,
+    parallel: bool,
+) -> Result<Option<TopK>> {
+    let r = fold.len();
+    let (bw, ws) = ws.split_at_mut(d_out * r);
+    let (at, ws) = ws.split_at_mut(d_in * r);
+    let (m, ws) = ws.split_at_mut(r * r);
+    let (l, x) = ws.split_at_mut(r * r);
+    let mut bw = MatMut::from_column_major_slice_mut(bw, d_out, r);
+    let mut at = MatMut::from_column_major_slice_mut(at, d_in, r);
+    let mut m = MatMut::from_column_major_slice_mut(m, r, r);
+    let mut l = MatMut::from_column_major_slice_mut(l, r, r);
+    let mut x = MatMut::from_column_major_slice_mut(x, r, r);
+    // B_w and Aᵀ, and their Gram matrices.
+    src.fill(bw.rb_mut(), at.rb_mut(), fold)?;
+    let (bw, at) = (bw.rb(), at.rb());
+    if parallel {
+        rayon::join(|| gram_lower(m.rb_mut(), bw), || gram_lower(l.rb_mut(), at));
     } else {
-        let (bw, at) = (build_bw(), build_at());
-        let (gb, ga) = (gram_lower(&bw), gram_lower(&at));
-        ((bw, gb), (at, ga))
-    };
+        gram_lower(m.rb_mut(), bw);
+        gram_lower(l.rb_mut(), at);
+    }
     let one = T::of(1.0);
     let par = Par::Seq;
 
@@ -264,13 +382,13 @@ pub fn gram_top_k<T: Real, U: Copy + Into<f64> + Sync>(
 
     // Both Gram matrices in full (for the products below; G_A's upper triangle is free: the
     // Cholesky factor and its uses read the lower one), and ‖A‖₂²·‖B_w‖₂² for the checks.
-    mirror_lower(&mut m);
-    mirror_lower(&mut l);
-    let norms_sq = largest_eigenvalue(&l) * largest_eigenvalue(&m);
+    mirror_lower(m.rb_mut());
+    mirror_lower(l.rb_mut());
+    let norms_sq = largest_eigenvalue(l.rb()) * largest_eigenvalue(m.rb());
 
     // L: A·Aᵀ = L·Lᵀ, factored in place in the lower triangle (the upper is never read).
     match cholesky_in_place(
-        l.as_mut(),
+        l.rb_mut(),
         Default::default(),
         par,
         stack,
@@ -281,34 +399,32 @@ pub fn gram_top_k<T: Real, U: Copy + Into<f64> + Sync>(
     }
 
     // M = Lᵀ·G_B·L, lower triangle.
-    let mut x = Mat::<T>::zeros(r, r);
     tri_matmul(
-        x.as_mut(),
+        x.rb_mut(),
         Bs::Rectangular,
         Accum::Replace,
-        m.as_ref(),
+        m.rb(),
         Bs::Rectangular,
-        l.as_ref(),
+        l.rb(),
         Bs::TriangularLower,
         one,
         par,
     );
     tri_matmul(
-        m.as_mut(),
+        m.rb_mut(),
         Bs::TriangularLower,
         Accum::Replace,
-        l.transpose(),
+        l.rb().transpose(),
         Bs::TriangularUpper,
-        x.as_ref(),
+        x.rb(),
         Bs::Rectangular,
         one,
         par,
     );
-    drop(x);
 
     // M = Q·T·Qᵀ; the k largest eigenpairs of T; W = Q·(their vectors).
     let mut h = Mat::<T>::zeros(h_block, r - 1);
-    tridiag_in_place(m.as_mut(), h.as_mut(), par, stack, Default::default());
+    tridiag_in_place(m.rb_mut(), h.as_mut(), par, stack, Default::default());
     let diag: Vec<f64> = (0..r).map(|i| m[(i, i)].get()).collect();
     let off: Vec<f64> = (0..r - 1).map(|i| m[(i + 1, i)].get()).collect();
     if diag.iter().chain(&off).any(|v| !v.is_finite()) {
@@ -321,7 +437,7 @@ pub fn gram_top_k<T: Real, U: Copy + Into<f64> + Sync>(
     let mut w = Mat::<T>::from_fn(r, k, |i, j| T::of(vecs[j * r + i]));
     if r > 1 {
         apply_block_householder_sequence_on_the_left_in_place_with_conj(
-            m.submatrix(1, 0, r - 1, r - 1),
+            m.rb().submatrix(1, 0, r - 1, r - 1),
             h.as_ref(),
             Conj::No,
             w.subrows_mut(1, r - 1),
@@ -336,7 +452,7 @@ pub fn gram_top_k<T: Real, U: Copy + Into<f64> + Sync>(
         lw.as_mut(),
         Bs::Rectangular,
         Accum::Replace,
-        l.as_ref(),
+        l.rb(),
         Bs::TriangularLower,
         w.as_ref(),
         Bs::Rectangular,
@@ -344,14 +460,7 @@ pub fn gram_top_k<T: Real, U: Copy + Into<f64> + Sync>(
         par,
     );
     let mut us = Mat::<T>::zeros(d_out, k);
-    matmul(
-        us.as_mut(),
-        Accum::Replace,
-        bw.as_ref(),
-        lw.as_ref(),
-        one,
-        par,
-    );
+    matmul(us.as_mut(), Accum::Replace, bw, lw.as_ref(), one, par);
     let s2: Vec<f64> = (0..k)
         .map(|j| us.col(j).iter().map(|v| v.get() * v.get()).sum())
         .collect();
@@ -376,14 +485,7 @@ pub fn gram_top_k<T: Real, U: Copy + Into<f64> + Sync>(
         par,
     );
     let mut z = Mat::<T>::zeros(d_in, k);
-    matmul(
-        z.as_mut(),
-        Accum::Replace,
-        at.as_ref(),
-        y.as_ref(),
-        one,
-        par,
-    );
+    matmul(z.as_mut(), Accum::Replace, at, y.as_ref(), one, par);
 
     let mut us_out = vec![0.0; d_out * k];
     for (i, row) in us_out.chunks_exact_mut(k).enumerate() {
@@ -476,9 +578,19 @@ mod tests {
             let (units, fold) = random_units(d_out, d_in, r, 1 + r as u64);
             let d = dense(&units, &fold, d_out, d_in);
             for k in [1, 5, r] {
-                let res = gram_top_k::<f64, f32>(&units, d_out, d_in, &fold, k, false)
-                    .unwrap()
-                    .expect("the Gram path applies");
+                let res = gram_top_k::<f64, _>(
+                    &UnitRows {
+                        units: &units,
+                        d_out,
+                    },
+                    d_out,
+                    d_in,
+                    &fold,
+                    k,
+                    false,
+                )
+                .unwrap()
+                .expect("the Gram path applies");
                 let (want, s) = truncated(&d, k);
                 let err = max_abs_diff(&product(&res, d_out, d_in, k), &want) / max_abs(&want);
                 assert!(err < 1e-10, "{d_out}x{d_in} R {r} k {k}: {err:e}");
@@ -531,12 +643,32 @@ mod tests {
             .map(|i| if i < half { 1.0 } else { -1.0 })
             .collect();
         let k = 8;
-        assert!(gram_top_k::<f32, f32>(&units, d_out, d_in, &fold, k, false)
-            .unwrap()
-            .is_none());
-        let double = gram_top_k::<f64, f32>(&units, d_out, d_in, &fold, k, false)
-            .unwrap()
-            .unwrap();
+        assert!(gram_top_k::<f32, _>(
+            &UnitRows {
+                units: &units,
+                d_out
+            },
+            d_out,
+            d_in,
+            &fold,
+            k,
+            false
+        )
+        .unwrap()
+        .is_none());
+        let double = gram_top_k::<f64, _>(
+            &UnitRows {
+                units: &units,
+                d_out,
+            },
+            d_out,
+            d_in,
+            &fold,
+            k,
+            false,
+        )
+        .unwrap()
+        .unwrap();
         let auto = top_k(&units, d_out, d_in, &fold, k, true, false)
             .unwrap()
             .unwrap();

@@ -6,11 +6,13 @@ use std::sync::Arc;
 
 use numpy::ndarray::{Array2, ArrayD, IxDyn};
 use numpy::{
-    IntoPyArray, PyArray2, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods,
+    IntoPyArray, PyArray2, PyArrayDyn, PyArrayMethods, PyReadonlyArray1, PyReadonlyArrayDyn,
+    PyUntypedArrayMethods,
 };
 use pyo3::prelude::*;
 
 use rankwise_core::dtype::DType;
+use rankwise_core::lowrank_svd::{top_k_of, MappedFactors};
 use rankwise_core::safetensors_io::{self, MappedFile, TensorOut};
 use rankwise_core::units::{self, UnitSource};
 use rankwise_core::Error;
@@ -177,6 +179,56 @@ impl MappedFiles {
             None => None,
         };
         Ok((arr, layout.ranks, norms))
+    }
+
+    /// The svd baseline's `(U_k·S_k, Vh_k)` of one module, `Σ_i fold_i·b_i·a_iᵀ` over the
+    /// units of `sources` (`(file index, key_A, key_B)` per adapter; raw factors, `fold` one
+    /// value per unit), read straight from the mapped files into the core's Gram path (see
+    /// `_core.gram_top_k` for `allow_single`, `parallel` and the meaning of None).
+    #[pyo3(signature = (sources, fold, k, allow_single=false, parallel=false))]
+    fn svd_top_k<'py>(
+        &self,
+        py: Python<'py>,
+        sources: Vec<(usize, String, String)>,
+        fold: PyReadonlyArray1<'py, f64>,
+        k: usize,
+        allow_single: bool,
+        parallel: bool,
+    ) -> PyResult<crate::svd::Out<'py>> {
+        for (i, ..) in &sources {
+            self.file(*i)?;
+        }
+        let files = &self.files;
+        let srcs: Vec<UnitSource> = sources
+            .iter()
+            .map(|(i, ka, kb)| UnitSource {
+                file: &files[*i],
+                key_a: ka,
+                key_b: kb,
+                b_scale: 1.0,
+            })
+            .collect();
+        let fs = fold
+            .as_slice()
+            .map_err(|_| to_pyerr(Error::invalid("fold must be a C-contiguous array")))?;
+        let (res, d_out) = run_quick(py, || {
+            let layout = units::unit_layout(&srcs)?;
+            let src = MappedFactors {
+                sources: &srcs,
+                layout: &layout,
+            };
+            let res = top_k_of(
+                &src,
+                layout.d_out,
+                layout.d_in,
+                fs,
+                k,
+                allow_single,
+                parallel,
+            )?;
+            Ok((res, layout.d_out))
+        })?;
+        crate::svd::top_k_arrays(py, res, d_out, k)
     }
 }
 

@@ -10,7 +10,7 @@ use rankwise_core::Error;
 use crate::errors::to_pyerr;
 use crate::run::run_quick;
 
-type Out<'py> = Option<(Bound<'py, PyArray2<f64>>, Bound<'py, PyArray2<f64>>)>;
+pub type Out<'py> = Option<(Bound<'py, PyArray2<f64>>, Bound<'py, PyArray2<f64>>)>;
 
 fn invalid(reason: impl Into<String>) -> PyErr {
     to_pyerr(Error::invalid(reason))
@@ -52,6 +52,16 @@ pub fn gram_top_k<'py>(
     } else {
         return Err(invalid("units must be a 2-d float32 or float64 array"));
     };
+    top_k_arrays(py, res, d_out, k)
+}
+
+/// `(U_k·S_k, Vh_k)` as numpy arrays, or None.
+pub fn top_k_arrays<'py>(
+    py: Python<'py>,
+    res: Option<TopK>,
+    d_out: usize,
+    k: usize,
+) -> PyResult<Out<'py>> {
     let Some(TopK { us, vh }) = res else {
         return Ok(None);
     };
