@@ -41,6 +41,11 @@ def _paths(pool_dir: Path, n: int) -> list[Path]:
 def _rw_child(args: argparse.Namespace) -> dict:
     import rankwise as rw
 
+    # Imports outside the timed window, as for PEFT (torch, transformers and peft are imported
+    # before its clock starts): rankwise imports its submodules and merge methods lazily.
+    rw.merge_methods()
+    _ = rw.AdapterPool
+
     C.set_threads(args.threads)
     paths = _paths(args.pool_dir, args.n)
     C.warm_page_cache([p / "adapter_model.safetensors" for p in paths])

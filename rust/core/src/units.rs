@@ -268,7 +268,8 @@ fn canonical_sign(a: &[f32]) -> f64 {
 /// mapped bytes: `b_out` (d_out × Σ ranks, column-major) gets column `i` = `fold[i]·b_i`, the
 /// raw B column of unit i (`b_scale` is not applied), and `a_out` (d_in × Σ ranks) gets the
 /// raw A row of unit i. `put(column, values)` stores one converted column of either. Used by
-/// the svd baseline, which needs B_w and Aᵀ in this layout (no unit matrix in between).
+/// the svd baseline, which needs B_w and Aᵀ in this layout (no unit matrix in between). The
+/// pages read are released afterwards.
 pub fn fill_factor_columns(
     sources: &[UnitSource],
     layout: &UnitLayout,
@@ -307,6 +308,9 @@ pub fn fill_factor_columns(
             }
             put_a(unit + u, a_row);
         }
+        // Only this module's pages: a parallel merge reads other modules meanwhile.
+        src.file.release(src.key_b);
+        src.file.release(src.key_a);
         unit += r;
     }
     Ok(())
