@@ -177,6 +177,23 @@ impl MappedFile {
         release_range(map, info.begin, info.end);
     }
 
+    /// `release` of two tensors, with one call when they are neighbours in the file (a
+    /// module's lora_A and lora_B are, in PEFT's files): each call interrupts the process's
+    /// other threads to flush their TLBs.
+    pub fn release_pair(&self, a: &str, b: &str) {
+        let (Some(map), Some(ia), Some(ib)) =
+            (self.map.as_ref(), self.tensors.get(a), self.tensors.get(b))
+        else {
+            return;
+        };
+        if ia.end == ib.begin || ib.end == ia.begin {
+            release_range(map, ia.begin.min(ib.begin), ia.end.max(ib.end));
+        } else {
+            release_range(map, ia.begin, ia.end);
+            release_range(map, ib.begin, ib.end);
+        }
+    }
+
     /// Releases every page of the file from the resident set (see `release`).
     pub fn release_all(&self) {
         if let Some(map) = self.map.as_ref() {

@@ -309,8 +309,7 @@ pub fn fill_factor_columns(
             put_a(unit + u, a_row);
         }
         // Only this module's pages: a parallel merge reads other modules meanwhile.
-        src.file.release(src.key_b);
-        src.file.release(src.key_a);
+        src.file.release_pair(src.key_a, src.key_b);
         unit += r;
     }
     Ok(())
