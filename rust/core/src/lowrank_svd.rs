@@ -52,7 +52,7 @@ pub const F32_MIN_RATIO: f64 = 1e-2;
 pub const F32_MAX_RHO_SQ: f64 = 32.0;
 /// Power iterations estimating a Gram matrix's largest eigenvalue (from below; the estimate
 /// only needs to be within a small factor, which `F32_MAX_RHO_SQ` leaves room for).
-const POWER_STEPS: usize = 8;
+const POWER_STEPS: usize = 6;
 
 /// Workspaces up to this size stay with their thread for the next call (a merge calls once
 /// per module: fresh pages for every call cost more than the small-module work itself, and

@@ -288,6 +288,7 @@ pub fn fill_factor_columns(
     let mut col = vec![0f32; d_out.max(d_in)];
     let mut unit = 0;
     for (src, &r) in sources.iter().zip(&layout.ranks) {
+        src.file.populate_pair(src.key_a, src.key_b);
         let b = src.file.read(src.key_b)?; // d_out × r, row-major
         if let Some(i) = b.iter().position(|v| !v.is_finite()) {
             return Err(nonfinite(src, src.key_b, i));
