@@ -522,6 +522,17 @@ mod tests {
         }
     }
 
+    /// `gram_top_k` in precision `T` on unit rows, sequential.
+    fn gram<T: Real>(
+        units: &[f32],
+        fold: &[f64],
+        d_out: usize,
+        d_in: usize,
+        k: usize,
+    ) -> Option<TopK> {
+        gram_top_k::<T, _>(&UnitRows { units, d_out }, d_out, d_in, fold, k, false).unwrap()
+    }
+
     /// Units `[b_i ; a_i]` (R rows, float32 values) and folds for random factors.
     fn random_units(d_out: usize, d_in: usize, r: usize, seed: u64) -> (Vec<f32>, Vec<f64>) {
         let mut g = Lcg(seed);
@@ -572,27 +583,21 @@ mod tests {
         max_abs_diff(a, &Mat::zeros(a.nrows(), a.ncols()))
     }
 
+    /// max |U_k·S_k·Vh_k − want| / max |want|.
+    fn rel_err(res: &TopK, want: &Mat<f64>, k: usize) -> f64 {
+        max_abs_diff(&product(res, want.nrows(), want.ncols(), k), want) / max_abs(want)
+    }
+
     #[test]
     fn float64_equals_the_dense_svd() {
         for &(d_out, d_in, r) in &[(40, 60, 12), (60, 40, 12), (33, 35, 32)] {
             let (units, fold) = random_units(d_out, d_in, r, 1 + r as u64);
             let d = dense(&units, &fold, d_out, d_in);
             for k in [1, 5, r] {
-                let res = gram_top_k::<f64, _>(
-                    &UnitRows {
-                        units: &units,
-                        d_out,
-                    },
-                    d_out,
-                    d_in,
-                    &fold,
-                    k,
-                    false,
-                )
-                .unwrap()
-                .expect("the Gram path applies");
+                let res =
+                    gram::<f64>(&units, &fold, d_out, d_in, k).expect("the Gram path applies");
                 let (want, s) = truncated(&d, k);
-                let err = max_abs_diff(&product(&res, d_out, d_in, k), &want) / max_abs(&want);
+                let err = rel_err(&res, &want, k);
                 assert!(err < 1e-10, "{d_out}x{d_in} R {r} k {k}: {err:e}");
                 for c in 0..k {
                     let norm = (0..d_out).map(|o| res.us[o * k + c].powi(2)).sum::<f64>();
@@ -620,13 +625,13 @@ mod tests {
         let double = top_k(&units, d_out, d_in, &fold, k, false, false)
             .unwrap()
             .unwrap();
-        let err = max_abs_diff(&product(&single, d_out, d_in, k), &want) / max_abs(&want);
+        let err = rel_err(&single, &want, k);
         assert!(err < 1e-5, "float32 error {err:e}");
         assert!(
             err > 1e-12,
             "the float32 result is float64-exact: float32 did not run"
         );
-        let err64 = max_abs_diff(&product(&double, d_out, d_in, k), &want) / max_abs(&want);
+        let err64 = rel_err(&double, &want, k);
         assert!(err64 < 1e-11, "float64 error {err64:e}");
     }
 
@@ -643,39 +648,15 @@ mod tests {
             .map(|i| if i < half { 1.0 } else { -1.0 })
             .collect();
         let k = 8;
-        assert!(gram_top_k::<f32, _>(
-            &UnitRows {
-                units: &units,
-                d_out
-            },
-            d_out,
-            d_in,
-            &fold,
-            k,
-            false
-        )
-        .unwrap()
-        .is_none());
-        let double = gram_top_k::<f64, _>(
-            &UnitRows {
-                units: &units,
-                d_out,
-            },
-            d_out,
-            d_in,
-            &fold,
-            k,
-            false,
-        )
-        .unwrap()
-        .unwrap();
+        assert!(gram::<f32>(&units, &fold, d_out, d_in, k).is_none());
+        let double = gram::<f64>(&units, &fold, d_out, d_in, k).unwrap();
         let auto = top_k(&units, d_out, d_in, &fold, k, true, false)
             .unwrap()
             .unwrap();
         assert_eq!(auto.us, double.us);
         assert_eq!(auto.vh, double.vh);
         let want = truncated(&dense(&units, &fold, d_out, d_in), k).0;
-        let err = max_abs_diff(&product(&double, d_out, d_in, k), &want) / max_abs(&want);
+        let err = rel_err(&double, &want, k);
         assert!(err < 1e-9, "float64 error {err:e}");
     }
 
