@@ -36,6 +36,13 @@ def set_threads(n: int = 2) -> None:
         sys.modules["torch"].set_num_threads(n)
 
 
+def settle(seconds: float = 0.5) -> None:
+    """Waits before a clock starts until the idle threads that imports leave spinning are asleep:
+    numpy's OpenBLAS spins its worker threads for ~0.1-0.3 s after it loads (and torch's
+    OpenMP pool after each parallel op), which took ~10 ms from a 0.15 s merge on 2 cores."""
+    time.sleep(seconds)
+
+
 def ensure_pool(shape: str, n: int, *, rank: int = 16, dtype: str = "f16", clustered: int | None = None) -> list[Path]:
     """The first ``n`` adapters of a cached pool under ``POOLS`` (``RANKWISE_POOLS``), made with
     ``make_pool`` (seed 0) when no complete pool of at least ``n`` adapters exists."""

@@ -15,7 +15,8 @@ Part 2: rankwise LEGO alone on ``--big-n`` rank-16 fp16 adapters of ``llama-7b-q
 q/v, 4096 × 4096; 500 adapters are 8.4 GB): wall time and peak memory.
 
 Every run is a fresh child process (its peak RSS is its own); rankwise and torch use 2 threads;
-seeds fixed; warm page cache (every file is read once before each run).
+seeds fixed; warm page cache (every file is read once before each run); each clock starts after
+the imports and a short pause (``_common.settle``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def _rw_child(args: argparse.Namespace) -> dict:
     paths = _paths(args.pool_dir, args.n)
     C.warm_page_cache([p / "adapter_model.safetensors" for p in paths])
     out = Path(tempfile.mkdtemp(prefix="rw-merge-", dir=C.POOLS)) / "merged"
+    C.settle()
     # Each method's own name for the output rank (cat's is the sum of the ranks).
     opts = {"lego": {"rank": args.rank, "seed": 0}, "svd": {"svd_rank": args.rank}}.get(args.method, {})
     try:
@@ -109,6 +111,7 @@ def _peft_child(args: argparse.Namespace) -> dict:
     paths = _paths(args.pool_dir, args.n)
     C.warm_page_cache([p / "adapter_model.safetensors" for p in paths])
     out = Path(tempfile.mkdtemp(prefix="peft-merge-", dir=C.POOLS))
+    C.settle()
     with C.peak_memory() as mem:
         t0 = time.perf_counter()
         base = LlamaForCausalLM(LlamaConfig(**SHAPES[args.shape].llama_config())).eval()
@@ -227,8 +230,10 @@ def main() -> None:
             "## bench_merge: merging end to end, rankwise LEGO vs PEFT add_weighted_adapter\n\n"
             f"Command: `{C.command_line()}` ({time.perf_counter() - t_start:.0f} s in all)\n\n"
             f"{machine} Load avg at end: {os.getloadavg()[0]:.1f} (shared host: timings of one run vary).\n\n"
-            "Each row is a fresh process on a warm page cache; rankwise and torch with "
-            f"{args.threads} threads; LEGO with its defaults (k-means++ init, n_init=3, max_iter=100, "
+            "Each row is a fresh process on a warm page cache, its clock started after the imports "
+            "and a 0.5 s pause (idle BLAS threads spinning after numpy's import took ~10% of a "
+            f"0.15 s merge); rankwise and torch with {args.threads} threads; LEGO with its defaults "
+            "(k-means++ init, n_init=3, max_iter=100, "
             "seed 0). Synthetic adapters from `benches/make_pool.py` (seed 0, unclustered). PEFT: "
             "float32 random-init `LlamaForCausalLM` of the same shape, `from_pretrained` + "
             "`load_adapter`, `add_weighted_adapter(weights=1)` (svd: `svd_rank`, PEFT's defaults "

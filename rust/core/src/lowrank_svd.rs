@@ -149,17 +149,34 @@ pub struct MappedFactors<'a> {
 
 impl FactorSource for MappedFactors<'_> {
     fn fill<T: Real>(&self, bw: MatMut<'_, T>, at: MatMut<'_, T>, fold: &[f64]) -> Result<()> {
+        if fold.len() != self.layout.n_units {
+            return Err(Error::invalid(format!(
+                "{} folds for {} units",
+                fold.len(),
+                self.layout.n_units
+            )));
+        }
+        let d_out = self.layout.d_out;
         let (mut bw, mut at) = (bw, at);
+        let mut block: Vec<T> = Vec::new();
         crate::units::fill_factor_columns(
             self.sources,
             self.layout,
-            fold,
-            |j, col, f| {
-                bw.rb_mut()
-                    .col_mut(j)
-                    .iter_mut()
-                    .zip(col)
-                    .for_each(|(o, &v)| *o = T::of(v as f64 * f));
+            |first, r, b| {
+                // The adapter's B (d_out × r, row-major; exact in T) into columns first.. of B_w:
+                // faer transposes the layout in tiles; then each column gets its fold.
+                block.clear();
+                block.extend(b.iter().map(|&v| T::of(v as f64)));
+                let src = MatRef::from_row_major_slice(&block, d_out, r);
+                let mut dst = bw.rb_mut().submatrix_mut(0, first, d_out, r);
+                dst.copy_from(src);
+                for (u, &f) in fold[first..first + r].iter().enumerate() {
+                    // The product in float64, rounded once: the same values as UnitRows.
+                    dst.rb_mut()
+                        .col_mut(u)
+                        .iter_mut()
+                        .for_each(|v| *v = T::of(v.get() * f));
+                }
             },
             |j, col| {
                 at.rb_mut()

@@ -264,28 +264,19 @@ fn canonical_sign(a: &[f32]) -> f64 {
     }
 }
 
-/// Writes the module's stacked factors of all `sources` as matrix columns, straight from the
-/// mapped bytes: `b_out` (d_out × Σ ranks, column-major) gets column `i` = `fold[i]·b_i`, the
-/// raw B column of unit i (`b_scale` is not applied), and `a_out` (d_in × Σ ranks) gets the
-/// raw A row of unit i. `put(column, values)` stores one converted column of either. Used by
-/// the svd baseline, which needs B_w and Aᵀ in this layout (no unit matrix in between). The
-/// pages read are released afterwards.
+/// Hands over the module's raw factors of all `sources`, straight from the mapped bytes
+/// (`b_scale` is not applied): `put_b(first unit, rank, B)` with B the adapter's d_out × rank
+/// block (row-major, float32), and `put_a(unit, a)` with the A row of each unit (d_in values).
+/// Used by the svd baseline, which builds B_w and Aᵀ from them (no unit matrix in between).
+/// The pages read are released afterwards.
 pub fn fill_factor_columns(
     sources: &[UnitSource],
     layout: &UnitLayout,
-    fold: &[f64],
-    mut put_b: impl FnMut(usize, &[f32], f64),
+    mut put_b: impl FnMut(usize, usize, &[f32]),
     mut put_a: impl FnMut(usize, &[f32]),
 ) -> Result<()> {
-    let (d_out, d_in) = (layout.d_out, layout.d_in);
-    if fold.len() != layout.n_units {
-        return Err(Error::invalid(format!(
-            "{} folds for {} units",
-            fold.len(),
-            layout.n_units
-        )));
-    }
-    let mut col = vec![0f32; d_out.max(d_in)];
+    let d_in = layout.d_in;
+    let mut col = vec![0f32; d_in];
     let mut unit = 0;
     for (src, &r) in sources.iter().zip(&layout.ranks) {
         src.file.populate_pair(src.key_a, src.key_b);
@@ -293,16 +284,11 @@ pub fn fill_factor_columns(
         if let Some(i) = b.iter().position(|v| !v.is_finite()) {
             return Err(nonfinite(src, src.key_b, i));
         }
-        for u in 0..r {
-            for (o, c) in col[..d_out].iter_mut().enumerate() {
-                *c = b[o * r + u];
-            }
-            put_b(unit + u, &col[..d_out], fold[unit + u]);
-        }
+        put_b(unit, r, &b);
         let (bytes, dtype, _) = src.file.bytes(src.key_a)?;
         let stride = d_in * dtype.size();
         for u in 0..r {
-            let a_row = &mut col[..d_in];
+            let a_row = &mut col[..];
             crate::dtype::to_f32(dtype, &bytes[u * stride..(u + 1) * stride], a_row);
             if let Some(i) = a_row.iter().position(|v| !v.is_finite()) {
                 return Err(nonfinite(src, src.key_a, u * d_in + i));
