@@ -149,6 +149,7 @@ def main() -> None:
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--peft", default="svd,cat", help="PEFT combination types (empty: skip PEFT)")
+    p.add_argument("--repeat", type=int, default=3, help="runs of each `small` row (the median run is shown)")
     p.add_argument("--quick", action="store_true", help="8 small adapters, 20 big ones")
     p.add_argument("--profile", action="store_true", help="cProfile rankwise's merge (to stderr)")
     p.add_argument("--write", action="store_true", help="replace the bench_merge section of RESULTS.md")
@@ -176,25 +177,41 @@ def main() -> None:
     # ---- part 1: rankwise vs PEFT on `small`
     paths = C.ensure_pool("small", args.n, rank=args.rank, dtype="f16")
     pool_dir = paths[0].parent
-    res: dict[str, dict] = {}
-    for m in rw_methods:
-        res[f"rw {m}"] = C.run_child(_child_argv(args, "rw", m, pool_dir, args.n, "small"), echo_stderr=args.profile)
-        print(f"rankwise {m}: {res[f'rw {m}']}", file=sys.stderr)
-    for m in peft_methods:
-        res[f"peft {m}"] = C.run_child(_child_argv(args, "peft", m, pool_dir, args.n, "small"))
-        print(f"PEFT {m}: {res[f'peft {m}']}", file=sys.stderr)
+    # Every row is run `repeat` times, the rows interleaved (host drift spreads over all of them);
+    # the row shows its median run, and the range of its totals.
+    runs: dict[str, list[dict]] = {}
+    for _ in range(max(1, args.repeat)):
+        for kind, ms in (("rw", rw_methods), ("peft", peft_methods)):
+            for m in ms:
+                argv = _child_argv(args, kind, m, pool_dir, args.n, "small")
+                # The host needs a moment after a child with GBs of pages exits: a 0.15 s run
+                # started at once took 0.2 s instead of 0.13.
+                time.sleep(2.0)
+                r = C.run_child(argv, echo_stderr=args.profile and kind == "rw")
+                runs.setdefault(f"{kind} {m}", []).append(r)
+                print(f"{'rankwise' if kind == 'rw' else 'PEFT'} {m}: {r}", file=sys.stderr)
+    res = {name: sorted(rs, key=lambda r: r["total_s"])[(len(rs) - 1) // 2] for name, rs in runs.items()}
     ref = res.get("peft svd")
-    headers = ["method", "out rank", "build base s", "load s", "merge s", "save s", "total s", "peak RSS MB",
-               "peak anon MB", "speed-up vs PEFT svd"]  # fmt: skip
+    headers = ["method", "out rank", "build base s", "load s", "merge s", "save s", "total s",
+               f"total s, {args.repeat} runs", "peak RSS MB", "peak anon MB", "speed-up vs PEFT svd"]  # fmt: skip
     rows = []
     for name, r in res.items():
         lib, m = name.split()
         label = f"rankwise `{m}`" if lib == "rw" else f"PEFT `add_weighted_adapter({m!r})`"
         speed = f"**{ref['total_s'] / r['total_s']:.1f}×**" if ref else "–"
+        totals = [x["total_s"] for x in runs[name]]
+        spread = f"{min(totals):.3g}–{max(totals):.3g}"
         rows.append([label, "/".join(map(str, r["out_rank"])), r.get("build_s", "–"), r["load_s"], r["merge_s"],
-                     r["save_s"], r["total_s"], r["peak_rss_mb"], r["peak_anon_mb"], speed])  # fmt: skip
+                     r["save_s"], r["total_s"], spread, r["peak_rss_mb"], r["peak_anon_mb"], speed])  # fmt: skip
+    if ref and "rw svd" in runs:
+        ratios = sorted(p["total_s"] / q["total_s"] for p, q in zip(runs["peft svd"], runs["rw svd"]))
+        pt, rt = ([x["total_s"] for x in runs[k]] for k in ("peft svd", "rw svd"))
+        parts.append(
+            f"rankwise `svd` vs PEFT `svd`, run by run (sorted): {', '.join(f'{x:.1f}×' for x in ratios)}; "
+            f"PEFT's totals spread {min(pt):.2f}–{max(pt):.2f} s, rankwise's {min(rt):.3f}–{max(rt):.3f} s."
+        )
     title = f"**{args.n} × `small` rank {args.rank} fp16, merged to rank {args.rank}**"
-    parts.append(f"{title}\n\n" + C.md_table(headers, rows))
+    parts.insert(0, f"{title}\n\n" + C.md_table(headers, rows))
 
     # ---- part 2: rankwise LEGO alone on llama-7b-qv
     if args.big_n:
@@ -238,7 +255,7 @@ def main() -> None:
             "float32 random-init `LlamaForCausalLM` of the same shape, `from_pretrained` + "
             "`load_adapter`, `add_weighted_adapter(weights=1)` (svd: `svd_rank`, PEFT's defaults "
             "otherwise), `save_pretrained`; its total excludes building the base model. "
-            "Speed-up: PEFT svd total / this total. Peak RSS counts the mapped adapter pages the "
+            "Speed-up: PEFT svd's median total / this median total. Peak RSS counts the mapped adapter pages the "
             "process touched (page cache, reclaimable); peak anon is the process's own memory.\n\n"
             f"{body}\n"
         )
