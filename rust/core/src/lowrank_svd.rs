@@ -9,7 +9,7 @@
 //! carried back through the Householder reflectors (2·R²·k). LAPACK's syevr takes the same
 //! route; doing it here keeps the GIL released, so a merge runs modules on all cores at once.
 //!
-//! Precision. The work is generic over the working precision `T`; `top_k` takes float32 when
+//! Precision. The work is generic over the working precision `T`; `top_k_of` takes float32 when
 //! the caller allows it and the result is provably close, else float64. In float32 the result
 //! is the exact truncation of ΔW + E with ‖E‖ ≈ c·ε₃₂·‖A‖₂²·‖B_w‖₂²/σ_1 (the Gram matrices
 //! square the factors; measured c ≈ 5): fine for adapters that add up (‖A‖₂‖B_w‖₂ ≈ σ_1), not
@@ -23,6 +23,9 @@
 //! by σ_k²; ‖A‖₂‖B_w‖₂ stands in for σ_1 when larger, so that a sum cancelling to ~0 is not
 //! taken for a well-resolved one). The caller then takes a QR path, exact for any rank.
 
+use std::cell::RefCell;
+use std::thread::LocalKey;
+
 use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
 use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
 use faer::linalg::evd::tridiag::{tridiag_in_place, tridiag_in_place_scratch};
@@ -33,11 +36,8 @@ use faer::linalg::householder::{
 use faer::linalg::matmul::matmul;
 use faer::linalg::matmul::triangular::{matmul as tri_matmul, BlockStructure as Bs};
 use faer::linalg::qr::no_pivoting::factor::recommended_block_size;
-use faer::traits::RealField;
-use std::cell::RefCell;
-use std::thread::LocalKey;
-
 use faer::reborrow::{Reborrow, ReborrowMut};
+use faer::traits::RealField;
 use faer::{Accum, Conj, Mat, MatMut, MatRef, Par};
 
 use crate::error::{catch_panic, Error, Result};
