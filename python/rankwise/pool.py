@@ -152,12 +152,12 @@ class AdapterPool:
         out: np.ndarray | None = None,
     ) -> tuple[np.ndarray, list[int], np.ndarray | None]:
         w = self.check_weights(weights)
-        sources = []
-        for a, wj in zip(self.adapters, w):
-            if a._files is None:
-                raise RankwiseError("unit_matrix needs adapters loaded from files")
-            m = a.module(module)
-            sources.append((a._files, (a._file_index, m.key_a, m.key_b, float(m.scaling * wj))))
+        per_adapter = self._sources(module)
+        if per_adapter is None:
+            raise RankwiseError("unit_matrix needs adapters loaded from files")
+        sources = [
+            (f, (*src, float(a.module(module).scaling * wj))) for (f, src), a, wj in zip(per_adapter, self.adapters, w)
+        ]
         files = sources[0][0]
         if all(f is files for f, _ in sources):
             units, ranks, norms = files.unit_matrix([s for _, s in sources], canonical, normalized, out)
@@ -168,13 +168,20 @@ class AdapterPool:
         norms = np.concatenate([n for _, _, n in parts]) if normalized else None
         return np.concatenate([u for u, _, _ in parts], out=out), ranks, norms
 
+    def _sources(self, module: str) -> list[tuple[Any, tuple[int, str, str]]] | None:
+        """Per adapter, its MappedFiles and ``(file index, key_A, key_B)`` of ``module``; None
+        when an adapter is held in memory."""
+        if any(a._files is None for a in self.adapters):
+            return None
+        return [(a._files, (a._file_index, a.module(module).key_a, a.module(module).key_b)) for a in self.adapters]
+
     def _file_sources(self, module: str) -> tuple[Any, list[tuple[int, str, str]]] | None:
         """The one MappedFiles all adapters are read from and ``(file index, key_A, key_B)`` of
         ``module`` per adapter, or None (adapters in memory, or loaded separately)."""
-        files = self.adapters[0]._files
-        if files is None or any(a._files is not files for a in self.adapters):
+        per_adapter = self._sources(module)
+        if per_adapter is None or any(f is not per_adapter[0][0] for f, _ in per_adapter):
             return None
-        return files, [(a._file_index, a.module(module).key_a, a.module(module).key_b) for a in self.adapters]
+        return per_adapter[0][0], [src for _, src in per_adapter]
 
     def release(self) -> None:
         """Drops every mapped page from this process's resident set."""

@@ -553,15 +553,37 @@ def _stacked_units(ctx: ModuleContext) -> np.ndarray:
     return out
 
 
+def _top_k_by_paths(
+    r: int,
+    shape: tuple[int, int],
+    k: int,
+    gram: Callable[[], Factors | None],
+    stacked: Callable[[], tuple[np.ndarray, np.ndarray]],
+) -> Factors:
+    """``(U_k·S_k, Vh_k)`` of a product of R stacked units: the Gram path ``gram()`` when
+    R < min(d_out, d_in) and k ≤ R, the Householder QR path where it declines (None), else the
+    dense delta; the last two on ``stacked() = (Bᵀ, A)`` (R × d_out, R × d_in, float64)."""
+    if r < min(shape) and k <= r:
+        res = gram()
+        if res is not None:
+            return res
+        bt, a = stacked()
+        return _factored_top_k(bt.T, a, k)
+    bt, a = stacked()
+    return _dense_top_k(bt.T @ a, k)
+
+
 def _product_top_k(bt: np.ndarray, a: np.ndarray, k: int) -> Factors:
     """``(U_k·S_k, Vh_k)`` of ``btᵀ @ a`` (bt: R × d_out, a: R × d_in, float64; k ≤
-    min(d_out, d_in)): the Gram path when R < min(d_out, d_in) and k ≤ R, the Householder QR
-    path where the Gram path declines, else the dense delta."""
+    min(d_out, d_in)), by :func:`_top_k_by_paths`."""
     r, d_out = bt.shape
-    if r < min(d_out, a.shape[1]) and k <= r:
-        res = _gram_top_k(np.concatenate([bt, a], axis=1), d_out, np.ones(r), k)
-        return res if res is not None else _factored_top_k(bt.T, a, k)
-    return _dense_top_k(bt.T @ a, k)
+    return _top_k_by_paths(
+        r,
+        (d_out, a.shape[1]),
+        k,
+        lambda: _gram_top_k(np.concatenate([bt, a], axis=1), d_out, np.ones(r), k),
+        lambda: (bt, a),
+    )
 
 
 @_register("svd", parallel_modules=True)
@@ -569,21 +591,16 @@ def svd(ctx: ModuleContext, *, svd_rank: int | None = None, svd_clamp: float | N
     """Truncated SVD of Σ w_j·ΔW_j, computed from the factors (PEFT 'svd')."""
     assert svd_rank is not None  # resolved by prepare
     k = _rank_for(ctx, svd_rank)
-    d_out, d_in = ctx.shape
+    d_out = ctx.shape[0]
     fold = _folds(ctx)
-    r = fold.size
+
+    def stacked() -> tuple[np.ndarray, np.ndarray]:
+        units = _stacked_units(ctx)
+        return np.multiply(units[:, :d_out], fold[:, None], dtype=np.float64), units[:, d_out:].astype(np.float64)
+
+    single = ctx.out_dtype in _HALF_DTYPES
     with ctx.timed("svd"):
-        res = None
-        if r < min(d_out, d_in) and k <= r:
-            res = _module_top_k(ctx, fold, k, single=ctx.out_dtype in _HALF_DTYPES)
-            if res is None:
-                units = _stacked_units(ctx)
-                bt = np.multiply(units[:, :d_out], fold[:, None], dtype=np.float64)
-                res = _factored_top_k(bt.T, units[:, d_out:].astype(np.float64), k)
-        else:
-            units = _stacked_units(ctx)
-            bt = np.multiply(units[:, :d_out], fold[:, None], dtype=np.float64)
-            res = _dense_top_k(bt.T @ units[:, d_out:].astype(np.float64), k)
+        res = _top_k_by_paths(fold.size, ctx.shape, k, lambda: _module_top_k(ctx, fold, k, single=single), stacked)
     return _svd_finish(*res, svd_clamp)
 
 

@@ -204,10 +204,10 @@ def merge(
 
     # Parallel methods release the pages of each module they read themselves: releasing every
     # mapped page between modules would drop those of the modules still running.
-    workers = min(_core.get_num_threads(), len(modules)) if m.parallel_modules else 1
+    threads = _core.get_num_threads()
+    workers = min(threads, len(modules)) if m.parallel_modules else 1
     if workers <= 1:
         scratch: dict[str, Any] = {}
-        threads = _core.get_num_threads()
         for i, name in enumerate(modules):
             done(i, name, m.fn(ModuleContext(pool, name, i, w, timings, scratch, threads, out_dtype, lock), **opts))
     else:

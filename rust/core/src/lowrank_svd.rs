@@ -115,7 +115,9 @@ fn with_workspace<T: Real, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
             }
             out
         }
-        Err(_) => f(&mut vec![T::of(0.0); len]), // re-entered on this thread: not expected
+        // Re-entered on this thread: with `parallel`, a thread waiting in rayon::join may run
+        // another call's job meanwhile. That call gets a buffer of its own.
+        Err(_) => f(&mut vec![T::of(0.0); len]),
     })
 }
 

@@ -195,26 +195,59 @@ fn fill_units(
     block: &mut [f32],
 ) -> Result<()> {
     let width = d_out + d_in;
-    let b = src.file.read(src.key_b)?; // d_out × r, small next to the block
-    if let Some(i) = b.iter().position(|v| !v.is_finite()) {
-        return Err(nonfinite(src, src.key_b, i));
-    }
+    let factors = AdapterFactors::open(src, d_in)?;
+    let b = &factors.b; // d_out × r, small next to the block
     for (u, row) in block.chunks_exact_mut(width).enumerate() {
         for o in 0..d_out {
             row[o] = src.b_scale * b[o * r + u];
         }
     }
     // A's rows are contiguous: convert each straight into its place in the unit row.
-    let (bytes, dtype, _) = src.file.bytes(src.key_a)?;
-    let stride = d_in * dtype.size();
     for (u, row) in block.chunks_exact_mut(width).enumerate() {
-        let a_row = &mut row[d_out..];
-        crate::dtype::to_f32(dtype, &bytes[u * stride..(u + 1) * stride], a_row);
-        if let Some(i) = a_row.iter().position(|v| !v.is_finite()) {
-            return Err(nonfinite(src, src.key_a, u * d_in + i));
-        }
+        factors.a_row(u, &mut row[d_out..])?;
     }
     Ok(())
+}
+
+/// One adapter's factors of a module, read from its mapped file with the finite checks: lora_B
+/// whole (d_out × r, row-major, float32: small), lora_A row by row into the caller's buffer.
+struct AdapterFactors<'a> {
+    src: &'a UnitSource<'a>,
+    b: Vec<f32>,
+    a_bytes: &'a [u8],
+    a_dtype: crate::dtype::DType,
+    d_in: usize,
+}
+
+impl<'a> AdapterFactors<'a> {
+    fn open(src: &'a UnitSource<'a>, d_in: usize) -> Result<Self> {
+        let b = src.file.read(src.key_b)?;
+        if let Some(i) = b.iter().position(|v| !v.is_finite()) {
+            return Err(nonfinite(src, src.key_b, i));
+        }
+        let (a_bytes, a_dtype, _) = src.file.bytes(src.key_a)?;
+        Ok(Self {
+            src,
+            b,
+            a_bytes,
+            a_dtype,
+            d_in,
+        })
+    }
+
+    /// Row `u` of lora_A, converted to float32 into `out` (d_in values).
+    fn a_row(&self, u: usize, out: &mut [f32]) -> Result<()> {
+        let stride = self.d_in * self.a_dtype.size();
+        crate::dtype::to_f32(
+            self.a_dtype,
+            &self.a_bytes[u * stride..(u + 1) * stride],
+            out,
+        );
+        match out.iter().position(|v| !v.is_finite()) {
+            Some(i) => Err(nonfinite(self.src, self.src.key_a, u * self.d_in + i)),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Puts one unit `[b ; a]` in canonical form and/or scales its parts to unit length, from one
@@ -280,20 +313,11 @@ pub fn fill_factor_columns(
     let mut unit = 0;
     for (src, &r) in sources.iter().zip(&layout.ranks) {
         src.file.populate_pair(src.key_a, src.key_b);
-        let b = src.file.read(src.key_b)?; // d_out × r, row-major
-        if let Some(i) = b.iter().position(|v| !v.is_finite()) {
-            return Err(nonfinite(src, src.key_b, i));
-        }
-        put_b(unit, r, &b);
-        let (bytes, dtype, _) = src.file.bytes(src.key_a)?;
-        let stride = d_in * dtype.size();
+        let factors = AdapterFactors::open(src, d_in)?;
+        put_b(unit, r, &factors.b);
         for u in 0..r {
-            let a_row = &mut col[..];
-            crate::dtype::to_f32(dtype, &bytes[u * stride..(u + 1) * stride], a_row);
-            if let Some(i) = a_row.iter().position(|v| !v.is_finite()) {
-                return Err(nonfinite(src, src.key_a, u * d_in + i));
-            }
-            put_a(unit + u, a_row);
+            factors.a_row(u, &mut col)?;
+            put_a(unit + u, &col);
         }
         // Only this module's pages: a parallel merge reads other modules meanwhile.
         src.file.release_pair(src.key_a, src.key_b);

@@ -27,6 +27,22 @@ pub struct MappedFiles {
 }
 
 impl MappedFiles {
+    /// The factors of one adapter's module in file `i` (checked to exist).
+    fn unit_source<'a>(
+        &'a self,
+        i: usize,
+        key_a: &'a str,
+        key_b: &'a str,
+        b_scale: f32,
+    ) -> PyResult<UnitSource<'a>> {
+        Ok(UnitSource {
+            file: self.file(i)?,
+            key_a,
+            key_b,
+            b_scale,
+        })
+    }
+
     fn file(&self, i: usize) -> PyResult<&MappedFile> {
         self.files.get(i).ok_or_else(|| {
             to_pyerr(Error::invalid(format!(
@@ -132,19 +148,10 @@ impl MappedFiles {
         normalized: bool,
         out: Option<Bound<'py, PyArray2<f32>>>,
     ) -> PyResult<UnitMatrixOut<'py>> {
-        for (i, ..) in &sources {
-            self.file(*i)?;
-        }
-        let files = &self.files;
-        let srcs: Vec<UnitSource> = sources
+        let srcs = sources
             .iter()
-            .map(|(i, ka, kb, s)| UnitSource {
-                file: &files[*i],
-                key_a: ka,
-                key_b: kb,
-                b_scale: *s,
-            })
-            .collect();
+            .map(|(i, ka, kb, s)| self.unit_source(*i, ka, kb, *s))
+            .collect::<PyResult<Vec<_>>>()?;
         let layout = run(py, || units::unit_layout(&srcs))?;
         let width = layout.d_out + layout.d_in;
         let n = layout.n_units;
@@ -195,19 +202,10 @@ impl MappedFiles {
         allow_single: bool,
         parallel: bool,
     ) -> PyResult<crate::svd::Out<'py>> {
-        for (i, ..) in &sources {
-            self.file(*i)?;
-        }
-        let files = &self.files;
-        let srcs: Vec<UnitSource> = sources
+        let srcs = sources
             .iter()
-            .map(|(i, ka, kb)| UnitSource {
-                file: &files[*i],
-                key_a: ka,
-                key_b: kb,
-                b_scale: 1.0,
-            })
-            .collect();
+            .map(|(i, ka, kb)| self.unit_source(*i, ka, kb, 1.0))
+            .collect::<PyResult<Vec<_>>>()?;
         let fs = fold
             .as_slice()
             .map_err(|_| to_pyerr(Error::invalid("fold must be a C-contiguous array")))?;
