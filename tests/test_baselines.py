@@ -381,6 +381,20 @@ def test_gram_top_k_bad_input(args, kw, pattern):
         rw._core.gram_top_k(*args, **kw)
 
 
+def test_svd_top_k_bad_input(pool3):
+    """MappedFiles.svd_top_k (the svd merge's reader) on a bad file index, a fold of the wrong
+    length, and k above the stacked rank."""
+    m = pool3.modules[0]
+    files, sources = pool3._file_sources(m)
+    r = sum(pool3.ranks(m))
+    with pytest.raises(ValueError, match=r"file index 99 out of range \(3 files\)"):
+        files.svd_top_k([(99, *sources[0][1:])], np.ones(4), 2)
+    with pytest.raises(ValueError, match=rf"{r - 1} folds for {r} units"):
+        files.svd_top_k(sources, np.ones(r - 1), 2)
+    with pytest.raises(ValueError, match=rf"got k = {r + 1}, R = {r}"):
+        files.svd_top_k(sources, np.ones(r), r + 1)
+
+
 def test_numpy_only_eigh_gives_the_same(pool3, hetero, monkeypatch):
     """Without scipy (numpy's full eigh instead of syevr's top-k) the results are the same."""
     pool = rw.AdapterPool.load(hetero)
