@@ -395,6 +395,24 @@ def test_svd_top_k_bad_input(pool3):
         files.svd_top_k(sources, np.ones(r), r + 1)
 
 
+@pytest.mark.parametrize("method", ["svd", "linear"])
+def test_merge_is_the_same_whether_the_pool_streams(base3, method, monkeypatch):
+    """A pool larger than RESIDENT_BYTES drops each module's mapped pages once read
+    (``pool.streams``: in the core for the parallel svd, between modules for the others); the
+    merged factors are the same bytes either way."""
+    import rankwise.pool
+
+    pool = rw.AdapterPool.load(base3)
+    assert 0 < pool.mapped_bytes <= rankwise.pool.RESIDENT_BYTES and not pool.streams
+    kept = rw.merge(pool, method=method, svd_rank=3) if method == "svd" else rw.merge(pool, method=method)
+    monkeypatch.setattr(rankwise.pool, "RESIDENT_BYTES", pool.mapped_bytes - 1)
+    assert pool.streams
+    dropped = rw.merge(pool, method=method, svd_rank=3) if method == "svd" else rw.merge(pool, method=method)
+    for name in kept.modules:
+        for x, y in zip(kept.factors(name), dropped.factors(name)):
+            np.testing.assert_array_equal(x, y)
+
+
 def test_numpy_only_eigh_gives_the_same(pool3, hetero, monkeypatch):
     """Without scipy (numpy's full eigh instead of syevr's top-k) the results are the same."""
     pool = rw.AdapterPool.load(hetero)

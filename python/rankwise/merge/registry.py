@@ -195,15 +195,16 @@ def merge(
 
     def done(i: int, name: str, factors: Factors) -> None:
         merged[name] = factors
-        if workers <= 1:
+        if workers <= 1 and pool.streams:
             pool.release()  # keep the resident set to one module's pages
         if bar is not None:
             bar.update(1)
         elif callable(progress):
             progress(i + 1, len(modules), name)
 
-    # Parallel methods release the pages of each module they read themselves: releasing every
-    # mapped page between modules would drop those of the modules still running.
+    # A pool too large to stay resident (pool.streams) drops each module's pages once read:
+    # parallel methods per module themselves (releasing every mapped page between modules would
+    # drop those of the modules still running), the others here. Every pool drops them at the end.
     threads = _core.get_num_threads()
     workers = min(threads, len(modules)) if m.parallel_modules else 1
     if workers <= 1:
@@ -212,7 +213,7 @@ def merge(
             done(i, name, m.fn(ModuleContext(pool, name, i, w, timings, scratch, threads, out_dtype, lock), **opts))
     else:
         _merge_parallel(m, pool, w, opts, timings, out_dtype, lock, workers, done)
-        pool.release()
+    pool.release()
     if bar is not None:
         bar.close()
     out = Adapter.from_factors(merged, base_config=pool[0].config, dtype=out_dtype)

@@ -54,6 +54,9 @@ pub const F32_MAX_RHO_SQ: f64 = 32.0;
 /// only needs to be within a small factor, which `F32_MAX_RHO_SQ` leaves room for).
 const POWER_STEPS: usize = 6;
 
+/// Rows of an adapter's B transposed into B_w at a time (see `MappedFactors::fill`).
+const TILE_ROWS: usize = 64;
+
 /// Workspaces up to this size stay with their thread for the next call (a merge calls once
 /// per module: fresh pages for every call cost more than the small-module work itself, and
 /// two threads faulting in pages contend on the process's memory map).
@@ -72,6 +75,8 @@ pub trait Real: RealField + Copy + Send + Sync + 'static {
     fn get(self) -> f64;
     /// This thread's reusable buffer of this type.
     fn workspace() -> &'static LocalKey<RefCell<Vec<Self>>>;
+    /// The slice as float32, when this is float32 (values then convert in place).
+    fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]>;
 }
 
 impl Real for f32 {
@@ -85,6 +90,9 @@ impl Real for f32 {
     fn workspace() -> &'static LocalKey<RefCell<Vec<Self>>> {
         &WORKSPACE_F32
     }
+    fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]> {
+        Some(s)
+    }
 }
 
 impl Real for f64 {
@@ -97,6 +105,9 @@ impl Real for f64 {
     }
     fn workspace() -> &'static LocalKey<RefCell<Vec<Self>>> {
         &WORKSPACE_F64
+    }
+    fn as_f32_mut(_: &mut [Self]) -> Option<&mut [f32]> {
+        None
     }
 }
 
@@ -122,10 +133,11 @@ fn with_workspace<T: Real, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
 }
 
 /// Where the stacked factors come from: writes column j of B_w (`fold_j·b_j`, d_out values)
-/// or of Aᵀ (`a_j`, d_in values) into the matrices the Gram path works on.
+/// and of Aᵀ (`a_j`, d_in values) into the matrices the Gram path works on.
 pub trait FactorSource: Sync {
-    /// Fills `bw` (d_out × R) and `at` (d_in × R), column-major, in precision `T`.
-    fn fill<T: Real>(&self, bw: MatMut<'_, T>, at: MatMut<'_, T>, fold: &[f64]) -> Result<()>;
+    /// Fills `bw` (d_out × R) and `at` (d_in × R), column-major, in precision `T`;
+    /// R = `fold.len()`.
+    fn fill<T: Real>(&self, bw: &mut [T], at: &mut [T], fold: &[f64]) -> Result<()>;
 }
 
 /// Rows `[b_i ; a_i]` of a row-major R × (d_out + d_in) slice (a unit matrix, or any stack).
@@ -135,10 +147,14 @@ pub struct UnitRows<'a, U> {
 }
 
 impl<U: Copy + Into<f64> + Sync> FactorSource for UnitRows<'_, U> {
-    fn fill<T: Real>(&self, bw: MatMut<'_, T>, at: MatMut<'_, T>, fold: &[f64]) -> Result<()> {
-        let width = self.d_out + at.nrows();
+    fn fill<T: Real>(&self, bw: &mut [T], at: &mut [T], fold: &[f64]) -> Result<()> {
+        let r = fold.len();
+        let d_in = at.len() / r;
+        let width = self.d_out + d_in;
+        let bw = MatMut::from_column_major_slice_mut(bw, self.d_out, r);
+        let at = MatMut::from_column_major_slice_mut(at, d_in, r);
         columns(bw, self.units, width, 0, self.d_out, Some(fold));
-        columns(at, self.units, width, self.d_out, width - self.d_out, None);
+        columns(at, self.units, width, self.d_out, d_in, None);
         Ok(())
     }
 }
@@ -147,47 +163,72 @@ impl<U: Copy + Into<f64> + Sync> FactorSource for UnitRows<'_, U> {
 pub struct MappedFactors<'a> {
     pub sources: &'a [crate::units::UnitSource<'a>],
     pub layout: &'a crate::units::UnitLayout,
+    /// Whether each adapter's pages leave the resident set once read (pools larger than what
+    /// may stay resident; a parallel merge reads other modules meanwhile, so only this
+    /// module's pages go).
+    pub release: bool,
 }
 
 impl FactorSource for MappedFactors<'_> {
-    fn fill<T: Real>(&self, bw: MatMut<'_, T>, at: MatMut<'_, T>, fold: &[f64]) -> Result<()> {
-        if fold.len() != self.layout.n_units {
+    fn fill<T: Real>(&self, bw: &mut [T], at: &mut [T], fold: &[f64]) -> Result<()> {
+        let layout = self.layout;
+        if fold.len() != layout.n_units {
             return Err(Error::invalid(format!(
                 "{} folds for {} units",
                 fold.len(),
-                self.layout.n_units
+                layout.n_units
             )));
         }
-        let d_out = self.layout.d_out;
-        let (mut bw, mut at) = (bw, at);
-        let mut block: Vec<T> = Vec::new();
-        crate::units::fill_factor_columns(
-            self.sources,
-            self.layout,
-            |first, r, b| {
-                // The adapter's B (d_out × r, row-major; exact in T) into columns first.. of B_w:
-                // faer transposes the layout in tiles; then each column gets its fold.
-                block.clear();
-                block.extend(b.iter().map(|&v| T::of(v as f64)));
-                let src = MatRef::from_row_major_slice(&block, d_out, r);
-                let mut dst = bw.rb_mut().submatrix_mut(0, first, d_out, r);
-                dst.copy_from(src);
-                for (u, &f) in fold[first..first + r].iter().enumerate() {
-                    // The product in float64, rounded once: the same values as UnitRows.
-                    dst.rb_mut()
-                        .col_mut(u)
+        let (d_out, d_in) = (layout.d_out, layout.d_in);
+        let mut b = Vec::new();
+        let mut row = if T::SINGLE {
+            Vec::new()
+        } else {
+            vec![0f32; d_in]
+        };
+        let mut first = 0;
+        for (src, &r) in self.sources.iter().zip(&layout.ranks) {
+            src.file.populate_pair(src.key_a, src.key_b);
+            let factors = crate::units::AdapterFactors::open(src, d_in, &mut b)?;
+            // B (d_out × r, row-major) into columns first.. of B_w, each times its fold: the
+            // product in float64, rounded once (the same values as UnitRows). In tiles of
+            // rows, each column written contiguously: row by row, the r writes 4·d_out bytes
+            // apart fall into one L1 set and evict each other.
+            let cols = &mut bw[first * d_out..(first + r) * d_out];
+            for i0 in (0..d_out).step_by(TILE_ROWS) {
+                let rows = TILE_ROWS.min(d_out - i0);
+                let tile = &b[i0 * r..(i0 + rows) * r];
+                for (u, col) in cols.chunks_exact_mut(d_out).enumerate() {
+                    let f = fold[first + u];
+                    for (o, &v) in col[i0..i0 + rows]
                         .iter_mut()
-                        .for_each(|v| *v = T::of(v.get() * f));
+                        .zip(tile[u..].iter().step_by(r))
+                    {
+                        *o = T::of(v as f64 * f);
+                    }
                 }
-            },
-            |j, col| {
-                at.rb_mut()
-                    .col_mut(j)
-                    .iter_mut()
-                    .zip(col)
-                    .for_each(|(o, &v)| *o = T::of(v as f64));
-            },
-        )
+            }
+            // A's rows are Aᵀ's columns: converted in place (float32) or through `row`.
+            for (u, col) in at[first * d_in..(first + r) * d_in]
+                .chunks_exact_mut(d_in)
+                .enumerate()
+            {
+                match T::as_f32_mut(col) {
+                    Some(col) => factors.a_row(u, col)?,
+                    None => {
+                        factors.a_row(u, &mut row)?;
+                        col.iter_mut()
+                            .zip(&row)
+                            .for_each(|(o, &v)| *o = T::of(v as f64));
+                    }
+                }
+            }
+            if self.release {
+                src.file.release_pair(src.key_a, src.key_b);
+            }
+            first += r;
+        }
+        Ok(())
     }
 }
 
@@ -198,8 +239,8 @@ pub struct TopK {
     pub vh: Vec<f64>,
 }
 
-/// An estimate (from below) of the largest eigenvalue of the symmetric PSD matrix `g`: the
-/// Rayleigh quotient after a few power iterations.
+/// An estimate (from below) of the largest eigenvalue of the symmetric PSD matrix `g`, of
+/// which only the lower triangle is read: the Rayleigh quotient after a few power iterations.
 fn largest_eigenvalue<T: Real>(g: MatRef<'_, T>) -> f64 {
     let r = g.nrows();
     // A start with no structure a Gram matrix could be orthogonal to by accident.
@@ -218,11 +259,26 @@ fn largest_eigenvalue<T: Real>(g: MatRef<'_, T>) -> f64 {
         }
         let inv = T::of(1.0 / norm);
         x.col_mut(0).iter_mut().for_each(|v| *v *= inv);
-        matmul(
+        // y = tril(g)·x + stril(g)ᵀ·x: one read of the lower triangle, no mirror needed.
+        tri_matmul(
             y.as_mut(),
+            Bs::Rectangular,
             Accum::Replace,
             g,
+            Bs::TriangularLower,
             x.as_ref(),
+            Bs::Rectangular,
+            T::of(1.0),
+            Par::Seq,
+        );
+        tri_matmul(
+            y.as_mut(),
+            Bs::Rectangular,
+            Accum::Add,
+            g.transpose(),
+            Bs::StrictTriangularUpper,
+            x.as_ref(),
+            Bs::Rectangular,
             T::of(1.0),
             Par::Seq,
         );
@@ -258,16 +314,32 @@ fn columns<T: Real, U: Copy + Into<f64>>(
     }
 }
 
-/// Copies the lower triangle of the square `g` onto its upper triangle, in tiles: entry by
-/// entry, each write of a row would touch a new cache line.
+/// Copies the lower triangle of the square `g` (n × n, column-major) onto its upper
+/// triangle, through 16 × 16 tiles: entry by entry, the writes along a row are 4·n bytes apart
+/// and fall into one or two L1 sets (n = 512), evicting each other.
 fn mirror_lower<T: Real>(mut g: MatMut<'_, T>) {
-    const TILE: usize = 32;
+    const TILE: usize = 16;
     let n = g.nrows();
+    let mut tile = [[T::of(0.0); TILE]; TILE];
     for j0 in (0..n).step_by(TILE) {
+        let cols = TILE.min(n - j0);
         for i0 in (j0..n).step_by(TILE) {
-            for j in j0..(j0 + TILE).min(n) {
-                for i in i0.max(j + 1)..(i0 + TILE).min(n) {
-                    g[(j, i)] = g[(i, j)];
+            let rows = TILE.min(n - i0);
+            // Lower block (rows i0.., cols j0..) in, column by column, as tile[row][col]; out
+            // as the upper block (rows j0.., cols i0..), column by column. On the diagonal
+            // block only entries below the diagonal move.
+            for (c, j) in (j0..j0 + cols).enumerate() {
+                let col = g.rb().col(j).subrows(i0, rows);
+                for (t, &v) in tile.iter_mut().zip(col.iter()) {
+                    t[c] = v;
+                }
+            }
+            for (r, t) in tile.iter().enumerate().take(rows) {
+                let dst = g.rb_mut().col_mut(i0 + r).subrows_mut(j0, cols);
+                for (c, (d, &v)) in dst.iter_mut().zip(t.iter()).enumerate() {
+                    if i0 != j0 || r > c {
+                        *d = v;
+                    }
                 }
             }
         }
@@ -374,14 +446,13 @@ fn gram_top_k_in<T: Real, F: FactorSource>(
     let (at, ws) = ws.split_at_mut(d_in * r);
     let (m, ws) = ws.split_at_mut(r * r);
     let (l, x) = ws.split_at_mut(r * r);
-    let mut bw = MatMut::from_column_major_slice_mut(bw, d_out, r);
-    let mut at = MatMut::from_column_major_slice_mut(at, d_in, r);
+    // B_w and Aᵀ, and their Gram matrices.
+    src.fill(bw, at, fold)?;
+    let bw = MatRef::from_column_major_slice(bw, d_out, r);
+    let at = MatRef::from_column_major_slice(at, d_in, r);
     let mut m = MatMut::from_column_major_slice_mut(m, r, r);
     let mut l = MatMut::from_column_major_slice_mut(l, r, r);
     let mut x = MatMut::from_column_major_slice_mut(x, r, r);
-    // B_w and Aᵀ, and their Gram matrices.
-    src.fill(bw.rb_mut(), at.rb_mut(), fold)?;
-    let (bw, at) = (bw.rb(), at.rb());
     if parallel {
         rayon::join(|| gram_lower(m.rb_mut(), bw), || gram_lower(l.rb_mut(), at));
     } else {
@@ -399,11 +470,10 @@ fn gram_top_k_in<T: Real, F: FactorSource>(
     ]));
     let stack = MemStack::new(&mut buf);
 
-    // Both Gram matrices in full (for the products below; G_A's upper triangle is free: the
-    // Cholesky factor and its uses read the lower one), and ‖A‖₂²·‖B_w‖₂² for the checks.
-    mirror_lower(m.rb_mut());
-    mirror_lower(l.rb_mut());
+    // ‖A‖₂²·‖B_w‖₂² for the checks; G_B in full for the product below (G_A's upper triangle
+    // is never read: the Cholesky factor and its uses read the lower one).
     let norms_sq = largest_eigenvalue(l.rb()) * largest_eigenvalue(m.rb());
+    mirror_lower(m.rb_mut());
 
     // L: A·Aᵀ = L·Lᵀ, factored in place in the lower triangle (the upper is never read).
     match cholesky_in_place(
@@ -558,6 +628,107 @@ mod tests {
         let units = (0..r * (d_out + d_in)).map(|_| g.next() as f32).collect();
         let fold = (0..r).map(|i| [0.7, -1.3, 2.0][i % 3]).collect();
         (units, fold)
+    }
+
+    #[test]
+    fn mirror_lower_copies_exactly_the_lower_triangle() {
+        for n in [1usize, 2, 15, 16, 17, 40] {
+            let mut g =
+                Mat::<f32>::from_fn(
+                    n,
+                    n,
+                    |i, j| {
+                        if i >= j {
+                            (i * 1000 + j) as f32
+                        } else {
+                            -1.0
+                        }
+                    },
+                );
+            mirror_lower(g.as_mut());
+            for i in 0..n {
+                for j in 0..n {
+                    assert_eq!(g[(i, j)], (i.max(j) * 1000 + i.min(j)) as f32, "n {n}");
+                }
+            }
+        }
+    }
+
+    /// MappedFactors (straight from files: f16 and f32, mixed ranks, B in several row tiles)
+    /// fills the same B_w and Aᵀ as UnitRows on the values read back, with and without release.
+    #[test]
+    fn mapped_factors_fill_like_unit_rows() {
+        use crate::dtype::DType;
+        use crate::safetensors_io::{write, MappedFile, TensorOut};
+        use crate::units::{unit_layout, UnitSource};
+        let (d_out, d_in) = (133, 70); // B in three row tiles of TILE_ROWS = 64
+        let dir = std::env::temp_dir().join(format!("rw-mf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut g = Lcg(7);
+        let mut files = Vec::new();
+        for (i, (r, dtype)) in [(3, DType::F16), (5, DType::F32)].into_iter().enumerate() {
+            let a: Vec<f32> = (0..r * d_in).map(|_| g.next() as f32).collect();
+            let b: Vec<f32> = (0..d_out * r).map(|_| g.next() as f32).collect();
+            let path = dir.join(format!("{i}.safetensors"));
+            let (sa, sb) = ([r, d_in], [d_out, r]);
+            let t = |name, shape, data| TensorOut {
+                name,
+                dtype,
+                shape,
+                data,
+            };
+            write(
+                &path,
+                &[t("m.A", &sa, &a), t("m.B", &sb, &b)],
+                &Default::default(),
+            )
+            .unwrap();
+            files.push(MappedFile::open(&path).unwrap());
+        }
+        let sources: Vec<UnitSource> = files
+            .iter()
+            .map(|file| UnitSource {
+                file,
+                key_a: "m.A",
+                key_b: "m.B",
+                b_scale: 1.0,
+            })
+            .collect();
+        let layout = unit_layout(&sources).unwrap();
+        let r = layout.n_units;
+        let fold: Vec<f64> = (0..r).map(|i| 0.3 + i as f64 * 0.17).collect();
+        // Unit rows from the values as read back (f16 rounding included).
+        let mut units = Vec::new();
+        for (src, &ri) in sources.iter().zip(&layout.ranks) {
+            let (a, b) = (src.file.read("m.A").unwrap(), src.file.read("m.B").unwrap());
+            for u in 0..ri {
+                units.extend((0..d_out).map(|o| b[o * ri + u]));
+                units.extend_from_slice(&a[u * d_in..(u + 1) * d_in]);
+            }
+        }
+        fn both<T: Real>(src: &impl FactorSource, n: usize, d: usize, fold: &[f64]) -> Vec<T> {
+            let mut out = vec![T::of(f64::NAN); n * fold.len() + d * fold.len()];
+            let (bw, at) = out.split_at_mut(n * fold.len());
+            src.fill(bw, at, fold).unwrap();
+            out
+        }
+        let rows = UnitRows {
+            units: &units,
+            d_out,
+        };
+        let want32 = both::<f32>(&rows, d_out, d_in, &fold);
+        let want64 = both::<f64>(&rows, d_out, d_in, &fold);
+        for release in [false, true] {
+            let mapped = MappedFactors {
+                sources: &sources,
+                layout: &layout,
+                release,
+            };
+            assert_eq!(both::<f32>(&mapped, d_out, d_in, &fold), want32);
+            assert_eq!(both::<f64>(&mapped, d_out, d_in, &fold), want64);
+        }
+        drop(files);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// The dense float64 ΔW = Σ fold_i·b_i·a_iᵀ.

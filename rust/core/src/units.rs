@@ -195,8 +195,8 @@ fn fill_units(
     block: &mut [f32],
 ) -> Result<()> {
     let width = d_out + d_in;
-    let factors = AdapterFactors::open(src, d_in)?;
-    let b = &factors.b; // d_out × r, small next to the block
+    let mut b = Vec::new(); // d_out × r, small next to the block
+    let factors = AdapterFactors::open(src, d_in, &mut b)?;
     for (u, row) in block.chunks_exact_mut(width).enumerate() {
         for o in 0..d_out {
             row[o] = src.b_scale * b[o * r + u];
@@ -211,24 +211,26 @@ fn fill_units(
 
 /// One adapter's factors of a module, read from its mapped file with the finite checks: lora_B
 /// whole (d_out × r, row-major, float32: small), lora_A row by row into the caller's buffer.
-struct AdapterFactors<'a> {
+pub(crate) struct AdapterFactors<'a> {
     src: &'a UnitSource<'a>,
-    b: Vec<f32>,
     a_bytes: &'a [u8],
     a_dtype: crate::dtype::DType,
     d_in: usize,
 }
 
 impl<'a> AdapterFactors<'a> {
-    fn open(src: &'a UnitSource<'a>, d_in: usize) -> Result<Self> {
-        let b = src.file.read(src.key_b)?;
-        if let Some(i) = b.iter().position(|v| !v.is_finite()) {
+    /// Opens `src`'s factors and reads lora_B (d_out × r, row-major) into `b`, reusing its
+    /// allocation.
+    pub(crate) fn open(src: &'a UnitSource<'a>, d_in: usize, b: &mut Vec<f32>) -> Result<Self> {
+        let n = src.file.info(src.key_b)?.numel();
+        b.resize(n, 0.0);
+        src.file.read_into(src.key_b, b)?;
+        if let Some(i) = first_nonfinite(b) {
             return Err(nonfinite(src, src.key_b, i));
         }
         let (a_bytes, a_dtype, _) = src.file.bytes(src.key_a)?;
         Ok(Self {
             src,
-            b,
             a_bytes,
             a_dtype,
             d_in,
@@ -236,18 +238,30 @@ impl<'a> AdapterFactors<'a> {
     }
 
     /// Row `u` of lora_A, converted to float32 into `out` (d_in values).
-    fn a_row(&self, u: usize, out: &mut [f32]) -> Result<()> {
+    pub(crate) fn a_row(&self, u: usize, out: &mut [f32]) -> Result<()> {
         let stride = self.d_in * self.a_dtype.size();
         crate::dtype::to_f32(
             self.a_dtype,
             &self.a_bytes[u * stride..(u + 1) * stride],
             out,
         );
-        match out.iter().position(|v| !v.is_finite()) {
+        match first_nonfinite(out) {
             Some(i) => Err(nonfinite(self.src, self.src.key_a, u * self.d_in + i)),
             None => Ok(()),
         }
     }
+}
+
+/// The index of the first NaN or Inf: blocks are scanned with a branch-free fold (which the
+/// compiler vectorises, unlike an early-exit search); only a block with a hit is searched.
+fn first_nonfinite(x: &[f32]) -> Option<usize> {
+    const BLOCK: usize = 256;
+    x.chunks(BLOCK).enumerate().find_map(|(i, blk)| {
+        let hit = blk.iter().fold(false, |acc, v| acc | !v.is_finite());
+        hit.then(|| blk.iter().position(|v| !v.is_finite()))
+            .flatten()
+            .map(|j| i * BLOCK + j)
+    })
 }
 
 /// Puts one unit `[b ; a]` in canonical form and/or scales its parts to unit length, from one
@@ -295,35 +309,6 @@ fn canonical_sign(a: &[f32]) -> f64 {
     } else {
         1.0
     }
-}
-
-/// Hands over the module's raw factors of all `sources`, straight from the mapped bytes
-/// (`b_scale` is not applied): `put_b(first unit, rank, B)` with B the adapter's d_out × rank
-/// block (row-major, float32), and `put_a(unit, a)` with the A row of each unit (d_in values).
-/// Used by the svd baseline, which builds B_w and Aᵀ from them (no unit matrix in between).
-/// The pages read are released afterwards.
-pub fn fill_factor_columns(
-    sources: &[UnitSource],
-    layout: &UnitLayout,
-    mut put_b: impl FnMut(usize, usize, &[f32]),
-    mut put_a: impl FnMut(usize, &[f32]),
-) -> Result<()> {
-    let d_in = layout.d_in;
-    let mut col = vec![0f32; d_in];
-    let mut unit = 0;
-    for (src, &r) in sources.iter().zip(&layout.ranks) {
-        src.file.populate_pair(src.key_a, src.key_b);
-        let factors = AdapterFactors::open(src, d_in)?;
-        put_b(unit, r, &factors.b);
-        for u in 0..r {
-            factors.a_row(u, &mut col)?;
-            put_a(unit + u, &col);
-        }
-        // Only this module's pages: a parallel merge reads other modules meanwhile.
-        src.file.release_pair(src.key_a, src.key_b);
-        unit += r;
-    }
-    Ok(())
 }
 
 fn nonfinite(src: &UnitSource, key: &str, index: usize) -> Error {
