@@ -13,6 +13,7 @@ pub mod lowrank_svd;
 pub mod safetensors_io;
 pub mod threads;
 pub(crate) mod tridiag_eigen;
+pub(crate) mod tridiag_reduce;
 pub mod units;
 
 pub use error::{Error, Result};

@@ -4,7 +4,7 @@
 //! With `A·Aᵀ = L·Lᵀ` (Cholesky), `(B_w·L)ᵀ(B_w·L) = M = Lᵀ·(B_wᵀ·B_w)·L` is R × R and
 //! `(B_w·L)(B_w·L)ᵀ = ΔW·ΔWᵀ`, so the top-k eigenpairs `M·W = W·Λ` give `U_k·S_k = B_w·L·W` and
 //! `Vh_k = S_k⁻²·(U_k·S_k)ᵀ·B_w·A`. Steps: two Gram matrices (d·R² flops each), the Cholesky
-//! factor and `M` (≈ 1.7·R³), the tridiagonal form of M (4/3·R³, faer), its k largest
+//! factor and `M` (≈ 1.7·R³), the tridiagonal form of M (4/3·R³, blocked: `tridiag_reduce`), its k largest
 //! eigenpairs (bisection and inverse iteration, O(R·k): `tridiag_eigen`) and the k vectors
 //! carried back through the Householder reflectors (2·R²·k). LAPACK's syevr takes the same
 //! route; doing it here keeps the GIL released, so a merge runs modules on all cores at once.
@@ -26,22 +26,16 @@
 use std::cell::RefCell;
 use std::thread::LocalKey;
 
-use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
+use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
-use faer::linalg::evd::tridiag::{tridiag_in_place, tridiag_in_place_scratch};
-use faer::linalg::householder::{
-    apply_block_householder_sequence_on_the_left_in_place_scratch,
-    apply_block_householder_sequence_on_the_left_in_place_with_conj,
-};
 use faer::linalg::matmul::matmul;
 use faer::linalg::matmul::triangular::{matmul as tri_matmul, BlockStructure as Bs};
-use faer::linalg::qr::no_pivoting::factor::recommended_block_size;
 use faer::reborrow::{Reborrow, ReborrowMut};
 use faer::traits::RealField;
-use faer::{Accum, Conj, Mat, MatMut, MatRef, Par};
+use faer::{Accum, Mat, MatMut, MatRef, Par};
 
 use crate::error::{catch_panic, Error, Result};
-use crate::tridiag_eigen;
+use crate::{tridiag_eigen, tridiag_reduce};
 
 /// σ_k / max(σ_1, ‖A‖₂‖B_w‖₂) below which a float64 result is declined (see the module
 /// comment): Vh's rows are then accurate to about ε·σ_1/σ_k only.
@@ -444,13 +438,13 @@ fn gram_top_k_in<T: Real, F: FactorSource>(
     let r = fold.len();
     let (bw, ws) = ws.split_at_mut(d_out * r);
     let (at, ws) = ws.split_at_mut(d_in * r);
-    let (m, ws) = ws.split_at_mut(r * r);
+    let (m_s, ws) = ws.split_at_mut(r * r);
     let (l, x) = ws.split_at_mut(r * r);
     // B_w and Aᵀ, and their Gram matrices.
     src.fill(bw, at, fold)?;
     let bw = MatRef::from_column_major_slice(bw, d_out, r);
     let at = MatRef::from_column_major_slice(at, d_in, r);
-    let mut m = MatMut::from_column_major_slice_mut(m, r, r);
+    let mut m = MatMut::from_column_major_slice_mut(m_s, r, r);
     let mut l = MatMut::from_column_major_slice_mut(l, r, r);
     let mut x = MatMut::from_column_major_slice_mut(x, r, r);
     if parallel {
@@ -462,12 +456,7 @@ fn gram_top_k_in<T: Real, F: FactorSource>(
     let one = T::of(1.0);
     let par = Par::Seq;
 
-    let h_block = recommended_block_size::<T>(r, r);
-    let mut buf = MemBuffer::new(StackReq::any_of(&[
-        cholesky_in_place_scratch::<T>(r, par, Default::default()),
-        tridiag_in_place_scratch::<T>(r, par, Default::default()),
-        apply_block_householder_sequence_on_the_left_in_place_scratch::<T>(r, h_block, k),
-    ]));
+    let mut buf = MemBuffer::new(cholesky_in_place_scratch::<T>(r, par, Default::default()));
     let stack = MemStack::new(&mut buf);
 
     // ‖A‖₂²·‖B_w‖₂² for the checks; G_B in full for the product below (G_A's upper triangle
@@ -511,11 +500,11 @@ fn gram_top_k_in<T: Real, F: FactorSource>(
         par,
     );
 
-    // M = Q·T·Qᵀ; the k largest eigenpairs of T; W = Q·(their vectors).
-    let mut h = Mat::<T>::zeros(h_block, r - 1);
-    tridiag_in_place(m.rb_mut(), h.as_mut(), par, stack, Default::default());
-    let diag: Vec<f64> = (0..r).map(|i| m[(i, i)].get()).collect();
-    let off: Vec<f64> = (0..r - 1).map(|i| m[(i + 1, i)].get()).collect();
+    // M = Q·T·Qᵀ (blocked Householder, M's lower triangle); the k largest eigenpairs of T;
+    // W = Q·(their vectors).
+    let (mut diag, mut off) = (vec![0.0; r], vec![0.0; r - 1]);
+    let mut tau = vec![T::of(0.0); r - 1];
+    tridiag_reduce::reduce(m_s, r, &mut diag, &mut off, &mut tau);
     if diag.iter().chain(&off).any(|v| !v.is_finite()) {
         return Ok(None);
     }
@@ -523,17 +512,9 @@ fn gram_top_k_in<T: Real, F: FactorSource>(
     if tridiag_eigen::top_k(&diag, &off, k, &mut vecs).is_err() {
         return Ok(None);
     }
-    let mut w = Mat::<T>::from_fn(r, k, |i, j| T::of(vecs[j * r + i]));
-    if r > 1 {
-        apply_block_householder_sequence_on_the_left_in_place_with_conj(
-            m.rb().submatrix(1, 0, r - 1, r - 1),
-            h.as_ref(),
-            Conj::No,
-            w.subrows_mut(1, r - 1),
-            par,
-            stack,
-        );
-    }
+    let mut w: Vec<T> = vecs.iter().map(|&v| T::of(v)).collect();
+    tridiag_reduce::apply_q(m_s, r, &tau, &mut w, k);
+    let w = MatRef::from_column_major_slice(&w, r, k);
 
     // U_k·S_k = B_w·(L·W); σ² from its columns; Vh = S⁻²·(Aᵀ·(B_wᵀ·U_k·S_k))ᵀ.
     let mut lw = Mat::<T>::zeros(r, k);

@@ -194,6 +194,7 @@ impl MappedFiles {
     /// `_core.gram_top_k` for `allow_single`, `parallel` and the meaning of None). `release`:
     /// each adapter's pages of the module leave the resident set once read.
     #[pyo3(signature = (sources, fold, k, allow_single=false, parallel=false, release=true))]
+    #[allow(clippy::too_many_arguments)] // the Python signature's keywords
     fn svd_top_k<'py>(
         &self,
         py: Python<'py>,
