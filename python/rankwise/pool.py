@@ -49,10 +49,18 @@ def open_adapters(folders: Sequence[Path], *, check_finite: bool = True) -> list
         mods = modules_from_listing(folder, w, spec, files.tensors(i))
         adapters.append(Adapter(spec.raw, mods, path=folder, files=files, file_index=i))
     if check_finite:
+        # Pages stay mapped for the merge that follows, unless the pool is too large for that.
         files.check_finite(
-            [(i, k) for i, a in enumerate(adapters) for m in a.modules.values() for k in (m.key_a, m.key_b)]
+            [(i, k) for i, a in enumerate(adapters) for m in a.modules.values() for k in (m.key_a, m.key_b)],
+            release=mapped_bytes(adapters) > RESIDENT_BYTES,
         )
     return adapters
+
+
+def mapped_bytes(adapters: Sequence[Adapter]) -> int:
+    """The size of the distinct weight files the adapters are mapped from."""
+    files = {(id(a._files), a._file_index): a for a in adapters if a._files is not None}
+    return sum(os.path.getsize(a._files.path(a._file_index)) for a in files.values())
 
 
 class AdapterPool:
@@ -67,8 +75,7 @@ class AdapterPool:
             raise MergeConfigError("an AdapterPool needs at least one adapter")
         self.adapters = list(adapters)
         _check_compatible(self.adapters)
-        files = {(id(a._files), a._file_index): a for a in self.adapters if a._files is not None}
-        self.mapped_bytes = sum(os.path.getsize(a._files.path(a._file_index)) for a in files.values())
+        self.mapped_bytes = mapped_bytes(self.adapters)
 
     @classmethod
     def load(

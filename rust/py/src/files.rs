@@ -108,9 +108,15 @@ impl MappedFiles {
     }
 
     /// Checks that the listed tensors `(file index, key)` hold only finite values. Files are
-    /// checked in parallel, and each file's pages leave the resident set as soon as it is done,
-    /// so a pool larger than RAM is scanned with a resident set of a few files.
-    fn check_finite(&self, py: Python<'_>, items: Vec<(usize, String)>) -> PyResult<()> {
+    /// checked in parallel; with `release`, each file's pages leave the resident set as soon as
+    /// it is done, so a pool larger than RAM is scanned with a resident set of a few files.
+    #[pyo3(signature = (items, release=true))]
+    fn check_finite(
+        &self,
+        py: Python<'_>,
+        items: Vec<(usize, String)>,
+        release: bool,
+    ) -> PyResult<()> {
         let mut by_file: BTreeMap<usize, Vec<String>> = BTreeMap::new();
         for (i, key) in items {
             self.file(i)?;
@@ -122,7 +128,9 @@ impl MappedFiles {
             by_file.par_iter().try_for_each(|(i, keys)| {
                 let f = &files[*i];
                 let checked = keys.iter().try_for_each(|k| f.check_finite(k));
-                f.release_all();
+                if release {
+                    f.release_all();
+                }
                 checked
             })
         })
