@@ -4,10 +4,11 @@
 //! With `A·Aᵀ = L·Lᵀ` (Cholesky), `(B_w·L)ᵀ(B_w·L) = M = Lᵀ·(B_wᵀ·B_w)·L` is R × R and
 //! `(B_w·L)(B_w·L)ᵀ = ΔW·ΔWᵀ`, so the top-k eigenpairs `M·W = W·Λ` give `U_k·S_k = B_w·L·W` and
 //! `Vh_k = S_k⁻²·(U_k·S_k)ᵀ·B_w·A`. Steps: two Gram matrices (d·R² flops each), the Cholesky
-//! factor and `M` (≈ 1.7·R³), the tridiagonal form of M (4/3·R³, blocked: `tridiag_reduce`), its k largest
-//! eigenpairs (bisection and inverse iteration, O(R·k): `tridiag_eigen`) and the k vectors
-//! carried back through the Householder reflectors (2·R²·k). LAPACK's syevr takes the same
-//! route; doing it here keeps the GIL released, so a merge runs modules on all cores at once.
+//! factor and `M` (≈ 1.7·R³), the tridiagonal form of M (4/3·R³, blocked Householder:
+//! `tridiag_reduce`), its k largest eigenpairs (bisection and inverse iteration, O(R·k):
+//! `tridiag_eigen`) and the k vectors carried back through the Householder reflectors
+//! (2·R²·k). LAPACK's syevr takes the same route; doing it here keeps the GIL released, so a
+//! merge runs modules on all cores at once.
 //!
 //! Precision. The work is generic over the working precision `T`; `top_k_of` takes float32 when
 //! the caller allows it and the result is provably close, else float64. In float32 the result
