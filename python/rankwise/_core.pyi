@@ -33,7 +33,7 @@ class MappedFiles:
         k: int,
         allow_single: bool = False,
         parallel: bool = False,
-        release: bool = True,
+        stream: bool = True,
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None: ...
 
 def write_safetensors(

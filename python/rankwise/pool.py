@@ -15,11 +15,13 @@ from . import peft_format as pf
 from .adapter import Adapter, modules_from_listing, weights_path
 from .errors import IncompatibleAdaptersError, MergeConfigError, RankwiseError
 
-#: Pools whose weight files add up to at most this many bytes keep the pages a merge maps in
-#: its resident set until the merge ends; larger pools drop each module's pages once read, so
-#: the resident set stays near one module's pages. Dropping costs a system call per file and
-#: module and interrupts the other threads (TLB flushes): about 5% of a small pool's svd merge.
-#: The pages stay in the page cache either way.
+#: Pools whose weight files add up to at most this many bytes keep the pages they map (in the
+#: load's finite check, in merges) in the resident set until the pool is dropped; larger pools
+#: drop each file's pages after the check and each module's pages once a merge has read them,
+#: so the resident set stays near one module's pages. Dropping costs a system call per file
+#: and module and interrupts the other threads (TLB flushes), and mapping the pages again
+#: costs as much: together ~10% of a small pool's svd merge. The pages stay in the page cache
+#: either way.
 RESIDENT_BYTES = 256 << 20
 
 

@@ -519,7 +519,7 @@ def _module_top_k(ctx: ModuleContext, fold: np.ndarray, k: int, *, single: bool)
     mapped = ctx.pool._file_sources(ctx.module)
     if mapped is not None:
         files, sources = mapped
-        return files.svd_top_k(sources, fold, k, allow_single=single, parallel=parallel, release=ctx.pool.streams)
+        return files.svd_top_k(sources, fold, k, allow_single=single, parallel=parallel, stream=ctx.pool.streams)
     return _gram_top_k(_stacked_units(ctx), ctx.shape[0], fold, k, single=single, parallel=parallel)
 
 

@@ -173,10 +173,11 @@ impl<U: Copy + Into<f64> + Sync> FactorSource for UnitRows<'_, U> {
 pub struct MappedFactors<'a> {
     pub sources: &'a [crate::units::UnitSource<'a>],
     pub layout: &'a crate::units::UnitLayout,
-    /// Whether each adapter's pages leave the resident set once read (pools larger than what
-    /// may stay resident; a parallel merge reads other modules meanwhile, so only this
-    /// module's pages go).
-    pub release: bool,
+    /// Whether the pool streams: its pages were dropped after the load's finite check, so
+    /// each adapter's pages of the module are mapped in one call before they are read (not
+    /// page by page), and dropped once read (a parallel merge reads other modules meanwhile,
+    /// so only this module's pages go). Else they are mapped already and stay.
+    pub stream: bool,
 }
 
 impl FactorSource for MappedFactors<'_> {
@@ -198,7 +199,9 @@ impl FactorSource for MappedFactors<'_> {
         };
         let mut first = 0;
         for (src, &r) in self.sources.iter().zip(&layout.ranks) {
-            src.file.populate_pair(src.key_a, src.key_b);
+            if self.stream {
+                src.file.populate_pair(src.key_a, src.key_b);
+            }
             let factors = crate::units::AdapterFactors::open(src, d_in, &mut b)?;
             // B (d_out × r, row-major) into columns first.. of B_w, each times its fold: the
             // product in float64, rounded once (the same values as UnitRows). In tiles of
@@ -233,7 +236,7 @@ impl FactorSource for MappedFactors<'_> {
                     }
                 }
             }
-            if self.release {
+            if self.stream {
                 src.file.release_pair(src.key_a, src.key_b);
             }
             first += r;
@@ -652,7 +655,7 @@ mod tests {
     }
 
     /// MappedFactors (straight from files: f16 and f32, mixed ranks, B in several row tiles)
-    /// fills the same B_w and Aᵀ as UnitRows on the values read back, with and without release.
+    /// fills the same B_w and Aᵀ as UnitRows on the values read back, streaming or not.
     #[test]
     fn mapped_factors_fill_like_unit_rows() {
         use crate::dtype::DType;
@@ -715,11 +718,11 @@ mod tests {
         };
         let want32 = both::<f32>(&rows, d_out, d_in, &fold);
         let want64 = both::<f64>(&rows, d_out, d_in, &fold);
-        for release in [false, true] {
+        for stream in [false, true] {
             let mapped = MappedFactors {
                 sources: &sources,
                 layout: &layout,
-                release,
+                stream,
             };
             assert_eq!(both::<f32>(&mapped, d_out, d_in, &fold), want32);
             assert_eq!(both::<f64>(&mapped, d_out, d_in, &fold), want64);

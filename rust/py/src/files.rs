@@ -199,9 +199,10 @@ impl MappedFiles {
     /// The svd baseline's `(U_k·S_k, Vh_k)` of one module, `Σ_i fold_i·b_i·a_iᵀ` over the
     /// units of `sources` (`(file index, key_A, key_B)` per adapter; raw factors, `fold` one
     /// value per unit), read straight from the mapped files into the core's Gram path (see
-    /// `_core.gram_top_k` for `allow_single`, `parallel` and the meaning of None). `release`:
-    /// each adapter's pages of the module leave the resident set once read.
-    #[pyo3(signature = (sources, fold, k, allow_single=false, parallel=false, release=true))]
+    /// `_core.gram_top_k` for `allow_single`, `parallel` and the meaning of None). `stream`:
+    /// the pool's pages are not mapped (dropped after its finite check): each adapter's pages
+    /// of the module are mapped in one call, and leave the resident set once read.
+    #[pyo3(signature = (sources, fold, k, allow_single=false, parallel=false, stream=true))]
     #[allow(clippy::too_many_arguments)] // the Python signature's keywords
     fn svd_top_k<'py>(
         &self,
@@ -211,7 +212,7 @@ impl MappedFiles {
         k: usize,
         allow_single: bool,
         parallel: bool,
-        release: bool,
+        stream: bool,
     ) -> PyResult<crate::svd::Out<'py>> {
         let srcs = sources
             .iter()
@@ -225,7 +226,7 @@ impl MappedFiles {
             let src = MappedFactors {
                 sources: &srcs,
                 layout: &layout,
-                release,
+                stream,
             };
             let res = top_k_of(
                 &src,
