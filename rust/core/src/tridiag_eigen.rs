@@ -1105,10 +1105,27 @@ fn block_vectors_impl(
     Ok(())
 }
 
+/// The symmetric tridiagonal matrix with diagonal `d` and off-diagonal `e`, dense (tests).
+#[cfg(test)]
+pub(crate) fn dense(d: &[f64], e: &[f64]) -> faer::Mat<f64> {
+    let n = d.len();
+    faer::Mat::from_fn(n, n, |i, j| {
+        if i == j {
+            d[i]
+        } else if i == j + 1 {
+            e[j]
+        } else if j == i + 1 {
+            e[i]
+        } else {
+            0.0
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use faer::{Mat, Side};
+    use faer::Side;
 
     /// Deterministic uniform numbers in [-1, 1) for test matrices (independent of `Lcg`'s
     /// seeding so that the tests do not share the solver's start vectors).
@@ -1127,21 +1144,6 @@ mod tests {
         let d = (0..n).map(|_| r.next()).collect();
         let e = (0..n.saturating_sub(1)).map(|_| r.next()).collect();
         (d, e)
-    }
-
-    fn dense(d: &[f64], e: &[f64]) -> Mat<f64> {
-        let n = d.len();
-        Mat::from_fn(n, n, |i, j| {
-            if i == j {
-                d[i]
-            } else if i == j + 1 {
-                e[j]
-            } else if j == i + 1 {
-                e[i]
-            } else {
-                0.0
-            }
-        })
     }
 
     /// max_i Σ_j |T_ij|

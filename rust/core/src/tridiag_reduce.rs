@@ -1233,21 +1233,6 @@ mod tests {
         }
     }
 
-    fn tridiag_dense(d: &[f64], e: &[f64]) -> Mat<f64> {
-        let n = d.len();
-        Mat::from_fn(n, n, |i, j| {
-            if i == j {
-                d[i]
-            } else if i == j + 1 {
-                e[j]
-            } else if j == i + 1 {
-                e[i]
-            } else {
-                0.0
-            }
-        })
-    }
-
     fn max_abs(m: &Mat<f64>) -> f64 {
         let mut v = 0.0f64;
         for j in 0..m.ncols() {
@@ -1274,7 +1259,7 @@ mod tests {
                 eig: 0.0,
             };
         }
-        let t = tridiag_dense(&r.diag, &r.off);
+        let t = crate::tridiag_eigen::dense(&r.diag, &r.off);
         let scale = max_abs(&r.a);
         let rec = &r.q * &t * r.q.transpose() - &r.a;
         let orth = r.q.transpose() * &r.q - Mat::<f64>::identity(n, n);
