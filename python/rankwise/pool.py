@@ -144,7 +144,7 @@ class AdapterPool:
         ``[w_j·s_j·b_i ; a_i]``, and the rank each adapter contributed. ``out``: a C-contiguous
         float32 array of that shape to write the rows into (and return).
 
-        Built in Rust straight from the mapped bytes; the pages read are released afterwards.
+        Built in Rust straight from the mapped bytes.
         """
         units, ranks, _ = self._units(module, weights, canonical, normalized=False, out=out)
         return units, ranks

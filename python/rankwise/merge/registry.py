@@ -203,8 +203,8 @@ def merge(
             progress(i + 1, len(modules), name)
 
     # A pool too large to stay resident (pool.streams) drops each module's pages once read:
-    # parallel methods per module themselves (releasing every mapped page between modules would
-    # drop those of the modules still running), the others here; and all of them at the end.
+    # the others here, parallel methods per module themselves (releasing every mapped page
+    # between modules would drop those of the modules still running), and all at the end.
     threads = _core.get_num_threads()
     workers = min(threads, len(modules)) if m.parallel_modules else 1
     if workers <= 1:
@@ -213,8 +213,8 @@ def merge(
             done(i, name, m.fn(ModuleContext(pool, name, i, w, timings, scratch, threads, out_dtype, lock), **opts))
     else:
         _merge_parallel(m, pool, w, opts, timings, out_dtype, lock, workers, done)
-    if pool.streams:
-        pool.release()
+        if pool.streams:
+            pool.release()
     if bar is not None:
         bar.close()
     out = Adapter.from_factors(merged, base_config=pool[0].config, dtype=out_dtype)

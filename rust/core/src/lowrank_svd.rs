@@ -158,11 +158,8 @@ pub struct UnitRows<'a, U> {
 
 impl<U: Copy + Into<f64> + Sync> FactorSource for UnitRows<'_, U> {
     fn fill<T: Real>(&self, bw: &mut [T], at: &mut [T], fold: &[f64]) -> Result<()> {
-        let r = fold.len();
-        let d_in = at.len() / r;
+        let d_in = at.len() / fold.len();
         let width = self.d_out + d_in;
-        let bw = MatMut::from_column_major_slice_mut(bw, self.d_out, r);
-        let at = MatMut::from_column_major_slice_mut(at, d_in, r);
         columns(bw, self.units, width, 0, self.d_out, Some(fold));
         columns(at, self.units, width, self.d_out, d_in, None);
         Ok(())
@@ -192,11 +189,7 @@ impl FactorSource for MappedFactors<'_> {
         }
         let (d_out, d_in) = (layout.d_out, layout.d_in);
         let mut b = Vec::new();
-        let mut row = if T::SINGLE {
-            Vec::new()
-        } else {
-            vec![0f32; d_in]
-        };
+        let mut row = vec![0f32; d_in];
         let mut first = 0;
         for (src, &r) in self.sources.iter().zip(&layout.ranks) {
             if self.stream {
@@ -309,20 +302,21 @@ fn largest_eigenvalue<T: Real>(g: MatRef<'_, T>) -> f64 {
 /// Fills `out` (`len` × R, column-major): column j is `units[j·width + start ..][..len]`,
 /// times `fold[j]` when given.
 fn columns<T: Real, U: Copy + Into<f64>>(
-    mut out: MatMut<'_, T>,
+    out: &mut [T],
     units: &[U],
     width: usize,
     start: usize,
     len: usize,
     fold: Option<&[f64]>,
 ) {
-    for (j, row) in units.chunks_exact(width).enumerate() {
+    for (j, (col, row)) in out
+        .chunks_exact_mut(len)
+        .zip(units.chunks_exact(width))
+        .enumerate()
+    {
         let f = fold.map_or(1.0, |f| f[j]);
-        let src = &row[start..start + len];
-        out.rb_mut()
-            .col_mut(j)
-            .iter_mut()
-            .zip(src)
+        col.iter_mut()
+            .zip(&row[start..start + len])
             .for_each(|(o, &v)| *o = T::of(v.into() * f));
     }
 }

@@ -247,19 +247,23 @@ fn release_range(map: &Mmap, begin: usize, end: usize) {
 #[cfg(not(unix))]
 fn release_range(_map: &Mmap, _begin: usize, _end: usize) {}
 
-/// The index of the first value whose bit pattern is `bad`. Blocks of values are scanned with
-/// a branch-free fold (which the compiler vectorises); only a block with a hit is searched.
-fn first_nonfinite<const N: usize>(bytes: &[u8], bad: impl Fn([u8; N]) -> bool) -> Option<usize> {
-    const BLOCK: usize = 512;
-    let value = |c: &[u8]| -> [u8; N] { c.try_into().expect("chunks of N bytes") };
-    bytes.chunks(BLOCK * N).enumerate().find_map(|(i, blk)| {
-        let hit = blk
-            .chunks_exact(N)
-            .fold(false, |acc, c| acc | bad(value(c)));
-        hit.then(|| blk.chunks_exact(N).position(|c| bad(value(c))))
+/// The index of the first value that is `bad`. Blocks of values are scanned with a
+/// branch-free fold (which the compiler vectorises, unlike an early-exit search); only a block
+/// with a hit is searched. Serves the finite checks on raw bytes here and on converted values
+/// (`units`).
+pub(crate) fn first_where<T: Copy>(values: &[T], bad: impl Fn(T) -> bool) -> Option<usize> {
+    const BLOCK: usize = 256;
+    values.chunks(BLOCK).enumerate().find_map(|(i, blk)| {
+        let hit = blk.iter().fold(false, |acc, &v| acc | bad(v));
+        hit.then(|| blk.iter().position(|&v| bad(v)))
             .flatten()
             .map(|j| i * BLOCK + j)
     })
+}
+
+/// `first_where` on the values of little-endian `N`-byte bit patterns.
+fn first_nonfinite<const N: usize>(bytes: &[u8], bad: impl Fn([u8; N]) -> bool) -> Option<usize> {
+    first_where(bytes.as_chunks::<N>().0, bad)
 }
 
 type Header = (BTreeMap<String, TensorInfo>, BTreeMap<String, String>);

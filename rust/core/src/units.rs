@@ -252,16 +252,9 @@ impl<'a> AdapterFactors<'a> {
     }
 }
 
-/// The index of the first NaN or Inf: blocks are scanned with a branch-free fold (which the
-/// compiler vectorises, unlike an early-exit search); only a block with a hit is searched.
+/// The index of the first NaN or Inf.
 fn first_nonfinite(x: &[f32]) -> Option<usize> {
-    const BLOCK: usize = 256;
-    x.chunks(BLOCK).enumerate().find_map(|(i, blk)| {
-        let hit = blk.iter().fold(false, |acc, v| acc | !v.is_finite());
-        hit.then(|| blk.iter().position(|v| !v.is_finite()))
-            .flatten()
-            .map(|j| i * BLOCK + j)
-    })
+    crate::safetensors_io::first_where(x, |v| !v.is_finite())
 }
 
 /// Puts one unit `[b ; a]` in canonical form and/or scales its parts to unit length, from one
