@@ -66,6 +66,7 @@ pub fn cluster_means(
             counts[l] += 1;
         }
         // The members' part norms: given, or measured on the raw rows.
+        let level = crate::simd::Level::detect();
         let norms: Vec<[f64; 2]> = match part_norms {
             Some(p) => p
                 .chunks_exact(2)
@@ -74,7 +75,7 @@ pub fn cluster_means(
             None => x
                 .par_chunks(width)
                 .map(|row| {
-                    let norm = |v: &[f32]| crate::kmeans::sq_norm(v).sqrt();
+                    let norm = |v: &[f32]| crate::simd::sq_norm(level, v).sqrt();
                     [norm(&row[..d_out]), norm(&row[d_out..])]
                 })
                 .collect(),

@@ -1,6 +1,6 @@
 //! One error type for the whole core. Every variant carries what a user needs to find the
 //! problem: the file, the tensor key (or module) and what is wrong. The binding maps the
-//! variants onto Python exception classes in one place.
+//! variants onto Python exception classes in one place (`rust/py/src/errors.rs`).
 
 use std::path::Path;
 
@@ -64,21 +64,6 @@ impl Error {
     pub fn incompatible(reason: impl Into<String>) -> Self {
         Error::Incompatible {
             reason: reason.into(),
-        }
-    }
-
-    /// Stable name of the variant, used by the binding to pick the Python class.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-                "not_found"
-            }
-            Error::Io { .. } => "io",
-            Error::Header { .. } | Error::Tensor { .. } => "format",
-            Error::Incompatible { .. } => "incompatible",
-            Error::InvalidArgument { .. } => "value",
-            Error::Cancelled => "cancelled",
-            Error::Panic { .. } => "internal",
         }
     }
 }

@@ -8,7 +8,10 @@
 use rayon::prelude::*;
 
 use crate::error::{catch_panic, Error, Result};
+use crate::linalg::lowrank_svd::FactorSource;
 use crate::safetensors_io::MappedFile;
+use crate::scalar::Real;
+use crate::simd::{sq_norm, Level};
 
 /// Where one adapter's factors for the module live, and the factor folded into its b's.
 pub struct UnitSource<'a> {
@@ -263,8 +266,9 @@ fn first_nonfinite(x: &[f32]) -> Option<usize> {
 /// Canonical then normalized is `[σ·b/‖b‖ ; σ·a/‖a‖]` with norms both `√(‖b‖·‖a‖)`.
 fn finish_unit(row: &mut [f32], d_out: usize, canonical: bool, normalized: bool) -> [f32; 2] {
     let (b, a) = row.split_at_mut(d_out);
-    let nb = crate::kmeans::sq_norm(b).sqrt();
-    let na = crate::kmeans::sq_norm(a).sqrt();
+    let level = Level::detect();
+    let nb = sq_norm(level, b).sqrt();
+    let na = sq_norm(level, a).sqrt();
     if canonical && nb > 0.0 && na > 0.0 {
         let sign = canonical_sign(a);
         let (cb, ca, norm) = if normalized {
@@ -317,6 +321,82 @@ fn nonfinite(src: &UnitSource, key: &str, index: usize) -> Error {
 /// with the largest magnitude is positive (first such entry on ties). Zero units stay zero.
 pub fn canonicalize(row: &mut [f32], d_out: usize) {
     finish_unit(row, d_out, true, false);
+}
+
+/// Rows of an adapter's B transposed into B_w at a time (see `MappedFactors::fill`).
+const TILE_ROWS: usize = 64;
+
+/// The module's units across the pool as the low-rank svd's `B_w` and `Aᵀ`, read from the
+/// mapped safetensors files (no unit matrix in between).
+pub struct MappedFactors<'a> {
+    pub sources: &'a [UnitSource<'a>],
+    pub layout: &'a UnitLayout,
+    /// Whether the pool streams: its pages were dropped after the load's finite check, so
+    /// each adapter's pages of the module are mapped in one call before they are read (not
+    /// page by page), and dropped once read (a parallel merge reads other modules meanwhile,
+    /// so only this module's pages go). Else they are mapped already and stay.
+    pub stream: bool,
+}
+
+impl FactorSource for MappedFactors<'_> {
+    fn fill<T: Real>(&self, bw: &mut [T], at: &mut [T], fold: &[f64]) -> Result<()> {
+        let layout = self.layout;
+        if fold.len() != layout.n_units {
+            return Err(Error::invalid(format!(
+                "{} folds for {} units",
+                fold.len(),
+                layout.n_units
+            )));
+        }
+        let (d_out, d_in) = (layout.d_out, layout.d_in);
+        let mut b = Vec::new();
+        let mut row = vec![0f32; d_in];
+        let mut first = 0;
+        for (src, &r) in self.sources.iter().zip(&layout.ranks) {
+            if self.stream {
+                src.file.populate_pair(src.key_a, src.key_b);
+            }
+            let factors = AdapterFactors::open(src, d_in, &mut b)?;
+            // B (d_out × r, row-major) into columns first.. of B_w, each times its fold: the
+            // product in float64, rounded once (the same values as UnitRows). In tiles of
+            // rows, each column written contiguously: row by row, the r writes 4·d_out bytes
+            // apart fall into one L1 set and evict each other.
+            let cols = &mut bw[first * d_out..(first + r) * d_out];
+            for i0 in (0..d_out).step_by(TILE_ROWS) {
+                let rows = TILE_ROWS.min(d_out - i0);
+                let tile = &b[i0 * r..(i0 + rows) * r];
+                for (u, col) in cols.chunks_exact_mut(d_out).enumerate() {
+                    let f = fold[first + u];
+                    for (o, &v) in col[i0..i0 + rows]
+                        .iter_mut()
+                        .zip(tile[u..].iter().step_by(r))
+                    {
+                        *o = T::from_f64(v as f64 * f);
+                    }
+                }
+            }
+            // A's rows are Aᵀ's columns: converted in place (float32) or through `row`.
+            for (u, col) in at[first * d_in..(first + r) * d_in]
+                .chunks_exact_mut(d_in)
+                .enumerate()
+            {
+                match T::as_f32_mut(col) {
+                    Some(col) => factors.a_row(u, col)?,
+                    None => {
+                        factors.a_row(u, &mut row)?;
+                        col.iter_mut()
+                            .zip(&row)
+                            .for_each(|(o, &v)| *o = T::from_f64(v as f64));
+                    }
+                }
+            }
+            if self.stream {
+                src.file.release_pair(src.key_a, src.key_b);
+            }
+            first += r;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -508,6 +588,85 @@ mod tests {
             .unwrap()
             .to_string()
             .contains("rank mismatch"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// MappedFactors (straight from files: f16 and f32, mixed ranks, B in several row tiles)
+    /// fills the same B_w and Aᵀ as UnitRows on the values read back, streaming or not.
+    #[test]
+    fn mapped_factors_fill_like_unit_rows() {
+        use crate::linalg::lowrank_svd::UnitRows;
+        use crate::rng::Mmix;
+        use crate::scalar::Real;
+        let (d_out, d_in) = (133, 70); // B in three row tiles of TILE_ROWS = 64
+        let dir = std::env::temp_dir().join(format!("rw-mf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut g = Mmix(7);
+        let mut files = Vec::new();
+        for (i, (r, dtype)) in [(3, DType::F16), (5, DType::F32)].into_iter().enumerate() {
+            let a: Vec<f32> = (0..r * d_in).map(|_| (g.next_f64() - 0.5) as f32).collect();
+            let b: Vec<f32> = (0..d_out * r)
+                .map(|_| (g.next_f64() - 0.5) as f32)
+                .collect();
+            let path = dir.join(format!("{i}.safetensors"));
+            let (sa, sb) = ([r, d_in], [d_out, r]);
+            let t = |name, shape, data| TensorOut {
+                name,
+                dtype,
+                shape,
+                data,
+            };
+            write(
+                &path,
+                &[t("m.A", &sa, &a), t("m.B", &sb, &b)],
+                &Default::default(),
+            )
+            .unwrap();
+            files.push(MappedFile::open(&path).unwrap());
+        }
+        let sources: Vec<UnitSource> = files
+            .iter()
+            .map(|file| UnitSource {
+                file,
+                key_a: "m.A",
+                key_b: "m.B",
+                b_scale: 1.0,
+            })
+            .collect();
+        let layout = unit_layout(&sources).unwrap();
+        let r = layout.n_units;
+        let fold: Vec<f64> = (0..r).map(|i| 0.3 + i as f64 * 0.17).collect();
+        // Unit rows from the values as read back (f16 rounding included).
+        let mut units = Vec::new();
+        for (src, &ri) in sources.iter().zip(&layout.ranks) {
+            let (a, b) = (src.file.read("m.A").unwrap(), src.file.read("m.B").unwrap());
+            for u in 0..ri {
+                units.extend((0..d_out).map(|o| b[o * ri + u]));
+                units.extend_from_slice(&a[u * d_in..(u + 1) * d_in]);
+            }
+        }
+        fn both<T: Real>(src: &impl FactorSource, n: usize, d: usize, fold: &[f64]) -> Vec<T> {
+            let mut out = vec![T::from_f64(f64::NAN); n * fold.len() + d * fold.len()];
+            let (bw, at) = out.split_at_mut(n * fold.len());
+            src.fill(bw, at, fold).unwrap();
+            out
+        }
+        let rows = UnitRows {
+            units: &units,
+            d_out,
+        };
+        let want32 = both::<f32>(&rows, d_out, d_in, &fold);
+        let want64 = both::<f64>(&rows, d_out, d_in, &fold);
+        for stream in [false, true] {
+            let mapped = MappedFactors {
+                sources: &sources,
+                layout: &layout,
+                stream,
+            };
+            assert_eq!(both::<f32>(&mapped, d_out, d_in, &fold), want32);
+            assert_eq!(both::<f64>(&mapped, d_out, d_in, &fold), want64);
+        }
+        drop(files);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,37 +1,22 @@
 //! Unit alignment (Hungarian matching) and the delta Gram matrix, as seen from Python.
 //!
-//! Arrays may come in any layout; non-C-contiguous ones are copied once, before the GIL is
-//! released. Factors follow PEFT: A is `r × d_in`, B is `d_out × r`.
+//! Arrays in any layout (`crate::arrays`). Factors follow PEFT: A is `r × d_in`, B is
+//! `d_out × r`.
 
 use std::borrow::Cow;
 
-use numpy::ndarray::{Array1, Array2, Dimension};
+use numpy::ndarray::{Array1, Array2};
 use numpy::{
-    Element, IntoPyArray, PyArray1, PyArray2, PyReadonlyArray, PyReadonlyArray2, PyReadonlyArray3,
-    PyUntypedArrayMethods,
+    IntoPyArray, PyArray1, PyArray2, PyReadonlyArray2, PyReadonlyArray3, PyUntypedArrayMethods,
 };
 use pyo3::prelude::*;
 
 use rankwise_core::align::{self, Alignment, Similarity, UnitsView};
 use rankwise_core::Error;
 
+use crate::arrays::{c_order, invalid as err};
 use crate::errors::to_pyerr;
 use crate::run::{run, run_quick};
-
-fn err(reason: String) -> PyErr {
-    to_pyerr(Error::invalid(reason))
-}
-
-/// The array's values in C order: borrowed when it is C-contiguous, else copied.
-fn contiguous<'a, T: Element + Copy, D: Dimension>(
-    arr: &'a PyReadonlyArray<'_, T, D>,
-) -> Cow<'a, [T]> {
-    // `as_slice` also accepts Fortran order, whose memory is not C order: check first.
-    match arr.as_slice() {
-        Ok(s) if arr.is_c_contiguous() => Cow::Borrowed(s),
-        _ => Cow::Owned(arr.as_array().iter().copied().collect()),
-    }
-}
 
 /// One adapter's factors of one module, in C order: (A, B, r, d_out, d_in).
 struct Factors<'a> {
@@ -55,8 +40,8 @@ impl<'a> Factors<'a> {
             )));
         }
         Ok(Factors {
-            a: contiguous(a),
-            b: contiguous(b),
+            a: c_order(a),
+            b: c_order(b),
             r: sa[0],
             d_out: sb[0],
             d_in: sa[1],
@@ -86,7 +71,7 @@ pub fn hungarian<'py>(
         )));
     }
     let n = shape[0];
-    let data = contiguous(&cost);
+    let data = c_order(&cost);
     let assign = run_quick(py, || align::hungarian(&data, n))?;
     Ok(Array1::from_iter(assign.into_iter().map(|j| j as i64)).into_pyarray(py))
 }
@@ -166,8 +151,8 @@ pub fn align_units<'py>(
         )));
     }
     let d_in = width - d_out;
-    let ref_data = contiguous(&reference);
-    let oth_data = contiguous(&others);
+    let ref_data = c_order(&reference);
+    let oth_data = c_order(&others);
     let m = os[0];
     let rv = UnitsView::from_units(&ref_data, r, d_out, d_in).map_err(to_pyerr)?;
     let block = r * width;

@@ -6,11 +6,9 @@ use numpy::{
 };
 use pyo3::prelude::*;
 
-use rankwise_core::assemble;
-use rankwise_core::Error;
-
-use crate::errors::to_pyerr;
+use crate::arrays::{c_order, invalid};
 use crate::run::run;
+use rankwise_core::assemble;
 
 type Out<'py> = (
     Bound<'py, PyArray2<f64>>,
@@ -19,7 +17,7 @@ type Out<'py> = (
     Bound<'py, PyArray1<f64>>,
 );
 
-/// Per cluster of the rows of `x` (n × width, float32, C-contiguous): the mean raw unit
+/// Per cluster of the rows of `x` (n × width, float32): the mean raw unit
 /// (`k × width` float64; members counted as `signs[i]·x[i]`, parts multiplied back by
 /// `part_norms` when given, `n × 2`), the member counts, and the members' mean b-part and a-part
 /// norms (b: the first `d_out` columns).
@@ -35,23 +33,14 @@ pub fn cluster_means<'py>(
     part_norms: Option<PyReadonlyArray2<'py, f32>>,
 ) -> PyResult<Out<'py>> {
     let width = x.shape()[1];
-    let contiguous = |what: &str| {
-        to_pyerr(Error::invalid(format!(
-            "{what} must be a C-contiguous array"
-        )))
-    };
-    let xs = x.as_slice().map_err(|_| contiguous("x"))?;
-    let ls = labels.as_slice().map_err(|_| contiguous("labels"))?;
-    let ss = signs.as_slice().map_err(|_| contiguous("signs"))?;
-    let ps = match &part_norms {
-        Some(p) => Some(p.as_slice().map_err(|_| contiguous("part_norms"))?),
-        None => None,
-    };
+    let xs = c_order(&x);
+    let ls = c_order(&labels);
+    let ss = c_order(&signs);
+    let ps = part_norms.as_ref().map(c_order);
     let r = run(py, || {
-        assemble::cluster_means(xs, width, d_out, ls, ss, k, ps)
+        assemble::cluster_means(&xs, width, d_out, &ls, &ss, k, ps.as_deref())
     })?;
-    let means = Array2::from_shape_vec((k, width), r.means)
-        .map_err(|e| to_pyerr(Error::invalid(e.to_string())))?;
+    let means = Array2::from_shape_vec((k, width), r.means).map_err(|e| invalid(e.to_string()))?;
     let counts: Vec<i64> = r.counts.iter().map(|&c| c as i64).collect();
     Ok((
         means.into_pyarray(py),

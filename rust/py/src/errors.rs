@@ -1,6 +1,7 @@
-//! The one place where core errors become Python exceptions. The classes live in
-//! `rankwise.errors` (they subclass both RankwiseError and a builtin, which is simpler to
-//! declare in Python), so we look them up by name.
+//! The one place where core errors become Python exceptions, by the variant of
+//! `rankwise_core::Error` (the match is exhaustive: a new variant must be placed here). The
+//! classes live in `rankwise.errors` (they subclass both RankwiseError and a builtin, which is
+//! simpler to declare in Python), so they are looked up by name.
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError};
 use pyo3::prelude::*;
@@ -8,15 +9,15 @@ use pyo3::prelude::*;
 use rankwise_core::Error;
 
 pub fn to_pyerr(err: Error) -> PyErr {
-    if let Error::Cancelled = err {
-        return PyKeyboardInterrupt::new_err("cancelled");
-    }
-    let class = match err.kind() {
-        "not_found" => "AdapterNotFoundError",
-        "io" | "format" => "AdapterFormatError",
-        "incompatible" => "IncompatibleAdaptersError",
-        "value" => "MergeConfigError",
-        _ => "InternalError",
+    let class = match &err {
+        Error::Cancelled => return PyKeyboardInterrupt::new_err("cancelled"),
+        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            "AdapterNotFoundError"
+        }
+        Error::Io { .. } | Error::Header { .. } | Error::Tensor { .. } => "AdapterFormatError",
+        Error::Incompatible { .. } => "IncompatibleAdaptersError",
+        Error::InvalidArgument { .. } => "MergeConfigError",
+        Error::Panic { .. } => "InternalError",
     };
     let msg = err.to_string();
     Python::with_gil(|py| {

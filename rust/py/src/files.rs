@@ -12,11 +12,12 @@ use numpy::{
 use pyo3::prelude::*;
 
 use rankwise_core::dtype::DType;
-use rankwise_core::lowrank_svd::{top_k_of, MappedFactors};
+use rankwise_core::linalg::lowrank_svd::top_k_of;
 use rankwise_core::safetensors_io::{self, MappedFile, TensorOut};
-use rankwise_core::units::{self, UnitSource};
+use rankwise_core::units::{self, MappedFactors, UnitSource};
 use rankwise_core::Error;
 
+use crate::arrays::{c_order, invalid, out_array};
 use crate::errors::to_pyerr;
 use crate::run::{run, run_quick};
 
@@ -146,7 +147,7 @@ impl MappedFiles {
     /// adapter. Returns `(U, ranks, part_norms)` with `U` float32 `[Σ ranks, d_out + d_in]`;
     /// with `normalized`, U's b and a parts have unit norm and `part_norms` (`[Σ ranks, 2]`)
     /// holds the norms they had, else it is None. With `out` (a C-contiguous float32 array of
-    /// exactly that shape), U is written into it and `out` is returned.
+    /// exactly that shape, writeable; else a ValueError), U is written into it and `out` is returned.
     #[pyo3(signature = (sources, canonical=false, normalized=false, out=None))]
     fn unit_matrix<'py>(
         &self,
@@ -154,7 +155,7 @@ impl MappedFiles {
         sources: Vec<(usize, String, String, f32)>,
         canonical: bool,
         normalized: bool,
-        out: Option<Bound<'py, PyArray2<f32>>>,
+        out: Option<Bound<'py, PyAny>>,
     ) -> PyResult<UnitMatrixOut<'py>> {
         let srcs = sources
             .iter()
@@ -163,24 +164,15 @@ impl MappedFiles {
         let layout = run(py, || units::unit_layout(&srcs))?;
         let width = layout.d_out + layout.d_in;
         let n = layout.n_units;
-        let arr = match out {
-            Some(arr) if arr.shape() != [n, width] => {
-                return Err(to_pyerr(Error::invalid(format!(
-                    "out has shape ({}, {}), expected ({n}, {width})",
-                    arr.shape()[0],
-                    arr.shape()[1]
-                ))))
-            }
-            Some(arr) => arr,
+        let arr: Bound<'py, PyArray2<f32>> = match out {
+            Some(out) => out_array(&out, &[n, width], "out")?,
             None => PyArray2::zeros(py, [n, width], false),
         };
         let norms = {
-            let mut view = arr
-                .try_readwrite()
-                .map_err(|e| to_pyerr(Error::invalid(e.to_string())))?;
-            let buf = view.as_slice_mut().map_err(|_| {
-                to_pyerr(Error::invalid("out must be a C-contiguous float32 array"))
-            })?;
+            let mut view = arr.try_readwrite().map_err(|e| invalid(e.to_string()))?;
+            let buf = view
+                .as_slice_mut()
+                .map_err(|_| invalid("out must be C-contiguous"))?;
             run(py, || {
                 units::fill_unit_matrix(&srcs, &layout, canonical, normalized, buf)
             })?
@@ -218,9 +210,7 @@ impl MappedFiles {
             .iter()
             .map(|(i, ka, kb)| self.unit_source(*i, ka, kb, 1.0))
             .collect::<PyResult<Vec<_>>>()?;
-        let fs = fold
-            .as_slice()
-            .map_err(|_| to_pyerr(Error::invalid("fold must be a C-contiguous array")))?;
+        let fs = c_order(&fold);
         let (res, d_out) = run_quick(py, || {
             let layout = units::unit_layout(&srcs)?;
             let src = MappedFactors {
@@ -232,7 +222,7 @@ impl MappedFiles {
                 &src,
                 layout.d_out,
                 layout.d_in,
-                fs,
+                &fs,
                 k,
                 allow_single,
                 parallel,
@@ -249,7 +239,8 @@ type UnitMatrixOut<'py> = (
     Option<Bound<'py, PyArray2<f32>>>,
 );
 
-/// Writes a safetensors file from `(name, dtype, float32 array)` triples; values are converted
+/// Writes a safetensors file from `(name, dtype, float32 array)` triples (arrays in any layout,
+/// written in C order); values are converted
 /// to `dtype` ("F32", "F16", "BF16" or "F64") with round-to-nearest-even.
 #[pyfunction]
 #[pyo3(signature = (path, tensors, metadata=None))]
@@ -266,17 +257,7 @@ pub fn write_safetensors(
                 "tensor '{name}': cannot write dtype '{dtype}' (F32, F16, BF16, F64)"
             )))
         })?;
-        // as_slice also accepts Fortran order, which would be written transposed.
-        if !arr.is_c_contiguous() {
-            return Err(to_pyerr(Error::invalid(format!(
-                "tensor '{name}': array is not C-contiguous"
-            ))));
-        }
-        let data = arr.as_slice().map_err(|_| {
-            to_pyerr(Error::invalid(format!(
-                "tensor '{name}': array is not contiguous"
-            )))
-        })?;
+        let data = c_order(arr);
         owned.push((name.as_str(), dt, arr.shape().to_vec(), data));
     }
     let metadata = metadata.unwrap_or_default();
@@ -287,7 +268,7 @@ pub fn write_safetensors(
                 name,
                 dtype: *dtype,
                 shape,
-                data,
+                data: data.as_ref(),
             })
             .collect();
         safetensors_io::write(&path, &outs, &metadata)

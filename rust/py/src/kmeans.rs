@@ -4,11 +4,9 @@ use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
-use rankwise_core::kmeans::{kmeans as core_kmeans, KMeansParams};
-use rankwise_core::Error;
-
-use crate::errors::to_pyerr;
+use crate::arrays::{c_order, invalid};
 use crate::run::run;
+use rankwise_core::kmeans::{kmeans as core_kmeans, KMeansParams};
 
 type KMeansOut<'py> = (
     Bound<'py, PyArray2<f32>>,
@@ -18,7 +16,7 @@ type KMeansOut<'py> = (
     Bound<'py, PyArray1<f32>>,
 );
 
-/// k-means of the rows of `x` (n × d, float32, C-contiguous): returns
+/// k-means of the rows of `x` (n × d, float32): returns
 /// `(centroids k × d, labels n, inertia, n_iter, signs n)`; `signs` is all 1.0 unless
 /// `sign_invariant` (clustering modulo sign, distance ‖x‖² + ‖c‖² − 2|x·c|). `distance_cache=False`
 /// recomputes every distance each iteration (same result; for measuring the full iteration);
@@ -40,21 +38,15 @@ pub fn kmeans<'py>(
     seed_projection: bool,
 ) -> PyResult<KMeansOut<'py>> {
     let (n, d) = (x.shape()[0], x.shape()[1]);
-    let xs = x
-        .as_slice()
-        .map_err(|_| to_pyerr(Error::invalid("x must be a C-contiguous float32 array")))?;
+    let xs = c_order(&x);
     let init_s = match &init {
-        Some(c) => {
-            if c.shape() != [k, d] {
-                return Err(to_pyerr(Error::invalid(format!(
-                    "init has shape {:?}, expected (k, d) = ({k}, {d})",
-                    c.shape()
-                ))));
-            }
-            Some(c.as_slice().map_err(|_| {
-                to_pyerr(Error::invalid("init must be a C-contiguous float32 array"))
-            })?)
+        Some(c) if c.shape() != [k, d] => {
+            return Err(invalid(format!(
+                "init has shape {:?}, expected (k, d) = ({k}, {d})",
+                c.shape()
+            )))
         }
+        Some(c) => Some(c_order(c)),
         None => None,
     };
     let params = KMeansParams {
@@ -67,9 +59,8 @@ pub fn kmeans<'py>(
         distance_cache,
         seed_projection,
     };
-    let res = run(py, || core_kmeans(xs, n, d, &params, init_s))?;
-    let c = Array2::from_shape_vec((k, d), res.centroids)
-        .map_err(|e| to_pyerr(Error::invalid(e.to_string())))?;
+    let res = run(py, || core_kmeans(&xs, n, d, &params, init_s.as_deref()))?;
+    let c = Array2::from_shape_vec((k, d), res.centroids).map_err(|e| invalid(e.to_string()))?;
     Ok((
         c.into_pyarray(py),
         PyArray1::from_vec(py, res.labels),

@@ -4,6 +4,7 @@
 //! the rankwise thread pool, and converts the result or the error. Logic belongs in the core.
 
 mod align;
+mod arrays;
 mod assemble;
 mod errors;
 mod files;

@@ -4,23 +4,18 @@ use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
-use rankwise_core::lowrank_svd::{top_k, TopK};
-use rankwise_core::Error;
+use rankwise_core::linalg::lowrank_svd::{top_k, TopK};
 
-use crate::errors::to_pyerr;
+use crate::arrays::{c_order, invalid};
 use crate::run::run_quick;
 
 pub type Out<'py> = Option<(Bound<'py, PyArray2<f64>>, Bound<'py, PyArray2<f64>>)>;
 
-fn invalid(reason: impl Into<String>) -> PyErr {
-    to_pyerr(Error::invalid(reason))
-}
-
 /// `(U_k·S_k, Vh_k)` (float64, `d_out × k` and `k × d_in`) of `Σ_i fold_i·b_i·a_iᵀ`, row i of
-/// `units` (R × (d_out + d_in), float32 or float64, C-contiguous) being `[b_i ; a_i]`. With
+/// `units` (R × (d_out + d_in), float32 or float64) being `[b_i ; a_i]`. With
 /// `allow_single`, in float32 where that is provably close (else float64); `parallel`: the two
 /// Gram matrices at once on the rankwise pool (False for callers that run modules at once).
-/// None where the Gram path declines (see rust/core/src/lowrank_svd.rs).
+/// None where the Gram path declines (see rust/core/src/linalg/lowrank_svd.rs).
 #[pyfunction]
 #[pyo3(signature = (units, d_out, fold, k, allow_single=false, parallel=false))]
 pub fn gram_top_k<'py>(
@@ -32,23 +27,24 @@ pub fn gram_top_k<'py>(
     allow_single: bool,
     parallel: bool,
 ) -> PyResult<Out<'py>> {
-    let fs = fold
-        .as_slice()
-        .map_err(|_| invalid("fold must be a C-contiguous array"))?;
+    let fs = c_order(&fold);
     let split = |width: usize| {
         width
             .checked_sub(d_out)
             .ok_or_else(|| invalid(format!("d_out = {d_out} exceeds the units' width {width}")))
     };
-    let contiguous = |_| invalid("units must be a C-contiguous array");
     let res: Option<TopK> = if let Ok(u) = units.extract::<PyReadonlyArray2<'py, f64>>() {
         let d_in = split(u.shape()[1])?;
-        let u = u.as_slice().map_err(contiguous)?;
-        run_quick(py, || top_k(u, d_out, d_in, fs, k, allow_single, parallel))?
+        let u = c_order(&u);
+        run_quick(py, || {
+            top_k(&u, d_out, d_in, &fs, k, allow_single, parallel)
+        })?
     } else if let Ok(u) = units.extract::<PyReadonlyArray2<'py, f32>>() {
         let d_in = split(u.shape()[1])?;
-        let u = u.as_slice().map_err(contiguous)?;
-        run_quick(py, || top_k(u, d_out, d_in, fs, k, allow_single, parallel))?
+        let u = c_order(&u);
+        run_quick(py, || {
+            top_k(&u, d_out, d_in, &fs, k, allow_single, parallel)
+        })?
     } else {
         return Err(invalid("units must be a 2-d float32 or float64 array"));
     };
