@@ -284,10 +284,11 @@ def test_output_parent_unusable_leaves_nothing(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "plain"]
 
 
-def test_writer_refuses_fortran_order(tmp_path: Path) -> None:
-    """Fortran-order data would be written transposed: the writer refuses it."""
+def test_writer_writes_fortran_order_in_c_order(tmp_path: Path) -> None:
+    """Fortran-order data is written in C order (never transposed)."""
     from rankwise import _core
 
     arr = np.asfortranarray(np.arange(12, dtype=np.float32).reshape(3, 4))
-    with pytest.raises(rw.MergeConfigError, match="tensor 'a': array is not C-contiguous"):
-        _core.write_safetensors(str(tmp_path / "x.safetensors"), [("a", "F32", arr)])
+    _core.write_safetensors(str(tmp_path / "x.safetensors"), [("a", "F32", arr)])
+    back = _core.MappedFiles.open([str(tmp_path / "x.safetensors")]).read(0, "a")
+    np.testing.assert_array_equal(back, arr)

@@ -1,12 +1,33 @@
-"""Type stubs of the compiled extension ``rankwise._core`` (rust/py)."""
+"""Type stubs of the compiled extension ``rankwise._core`` (rust/py), checked by
+``python -m mypy.stubtest rankwise._core``. Array arguments may have any layout (they are read
+in C order, copied when not C-contiguous); an ``out=`` must be a writeable C-contiguous array of
+the result's dtype and shape, else ``MergeConfigError`` (a ValueError)."""
 
 from os import PathLike
+from typing import final
 
 import numpy as np
 import numpy.typing as npt
 
+__all__ = [
+    "MappedFiles",
+    "__version__",
+    "_panic_in_worker",
+    "align_factors",
+    "align_units",
+    "cluster_means",
+    "delta_gram",
+    "get_num_threads",
+    "gram_top_k",
+    "hungarian",
+    "kmeans",
+    "set_num_threads",
+    "write_safetensors",
+]
+
 __version__: str
 
+@final
 class MappedFiles:
     """Memory-mapped safetensors files with validated headers."""
 
@@ -44,11 +65,11 @@ def write_safetensors(
 def kmeans(
     x: npt.NDArray[np.float32],
     k: int,
-    n_init: int,
-    max_iter: int,
-    tol: float,
-    seed: int,
-    init: npt.NDArray[np.float32] | None,
+    n_init: int = 1,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    seed: int = 0,
+    init: npt.NDArray[np.float32] | None = None,
     sign_invariant: bool = False,
     distance_cache: bool = True,
     seed_projection: bool = True,
