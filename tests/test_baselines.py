@@ -372,7 +372,6 @@ def test_parallel_merge_raises_the_failing_modules_error(pool3, monkeypatch):
         ((np.zeros((4, 30), np.float32), 10, np.ones(4), 5), {}, "k = 5, R = 4"),
         ((np.zeros((4, 30), np.float32), 10, np.ones(3), 2), {}, "expected 3 rows of 30"),
         ((np.zeros((4, 30), np.int32), 10, np.ones(4), 2), {}, "float32 or float64"),
-        ((np.zeros((4, 60), np.float32)[:, ::2], 10, np.ones(4), 2), {}, "C-contiguous"),
         ((np.zeros((4, 30), np.float32), 10, np.array([1.0, np.inf, 1.0, 1.0]), 2), {}, "fold\\[1\\] is not finite"),
     ],
 )
