@@ -34,6 +34,17 @@ pub fn c_order<'a, T: Element + Copy, D: Dimension>(
     }
 }
 
+/// A shape as Python writes it: `(3, 4)`, `(5,)`.
+fn py_shape(shape: &[usize]) -> String {
+    match shape {
+        [n] => format!("({n},)"),
+        _ => {
+            let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+            format!("({})", dims.join(", "))
+        }
+    }
+}
+
 /// `out` checked to be an array the result can be written into: dtype `T`, exactly `shape`,
 /// C-contiguous and writeable.
 pub fn out_array<'py, T: Element, D: Dimension>(
@@ -55,8 +66,9 @@ pub fn out_array<'py, T: Element, D: Dimension>(
     }
     if arr.shape() != shape {
         return Err(invalid(format!(
-            "{what} has shape {:?}, expected {shape:?}",
-            arr.shape()
+            "{what} has shape {}, expected {}",
+            py_shape(arr.shape()),
+            py_shape(shape)
         )));
     }
     if !arr.is_c_contiguous() {

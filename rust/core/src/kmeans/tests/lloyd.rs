@@ -18,6 +18,7 @@ fn lloyd_matches_reference_on_blobs() {
         };
         let r = kmeans(&x, n, d, &p, Some(&init)).unwrap();
         let nv = naive_lloyd(&x, d, &init, 50, 0.0);
+        assert_portable(&nv);
         assert_matches_naive(&r, &nv, 1e-5);
     }
 }
@@ -37,6 +38,7 @@ fn lloyd_matches_reference_when_not_converged() {
         };
         let r = kmeans(&x, n, d, &p, Some(&init)).unwrap();
         let nv = naive_lloyd(&x, d, &init, max_iter, tol);
+        assert_portable(&nv);
         assert_matches_naive(&r, &nv, 1e-4);
         // The labels always belong to the returned centres.
         let again = naive_assign(&x, d, &r.centroids);
@@ -66,6 +68,7 @@ fn empty_clusters_are_reseeded_like_sklearn() {
     };
     let r = kmeans(&x, n, d, &p, Some(&init)).unwrap();
     let nv = naive_lloyd(&x, d, &init, 30, 0.0);
+    assert_portable(&nv);
     assert_matches_naive(&r, &nv, 1e-5);
     for j in 0..k as i64 {
         assert!(r.labels.contains(&j), "cluster {j} is empty");

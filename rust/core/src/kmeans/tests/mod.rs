@@ -110,6 +110,8 @@ pub(super) struct Naive {
     pub(super) labels: Vec<usize>,
     pub(super) inertia: f64,
     pub(super) n_iter: usize,
+    /// The smallest `assignment_margin` of its assignments.
+    pub(super) margin: f64,
 }
 
 pub(super) fn naive_d2(a: &[f32], b: &[f32]) -> f64 {
@@ -134,6 +136,45 @@ pub(super) fn naive_assign(x: &[f32], d: usize, c: &[f32]) -> Vec<usize> {
         .collect()
 }
 
+/// Unit roundoff of f32 and the bound γ_d = d·u/(1 − d·u) on a d-term f32 dot product's
+/// relative error (any order, fused or not: Higham, Accuracy and Stability, §3.1).
+pub(super) fn gamma_f32(d: usize) -> f64 {
+    let u = f32::EPSILON as f64 / 2.0;
+    d as f64 * u / (1.0 - d as f64 * u)
+}
+
+/// How safely the GEMM path's assignment of `x` to `c` must agree with the exact one on any
+/// host: the smallest, over the points, of the gap between the nearest and the second nearest
+/// centre (exact) over the bound on the error of the f32 quantities the GEMM path compares
+/// (`fl(‖c‖²) − 2·fl(x·c)`: 2γ_d‖x‖‖c‖ from the dot product, u‖c‖² and u·|value| from the
+/// roundings). Above 1, no rounding of any CPU's GEMM kernels can flip a label.
+pub(super) fn assignment_margin(x: &[f32], d: usize, c: &[f32]) -> f64 {
+    let u = f32::EPSILON as f64 / 2.0;
+    let g = gamma_f32(d);
+    let nrm = |v: &[f32]| v.iter().map(|&t| t as f64 * t as f64).sum::<f64>();
+    let mut margin = f64::INFINITY;
+    for row in x.chunks(d) {
+        let xn = nrm(row).sqrt();
+        let mut dist: Vec<(f64, f64)> = c
+            .chunks(d)
+            .map(|cj| {
+                let cn = nrm(cj);
+                let v = naive_d2(row, cj) - xn * xn;
+                (
+                    naive_d2(row, cj),
+                    2.0 * g * xn * cn.sqrt() + u * cn + u * v.abs(),
+                )
+            })
+            .collect();
+        if dist.len() < 2 {
+            continue;
+        }
+        dist.sort_by(|a, b| a.0.total_cmp(&b.0));
+        margin = margin.min((dist[1].0 - dist[0].0) / (dist[0].1 + dist[1].1));
+    }
+    margin
+}
+
 pub(super) fn naive_lloyd(x: &[f32], d: usize, init: &[f32], max_iter: usize, tol: f64) -> Naive {
     let n = x.len() / d;
     let k = init.len() / d;
@@ -154,8 +195,10 @@ pub(super) fn naive_lloyd(x: &[f32], d: usize, init: &[f32], max_iter: usize, to
     let mut labels = vec![0; n];
     let mut strict = false;
     let mut n_iter = 0;
+    let mut margin = f64::INFINITY;
     for it in 0..max_iter {
         n_iter = it + 1;
+        margin = margin.min(assignment_margin(x, d, &c));
         labels = naive_assign(x, d, &c);
         let mut sums = vec![0f64; k * d];
         let mut counts = vec![0usize; k];
@@ -214,6 +257,7 @@ pub(super) fn naive_lloyd(x: &[f32], d: usize, init: &[f32], max_iter: usize, to
         labels_old = labels.clone();
     }
     if !strict {
+        margin = margin.min(assignment_margin(x, d, &c));
         labels = naive_assign(x, d, &c);
     }
     let inertia = (0..n)
@@ -229,7 +273,18 @@ pub(super) fn naive_lloyd(x: &[f32], d: usize, init: &[f32], max_iter: usize, to
         labels,
         inertia,
         n_iter,
+        margin,
     }
+}
+
+/// The reference's decisions are far enough from ties that the GEMM path makes them on any
+/// host (see `assignment_margin`): the exact label comparison below is then portable.
+pub(super) fn assert_portable(nv: &Naive) {
+    assert!(
+        nv.margin > 1.0,
+        "assignment margin {} ≤ 1: a label could flip on another CPU",
+        nv.margin
+    );
 }
 
 pub(super) fn assert_matches_naive(r: &KMeansResult, nv: &Naive, tol: f32) {

@@ -3,9 +3,21 @@
 use super::*;
 
 /// scikit-learn's greedy k-means++, written plainly with exact distances and the same draws.
-fn naive_kmeans_pp(x: &[f32], d: usize, k: usize, rng: &mut Xoshiro256) -> Vec<usize> {
+/// Also returns its margin: the smallest distance of a draw from the edge of the point it
+/// picks, and of the best candidate's potential from the next one, over the bound on how far
+/// the GEMM path's sums of distances can be from these exact ones on any CPU (each distance
+/// `‖x‖² + ‖c‖² − 2·fl(x·c)` within 2γ_d‖x‖‖c‖ and f64 rounding). Above 1, the GEMM path
+/// picks the same points whatever its kernels' rounding.
+fn naive_kmeans_pp(x: &[f32], d: usize, k: usize, rng: &mut Xoshiro256) -> (Vec<usize>, f64) {
     let n = x.len() / d;
     let row = |i: usize| &x[i * d..(i + 1) * d];
+    let norm = |i: usize| row(i).iter().map(|&t| t as f64 * t as f64).sum::<f64>();
+    let max_norm = (0..n).map(norm).fold(0.0, f64::max);
+    let slack: f64 = (0..n)
+        .map(|i| 2.0 * gamma_f32(d) * (norm(i) * max_norm).sqrt() + 1e-14 * (norm(i) + max_norm))
+        .sum::<f64>()
+        * 2.0;
+    let mut margin = f64::INFINITY;
     let trials = 2 + (k as f64).ln().floor() as usize;
     let first = rng.below(n);
     let mut chosen = vec![first];
@@ -21,25 +33,36 @@ fn naive_kmeans_pp(x: &[f32], d: usize, k: usize, rng: &mut Xoshiro256) -> Vec<u
         let cands: Vec<usize> = (0..trials)
             .map(|_| {
                 let r = rng.next_f64() * pot;
-                cum.iter().position(|&c| c >= r).unwrap_or(n - 1)
+                let p = cum.iter().position(|&c| c >= r).unwrap_or(n - 1);
+                let below = if p > 0 { cum[p - 1] } else { f64::NEG_INFINITY };
+                margin = margin.min((r - below).min(cum[p] - r) / slack);
+                p
             })
             .collect();
+        let mut pots = Vec::new();
         let mut best: Option<(f64, usize, Vec<f64>)> = None;
         for &c in &cands {
             let dist: Vec<f64> = (0..n)
                 .map(|i| naive_d2(row(i), row(c)).min(closest[i]))
                 .collect();
             let p: f64 = dist.iter().sum();
+            pots.push(p);
             if best.as_ref().is_none_or(|b| p < b.0) {
                 best = Some((p, c, dist));
             }
         }
         let (p, c, dist) = best.unwrap();
+        // The runner-up (another point: the same point drawn twice ties with itself).
+        for (&q, &ci) in pots.iter().zip(&cands) {
+            if ci != c {
+                margin = margin.min((q - p).abs() / slack);
+            }
+        }
         pot = p;
         closest = dist;
         chosen.push(c);
     }
-    chosen
+    (chosen, margin)
 }
 
 #[test]
@@ -56,7 +79,11 @@ fn kmeans_pp_picks_the_same_points_as_the_reference() {
         false,
     )
     .unwrap();
-    let idx = naive_kmeans_pp(&x, d, k, &mut Xoshiro256::new(5));
+    let (idx, margin) = naive_kmeans_pp(&x, d, k, &mut Xoshiro256::new(5));
+    assert!(
+        margin > 1.0,
+        "margin {margin}: a draw could pick another point on another CPU"
+    );
     let want: Vec<f32> = idx
         .iter()
         .flat_map(|&i| x[i * d..(i + 1) * d].to_vec())
