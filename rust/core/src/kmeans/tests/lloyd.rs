@@ -25,9 +25,11 @@ fn lloyd_matches_reference_on_blobs() {
 
 #[test]
 fn lloyd_matches_reference_when_not_converged() {
-    // Overlapping data, few iterations: exercises the final assignment pass and tol.
+    // Overlapping data, few iterations: exercises the final assignment pass and tol. Seed 8:
+    // every assignment at least 9 times farther from a tie than any CPU's rounding could move
+    // it (seed 7 had a point at 0.05 of that bound: exact here, not portable).
     let (n, d, k) = (2000, 16, 10);
-    let (x, _) = blobs(n, d, 3, 1.0, 7);
+    let (x, _) = blobs(n, d, 3, 1.0, 8);
     let init = x[..k * d].to_vec();
     for &(max_iter, tol) in &[(1, 0.0), (3, 0.0), (300, 1e-2), (300, 1e-4)] {
         let p = KMeansParams {
