@@ -135,7 +135,7 @@ def _sklearn_kmeans(x, k, *, n_init=1, max_iter=300, tol=1e-4, seed=0, init=None
     binding is not built."""
     from sklearn.cluster import KMeans
 
-    from rankwise.api import KMeansResult
+    from rankwise.kmeans import KMeansResult
 
     km = KMeans(
         k,
@@ -151,10 +151,11 @@ def _sklearn_kmeans(x, k, *, n_init=1, max_iter=300, tol=1e-4, seed=0, init=None
 
 def quality(threads: int) -> tuple[list[list], str]:
     import rankwise as rw
-    import rankwise.merge.lego as lego
+    import rankwise.methods.lego as lego
     from rankwise import _core
-    from rankwise.merge.aligned import aligned_init
-    from rankwise.merge.registry import ModuleContext
+    from rankwise.kmeans import sign_invariant_kmeans
+    from rankwise.methods import ModuleContext
+    from rankwise.methods.aligned import aligned_init
 
     if hasattr(_core, "kmeans"):
         kmeans, backend = rw.kmeans, "rankwise's Rust k-means"
@@ -184,7 +185,7 @@ def quality(threads: int) -> tuple[list[list], str]:
                     init = aligned_init(ctx, 16, units, canonical=canonical) if init_opt else None
                     n_init = 1 if init is not None else 3
                     if canonical:  # what LEGO runs on canonical units: k-means modulo sign
-                        labels, signs = lego.sign_invariant_kmeans(units, 16, n_init=n_init, max_iter=100, init=init)
+                        labels, signs = sign_invariant_kmeans(units, 16, n_init=n_init, max_iter=100, init=init)
                     else:
                         labels = kmeans(units, 16, n_init=n_init, max_iter=100, seed=0, init=init).labels
                         signs = np.ones(len(labels), np.float32)

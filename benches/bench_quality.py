@@ -62,7 +62,7 @@ RECOMMENDED = [
 # ---------------------------------------------------------------------------------- running
 def run_all(args: argparse.Namespace) -> tuple[list[Pool], dict[str, PoolRun], list[Result], int]:
     import rankwise as rw
-    from rankwise.merge.registry import get_method
+    from rankwise.merging import get_method
 
     ws = Workspace(args.cache, Recipe(), load_data())
     methods = {n: get_method(n).params for n in rw.merge_methods()}

@@ -11,8 +11,8 @@ import pytest
 import rankwise as rw
 from rankwise import _core
 from rankwise.adapter import Adapter
-from rankwise.merge.aligned import align, aligned_init, medoid_index
-from rankwise.merge.registry import ModuleContext
+from rankwise.methods import ModuleContext
+from rankwise.methods.aligned import align, aligned_init, medoid_index
 
 D_OUT, D_IN = 12, 9
 

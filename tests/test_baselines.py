@@ -18,7 +18,7 @@ import torch
 import rankwise as rw
 from peft_factory import lora_layers, make_adapter, peft_model, tiny_llama
 from rankwise.errors import MergeConfigError
-from rankwise.merge import baselines as bl
+from rankwise.methods import baselines as bl
 
 W1 = [0.7, 1.3, 0.5]
 W_NEG = [0.7, -1.3, 0.5]
@@ -384,7 +384,7 @@ def test_svd_top_k_bad_input(pool3):
     """MappedFiles.svd_top_k (the svd merge's reader) on a bad file index, a fold of the wrong
     length, and k above the stacked rank."""
     m = pool3.modules[0]
-    files, sources = pool3._file_sources(m)
+    files, sources = pool3.file_sources(m)
     r = sum(pool3.ranks(m))
     with pytest.raises(ValueError, match=r"file index 99 out of range \(3 files\)"):
         files.svd_top_k([(99, *sources[0][1:])], np.ones(4), 2)
@@ -399,12 +399,12 @@ def test_merge_is_the_same_whether_the_pool_streams(base3, method, monkeypatch):
     """A pool larger than RESIDENT_BYTES drops each module's mapped pages once read
     (``pool.streams``: in the core for the parallel svd, between modules for the others); the
     merged factors are the same bytes either way."""
-    import rankwise.pool
+    import rankwise.adapter
 
     pool = rw.AdapterPool.load(base3)
-    assert 0 < pool.mapped_bytes <= rankwise.pool.RESIDENT_BYTES and not pool.streams
+    assert 0 < pool.mapped_bytes <= rankwise.adapter.RESIDENT_BYTES and not pool.streams
     kept = rw.merge(pool, method=method, svd_rank=3) if method == "svd" else rw.merge(pool, method=method)
-    monkeypatch.setattr(rankwise.pool, "RESIDENT_BYTES", pool.mapped_bytes - 1)
+    monkeypatch.setattr(rankwise.adapter, "RESIDENT_BYTES", pool.mapped_bytes - 1)
     assert pool.streams
     dropped = rw.merge(pool, method=method, svd_rank=3) if method == "svd" else rw.merge(pool, method=method)
     for name in kept.modules:

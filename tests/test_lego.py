@@ -267,7 +267,7 @@ def test_kmeans_bad_input() -> None:
 def test_sign_invariant_kmeans_groups_units_with_either_sign() -> None:
     """Noisy copies of 5 prototypes with random signs: clusters are the prototypes, and the
     returned signs orient every member like its cluster."""
-    from rankwise.merge.lego import sign_invariant_kmeans
+    from rankwise.kmeans import sign_invariant_kmeans
 
     rng = np.random.default_rng(0)
     protos = rng.standard_normal((5, 40)).astype(np.float32)
@@ -291,14 +291,18 @@ def test_merge_reports_phase_timings(mixed_pool: rw.AdapterPool) -> None:
     assert sum(t.values()) <= merged.merge_info["seconds"] + 1e-3
 
 
-def test_rw_merge_stays_callable_after_importing_the_subpackage() -> None:
-    """`import rankwise.merge.<x>` binds the package to rankwise.merge: it must still merge."""
+def test_rw_merge_and_kmeans_stay_functions_after_importing_the_submodules() -> None:
+    """`rankwise.kmeans` is a submodule and a function: the function must win; `rankwise.merge`
+    is no longer a package (the loop is `rankwise.merging`)."""
     import subprocess
     import sys
 
-    code = "import rankwise.merge.lego, rankwise as rw; print(callable(rw.merge), rw.merge.__name__)"
+    code = (
+        "import rankwise.kmeans, rankwise.methods.lego, rankwise.merging, rankwise as rw, inspect; "
+        "print(inspect.isfunction(rw.merge), inspect.isfunction(rw.kmeans))"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert res.stdout.split()[0] == "True", res.stderr
+    assert res.stdout.split() == ["True", "True"], res.stderr
 
 
 @pytest.mark.parametrize("canonical", [False, True])

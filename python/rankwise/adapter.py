@@ -1,25 +1,49 @@
-"""``Adapter``: one LoRA adapter, its modules and factors, loaded from or saved to a PEFT folder."""
+"""``Adapter``: one LoRA adapter, its modules and factors, loaded from or saved to a PEFT folder.
+
+Loading maps the weights files of many folders in one core call (``open_adapters``); a loaded
+adapter reads its factors from its mapped file (``Adapter.source``) on demand.
+"""
 
 from __future__ import annotations
 
 import copy
+import glob
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 
+from . import _core
 from . import peft_format as pf
 from ._atomic import atomic_dir
-from .errors import AdapterFormatError, AdapterNotFoundError, MergeConfigError
+from .errors import OptionError, RankwiseError
+from .peft_format import DTYPES, ModuleInfo
 
-if TYPE_CHECKING:
-    from ._core import MappedFiles
+__all__ = [
+    "RESIDENT_BYTES",
+    "Adapter",
+    "AdapterSource",
+    "ModuleInfo",
+    "distinct_sources",
+    "expand_paths",
+    "load_adapter",
+    "mapped_bytes",
+    "normalize_dtype",
+    "open_adapters",
+]
 
-DTYPES = ("F32", "F16", "BF16", "F64")
+#: Pools whose weight files add up to at most this many bytes keep the pages they map (in the
+#: load's finite check, in merges) in the resident set until the pool is dropped; larger pools
+#: drop each file's pages after the check and each module's pages once a merge has read them,
+#: so the resident set stays near one module's pages. Dropping costs a system call per file
+#: and module and interrupts the other threads (TLB flushes), and mapping the pages again
+#: costs as much (benches/RESULTS.md). The pages stay in the page cache either way.
+RESIDENT_BYTES = 256 << 20
+
 _DTYPE_ALIASES = {
     "float32": "F32", "fp32": "F32", "f32": "F32",
     "float16": "F16", "fp16": "F16", "f16": "F16", "half": "F16",
@@ -33,27 +57,34 @@ def normalize_dtype(dtype: str) -> str:
     d = str(dtype).removeprefix("torch.")
     d = _DTYPE_ALIASES.get(d.lower(), d.upper())
     if d not in DTYPES:
-        raise MergeConfigError(f"unknown dtype {dtype!r}; use one of float32, float16, bfloat16")
+        raise OptionError(f"unknown dtype {dtype!r}; use one of float32, float16, bfloat16")
     return d
 
 
 @dataclass(frozen=True)
-class ModuleInfo:
-    """One adapted module: its shape, rank and scaling (delta = scaling · B @ A)."""
+class AdapterSource:
+    """Where a loaded adapter's factors are: file ``index`` of the core's mapped ``files``
+    (one ``MappedFiles`` may hold the files of many adapters loaded together)."""
 
-    name: str
-    rank: int
-    alpha: float
-    scaling: float
-    d_in: int
-    d_out: int
-    dtype: str
-    key_a: str
-    key_b: str
+    files: _core.MappedFiles
+    index: int
 
     @property
-    def num_params(self) -> int:
-        return self.rank * (self.d_in + self.d_out)
+    def path(self) -> Path:
+        return Path(self.files.path(self.index))
+
+    @property
+    def nbytes(self) -> int:
+        """The size of the mapped weights file."""
+        return os.path.getsize(self.files.path(self.index))
+
+    def read(self, key: str) -> np.ndarray:
+        """Tensor ``key`` as float32 (a copy)."""
+        return self.files.read(self.index, key)
+
+    def release(self) -> None:
+        """Drops the file's mapped pages from this process's resident set (they stay cached)."""
+        self.files.release(self.index)
 
 
 class Adapter:
@@ -69,27 +100,23 @@ class Adapter:
         modules: Mapping[str, ModuleInfo],
         *,
         path: Path | None = None,
-        files: MappedFiles | None = None,
-        file_index: int = 0,
+        source: AdapterSource | None = None,
         factors: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> None:
         self.config: dict[str, Any] = dict(config)
         self.modules: dict[str, ModuleInfo] = dict(modules)
         self.path = path
-        self._files = files
-        self._file_index = file_index
+        self._source = source
         self._factors = dict(factors) if factors is not None else None
         # Set by ``merge``: method, options, sizes and time, for summaries and logs.
         self.merge_info: dict[str, Any] | None = None
-        if self._factors is None and files is None:
+        if self._factors is None and source is None:
             raise ValueError("an Adapter needs either mapped files or in-memory factors")
 
     # ----------------------------------------------------------------------------- loading
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, check_finite: bool = True) -> Adapter:
         """Loads a PEFT LoRA adapter folder (``adapter_config.json`` + safetensors)."""
-        from .pool import open_adapters
-
         return open_adapters([Path(path)], check_finite=check_finite)[0]
 
     @classmethod
@@ -113,16 +140,21 @@ class Adapter:
             a = np.ascontiguousarray(a, dtype=np.float32)
             b = np.ascontiguousarray(b, dtype=np.float32)
             if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
-                raise MergeConfigError(f"module '{name}': A {a.shape} and B {b.shape} are not rank-compatible")
+                raise OptionError(f"module '{name}': A {a.shape} and B {b.shape} are not rank-compatible")
             key_a, key_b = pf.factor_keys(name)
             r = int(a.shape[0])
             mods[name] = ModuleInfo(name, r, float(r), 1.0, a.shape[1], b.shape[0], dtype, key_a, key_b)
             clean[name] = (a, b)
         if not mods:
-            raise MergeConfigError("an adapter needs at least one module")
+            raise OptionError("an adapter needs at least one module")
         return cls(_merged_config(base_config or {}, mods), mods, factors=clean)
 
     # ----------------------------------------------------------------------------- access
+    @property
+    def source(self) -> AdapterSource | None:
+        """The mapped file the factors are read from; None for an adapter held in memory."""
+        return self._source
+
     def __repr__(self) -> str:
         ranks = sorted({m.rank for m in self.modules.values()})
         where = f" from {self.path}" if self.path else ""
@@ -151,9 +183,8 @@ class Adapter:
         if self._factors is not None:
             a, b = self._factors[name]
         else:
-            assert self._files is not None
-            a = self._files.read(self._file_index, info.key_a)
-            b = self._files.read(self._file_index, info.key_b)
+            assert self._source is not None
+            a, b = self._source.read(info.key_a), self._source.read(info.key_b)
         if folded and info.scaling != 1.0:
             b = b * np.float32(info.scaling)
         return a, b
@@ -182,8 +213,6 @@ class Adapter:
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False, dtype: str | None = None) -> Path:
         """Writes a PEFT folder (``adapter_config.json`` + ``adapter_model.safetensors``)
         atomically: into a temp folder beside ``path``, then renamed. Returns the path."""
-        from . import _core
-
         out_dtype = normalize_dtype(dtype) if dtype is not None else None
         tensors = []
         for name, info in self.modules.items():
@@ -228,55 +257,50 @@ def _to_framework(val: np.ndarray, dtype: str, framework: str) -> Any:
     return torch.from_numpy(np.ascontiguousarray(val)).to(tdt[dtype])
 
 
-def modules_from_listing(
-    folder: Path,
-    weights: Path,
-    spec: pf.LoraSpec,
-    listing: Mapping[str, tuple[str, list[int]]],
-) -> dict[str, ModuleInfo]:
-    """Builds the module table of one adapter from its parsed config and tensor listing."""
-    keys = pf.module_keys(weights, list(listing))
-    mods: dict[str, ModuleInfo] = {}
-    for name, k in keys.items():
-        a_dt, a_shape = listing[k.key_a]
-        b_dt, b_shape = listing[k.key_b]
-        for key, dt, shape, what in (
-            (k.key_a, a_dt, a_shape, "rank × in_features"),
-            (k.key_b, b_dt, b_shape, "out_features × rank"),
-        ):
-            if dt not in DTYPES:
-                raise AdapterFormatError(
-                    f"{weights}: tensor '{key}': dtype {dt} is not supported (rankwise reads F16, BF16, F32 and F64)"
-                )
-            if len(shape) != 2:
-                raise AdapterFormatError(
-                    f"{weights}: tensor '{key}': expected a 2-D ({what}) factor, got shape "
-                    f"{shape} (conv LoRA is not supported)"
-                )
-        if a_shape[0] != b_shape[1]:
-            raise AdapterFormatError(
-                f"{weights}: tensor '{k.key_b}': rank mismatch: lora_B has shape {b_shape} but "
-                f"'{k.key_a}' has rank {a_shape[0]} (shape {a_shape})"
-            )
-        rank = a_shape[0]
-        cfg_rank, alpha = spec.rank_and_alpha(name)
-        if rank != cfg_rank:
-            raise AdapterFormatError(
-                f"{weights}: tensor '{k.key_a}': rank {rank} but {folder / pf.CONFIG_NAME} "
-                f"gives this module rank {cfg_rank} (r / rank_pattern)"
-            )
-        dtype = a_dt if a_dt == b_dt else "F32"
-        mods[name] = ModuleInfo(name, rank, alpha, spec.scaling(name), a_shape[1], b_shape[0], dtype, k.key_a, k.key_b)
-    return mods
+def load_adapter(path: str | os.PathLike[str], *, check_finite: bool = True) -> Adapter:
+    """Loads a PEFT LoRA adapter folder. Factors stay in the mapped file until asked for."""
+    return Adapter.load(path, check_finite=check_finite)
 
 
-def weights_path(folder: Path) -> Path:
-    p = folder / pf.WEIGHTS_NAME
-    if not p.is_file():
-        if (folder / "adapter_model.bin").is_file():
-            raise AdapterFormatError(
-                f"{folder / 'adapter_model.bin'}: pickled weights are not read (unsafe); re-save "
-                "the adapter with safe_serialization=True"
-            )
-        raise AdapterNotFoundError(f"{p}: missing; {folder} has no adapter weights")
-    return p
+def expand_paths(paths_or_glob: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """A glob string, one path, or a list of paths (globs inside are expanded, in sorted order)."""
+    items = [paths_or_glob] if isinstance(paths_or_glob, (str, os.PathLike)) else list(paths_or_glob)
+    out: list[Path] = []
+    for item in items:
+        s = os.fspath(item)
+        if glob.has_magic(s):
+            hits = sorted(glob.glob(s))
+            if not hits:
+                raise RankwiseError(f"{s}: the pattern matches no adapter folder")
+            out.extend(Path(h) for h in hits)
+        else:
+            out.append(Path(s))
+    return out
+
+
+def open_adapters(folders: Sequence[Path], *, check_finite: bool = True) -> list[Adapter]:
+    """Parses the configs, then maps every weights file in one parallel Rust call."""
+    specs = [pf.read_config(f) for f in folders]
+    weights = [pf.weights_path(f) for f in folders]
+    files = _core.MappedFiles.open([str(w) for w in weights])
+    adapters = []
+    for i, (folder, w, spec) in enumerate(zip(folders, weights, specs)):
+        mods = pf.modules_from_listing(folder, w, spec, files.tensors(i))
+        adapters.append(Adapter(spec.raw, mods, path=folder, source=AdapterSource(files, i)))
+    if check_finite:
+        # Pages stay mapped for the merge that follows, unless the pool is too large for that.
+        files.check_finite(
+            [(i, k) for i, a in enumerate(adapters) for m in a.modules.values() for k in (m.key_a, m.key_b)],
+            release=mapped_bytes(adapters) > RESIDENT_BYTES,
+        )
+    return adapters
+
+
+def distinct_sources(adapters: Sequence[Adapter]) -> list[AdapterSource]:
+    """The mapped files the adapters are read from, each once, in order (in-memory ones have none)."""
+    return list(dict.fromkeys(a.source for a in adapters if a.source is not None))
+
+
+def mapped_bytes(adapters: Sequence[Adapter]) -> int:
+    """The size of the distinct weight files the adapters are mapped from."""
+    return sum(s.nbytes for s in distinct_sources(adapters))

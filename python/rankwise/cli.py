@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from . import __version__
+from .adapter import expand_paths, open_adapters
+from .demo import run_demo
 from .errors import RankwiseError
+from .merging import merge, merge_methods
+from .pool import AdapterPool
+from .threads import set_num_threads
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -31,8 +38,6 @@ def _fmt_params(n: int) -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .pool import expand_paths, open_adapters
-
     folders = expand_paths(args.adapters)
     adapters = open_adapters(folders, check_finite=not args.fast)
     for adapter in adapters:
@@ -63,8 +68,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _parse_options(items: Sequence[str]) -> dict[str, Any]:
-    import json
-
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -78,9 +81,6 @@ def _parse_options(items: Sequence[str]) -> dict[str, Any]:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from .merge import merge
-    from .pool import AdapterPool
-
     t0 = time.perf_counter()
     pool = AdapterPool.load(args.adapters)
     t_load = time.perf_counter() - t0
@@ -105,16 +105,17 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+def cmd_methods(args: argparse.Namespace) -> int:
+    print("\n".join(f"{k:22s} {v}" for k, v in merge_methods().items()))
+    return 0
 
+
+def cmd_demo(args: argparse.Namespace) -> int:
     run_demo(n_adapters=args.n, out=args.output)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
     p = argparse.ArgumentParser(prog="rankwise", description="Every rank of a LoRA is a building block.")
     p.add_argument("--version", action="version", version=f"rankwise {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -141,9 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_merge)
 
     s = sub.add_parser("methods", help="list the merge methods")
-    s.set_defaults(
-        func=lambda a: print("\n".join(f"{k:22s} {v}" for k, v in __import__("rankwise").merge_methods().items())) or 0
-    )
+    s.set_defaults(func=cmd_methods)
 
     s = sub.add_parser("demo", help="make a small pool with numpy, merge it with LEGO, explain")
     s.add_argument("-n", type=int, default=12, help="number of adapters (default 12)")
@@ -156,8 +155,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.threads is not None:
-            from .api import set_num_threads
-
             set_num_threads(args.threads)
         return int(args.func(args) or 0)
     except (RankwiseError, OSError) as e:

@@ -13,6 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .adapter import Adapter
+from .merging import merge
+from .pool import AdapterPool
+
 MODULES = [f"model.layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj", "v_proj")]
 
 
@@ -28,8 +32,6 @@ def make_demo_pool(
 ) -> tuple[list[Path], dict[str, np.ndarray]]:
     """Writes ``n_adapters`` PEFT folders under ``folder``; returns them and each module's skills
     as ``[n_skills, 2·hidden]`` rows ``[b ; a]``."""
-    from .adapter import Adapter
-
     rng = np.random.default_rng(seed)
     skills = {m: rng.standard_normal((n_skills, 2 * hidden)).astype(np.float32) / np.sqrt(hidden) for m in MODULES}
     paths = []
@@ -59,9 +61,6 @@ def _unit_cos(b1: np.ndarray, a1: np.ndarray, b2: np.ndarray, a2: np.ndarray) ->
 
 
 def run_demo(n_adapters: int = 12, out: str | None = None) -> None:
-    from .merge import merge
-    from .pool import AdapterPool
-
     with tempfile.TemporaryDirectory(prefix="rankwise-demo-") as tmp:
         t0 = time.perf_counter()
         paths, skills = make_demo_pool(Path(tmp), n_adapters=n_adapters)

@@ -22,8 +22,13 @@ class IncompatibleAdaptersError(RankwiseError, ValueError):
     """Adapters that must fit together (a pool, a merge) do not: modules or shapes differ."""
 
 
-class MergeConfigError(RankwiseError, ValueError):
-    """A merge or SMoRA option is out of its domain (k < 1, wrong number of weights, ...)."""
+class OptionError(RankwiseError, ValueError):
+    """An option is out of its domain: of a merge, the k-means, SMoRA, a core call (k < 1,
+    wrong number of weights, an unknown method or dtype, ...). The message names the option."""
+
+
+#: The former name, kept for code that catches it: the same class.
+MergeConfigError = OptionError
 
 
 class OutputExistsError(RankwiseError, FileExistsError):
@@ -40,6 +45,7 @@ __all__ = [
     "IncompatibleAdaptersError",
     "InternalError",
     "MergeConfigError",
+    "OptionError",
     "OutputExistsError",
     "RankwiseError",
 ]

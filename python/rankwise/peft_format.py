@@ -10,6 +10,11 @@ What PEFT writes, and how it reads it back (peft/tuners/lora, peft/utils/save_an
   nn.Linear layout, and the delta PEFT adds is ``(B @ A).T * scaling``.
 Features whose tensors rankwise would have to drop to merge (DoRA, LoRA bias, modules_to_save,
 embedding or conv LoRA, ...) are refused with an error naming the feature, never dropped.
+
+Here: the config (``read_config`` -> ``LoraSpec``), the key names and their pairing into modules,
+and the module table of one adapter (``ModuleInfo`` per module) built from its file's tensor
+listing. Reading the bytes is the core's (``rankwise._core.MappedFiles``), the Adapter's
+(``adapter.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +32,9 @@ from .errors import AdapterFormatError, AdapterNotFoundError
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 KEY_PREFIX = "base_model.model."
+
+#: The safetensors dtypes of factors rankwise reads and writes.
+DTYPES = ("F32", "F16", "BF16", "F64")
 
 _A_SUFFIX = ".lora_A.weight"
 _B_SUFFIX = ".lora_B.weight"
@@ -189,3 +198,79 @@ def factor_keys(module: str) -> tuple[str, str]:
 def natural_key(name: str) -> list[Any]:
     """Sort key that puts layers.2 before layers.10."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+@dataclass(frozen=True)
+class ModuleInfo:
+    """One adapted module: its shape, rank and scaling (delta = scaling · B @ A), the dtype and
+    the keys of its factors."""
+
+    name: str
+    rank: int
+    alpha: float
+    scaling: float
+    d_in: int
+    d_out: int
+    dtype: str
+    key_a: str
+    key_b: str
+
+    @property
+    def num_params(self) -> int:
+        return self.rank * (self.d_in + self.d_out)
+
+
+def weights_path(folder: Path) -> Path:
+    """``folder/adapter_model.safetensors``; a pickled ``adapter_model.bin`` is refused."""
+    p = folder / WEIGHTS_NAME
+    if not p.is_file():
+        if (folder / "adapter_model.bin").is_file():
+            raise AdapterFormatError(
+                f"{folder / 'adapter_model.bin'}: pickled weights are not read (unsafe); re-save "
+                "the adapter with safe_serialization=True"
+            )
+        raise AdapterNotFoundError(f"{p}: missing; {folder} has no adapter weights")
+    return p
+
+
+def modules_from_listing(
+    folder: Path,
+    weights: Path,
+    spec: LoraSpec,
+    listing: Mapping[str, tuple[str, list[int]]],
+) -> dict[str, ModuleInfo]:
+    """The module table of one adapter from its parsed config and its file's tensor listing
+    (``{key: (dtype, shape)}``): keys paired, dtypes, shapes and ranks checked against the config."""
+    keys = module_keys(weights, list(listing))
+    mods: dict[str, ModuleInfo] = {}
+    for name, k in keys.items():
+        a_dt, a_shape = listing[k.key_a]
+        b_dt, b_shape = listing[k.key_b]
+        for key, dt, shape, what in (
+            (k.key_a, a_dt, a_shape, "rank × in_features"),
+            (k.key_b, b_dt, b_shape, "out_features × rank"),
+        ):
+            if dt not in DTYPES:
+                raise AdapterFormatError(
+                    f"{weights}: tensor '{key}': dtype {dt} is not supported (rankwise reads F16, BF16, F32 and F64)"
+                )
+            if len(shape) != 2:
+                raise AdapterFormatError(
+                    f"{weights}: tensor '{key}': expected a 2-D ({what}) factor, got shape "
+                    f"{shape} (conv LoRA is not supported)"
+                )
+        if a_shape[0] != b_shape[1]:
+            raise AdapterFormatError(
+                f"{weights}: tensor '{k.key_b}': rank mismatch: lora_B has shape {b_shape} but "
+                f"'{k.key_a}' has rank {a_shape[0]} (shape {a_shape})"
+            )
+        rank = a_shape[0]
+        cfg_rank, alpha = spec.rank_and_alpha(name)
+        if rank != cfg_rank:
+            raise AdapterFormatError(
+                f"{weights}: tensor '{k.key_a}': rank {rank} but {folder / CONFIG_NAME} "
+                f"gives this module rank {cfg_rank} (r / rank_pattern)"
+            )
+        dtype = a_dt if a_dt == b_dt else "F32"
+        mods[name] = ModuleInfo(name, rank, alpha, spec.scaling(name), a_shape[1], b_shape[0], dtype, k.key_a, k.key_b)
+    return mods

@@ -93,6 +93,7 @@ Deviations from PEFT, on purpose:
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -100,9 +101,9 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from ..errors import MergeConfigError, RankwiseError
+from ..errors import OptionError, RankwiseError
 from ..pool import AdapterPool
-from .registry import Factors, ModuleContext, register_method
+from .contract import Factors, ModuleContext, Prepare, register_method
 
 MAJORITY_SIGN_METHODS = ("total", "frequency")
 
@@ -140,16 +141,13 @@ def _is_real(v: Any) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
-Prepare = Callable[[AdapterPool, np.ndarray, dict[str, Any]], dict[str, Any]]
-
-
 def _make_prepare(method: str, params: list[str]) -> Prepare:
     def prepare(pool: AdapterPool, weights: np.ndarray, opts: dict[str, Any]) -> dict[str, Any]:
         if method in _EQUAL_RANKS:
             for m in pool.modules:
                 ranks = pool.ranks(m)
                 if len(set(ranks)) != 1:
-                    raise MergeConfigError(
+                    raise OptionError(
                         f"method {method!r} merges A's and B's entrywise, so every adapter needs the "
                         f"same rank per module, but module '{m}' has ranks {ranks} (one per adapter); "
                         "use 'cat' or an svd method for mixed ranks"
@@ -157,37 +155,35 @@ def _make_prepare(method: str, params: list[str]) -> Prepare:
         if "density" in params:
             d = opts.get("density")
             if d is None:
-                raise MergeConfigError(
+                raise OptionError(
                     f"method {method!r} needs density=, the fraction of values each adapter keeps, in (0, 1]"
                 )
             if not _is_real(d) or not 0.0 < float(d) <= 1.0:
-                raise MergeConfigError(
-                    f"density must be in (0, 1] (the fraction of values each adapter keeps), got {d!r}"
-                )
+                raise OptionError(f"density must be in (0, 1] (the fraction of values each adapter keeps), got {d!r}")
             opts["density"] = float(d)
         if "majority_sign_method" in params:
             msm = opts.get("majority_sign_method", "total")
             if msm not in MAJORITY_SIGN_METHODS:
-                raise MergeConfigError(
+                raise OptionError(
                     f"majority_sign_method must be 'total' (sign of the sum) or 'frequency' (sign of "
                     f"the majority), got {msm!r}"
                 )
         if "seed" in params:
             s = opts.get("seed", 0)
             if not _is_int(s) or s < 0:
-                raise MergeConfigError(f"seed must be a non-negative int, got {s!r}")
+                raise OptionError(f"seed must be a non-negative int, got {s!r}")
         if "svd_rank" in params:
             r = opts.get("svd_rank")
             if r is None:
                 # PEFT: the largest rank of the inputs, one rank for every module.
                 r = max(max(pool.ranks(m)) for m in pool.modules)
             elif not _is_int(r) or r < 1:
-                raise MergeConfigError(f"svd_rank must be a positive int (the merged rank), got {r!r}")
+                raise OptionError(f"svd_rank must be a positive int (the merged rank), got {r!r}")
             opts["svd_rank"] = int(r)
         if "svd_clamp" in params:
             c = opts.get("svd_clamp")
             if c is not None and (not _is_real(c) or not 0.0 < float(c) < 1.0):
-                raise MergeConfigError(f"svd_clamp must be None or a quantile in (0, 1) (e.g. 0.99), got {c!r}")
+                raise OptionError(f"svd_clamp must be None or a quantile in (0, 1) (e.g. 0.99), got {c!r}")
         return opts
 
     return prepare
@@ -200,8 +196,6 @@ def _register(name: str, *, parallel_modules: bool = False) -> Decorator:
     """register_method with a prepare that validates the options ``fn`` takes."""
 
     def deco(fn: Callable[..., Factors]) -> Callable[..., Factors]:
-        import inspect
-
         params = [p for p in inspect.signature(fn).parameters if p != "ctx"]
         prepare = _make_prepare(name, params)
         return register_method(name, prepare=prepare, parallel_modules=parallel_modules)(fn)
@@ -279,7 +273,7 @@ def _combine(
             neg_cnt += neg
     if not elect:
         if acc is None:
-            raise MergeConfigError("nothing to merge: the pool is empty")
+            raise OptionError("nothing to merge: the pool is empty")
         return acc
     assert elected is not None and pos_sum is not None and neg_sum is not None
     # Disjoint merge: the mean of the weighted values whose sign agrees with the elected one.
@@ -516,7 +510,7 @@ def _module_top_k(ctx: ModuleContext, fold: np.ndarray, k: int, *, single: bool)
     """The Gram path on the module's stacked factors: straight from the mapped files when the
     pool has them (no unit matrix in between), else from the stacked rows."""
     parallel = ctx.threads > 1
-    mapped = ctx.pool._file_sources(ctx.module)
+    mapped = ctx.pool.file_sources(ctx.module)
     if mapped is not None:
         files, sources = mapped
         return files.svd_top_k(sources, fold, k, allow_single=single, parallel=parallel, stream=ctx.pool.streams)

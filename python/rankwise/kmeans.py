@@ -1,30 +1,13 @@
-"""Small top-level functions: loading one adapter, threads, and the k-means of the core."""
+"""The core's k-means (``rust/core/src/kmeans``): ``kmeans`` and its ``KMeansResult``."""
 
 from __future__ import annotations
 
-import os
 from typing import NamedTuple
 
 import numpy as np
 
 from . import _core
-from .adapter import Adapter
-
-
-def load_adapter(path: str | os.PathLike[str], *, check_finite: bool = True) -> Adapter:
-    """Loads a PEFT LoRA adapter folder. Factors stay in the mapped file until asked for."""
-    return Adapter.load(path, check_finite=check_finite)
-
-
-def set_num_threads(n: int) -> None:
-    """Threads used by rankwise's Rust core (0: ``RANKWISE_NUM_THREADS`` or all cores)."""
-    if not isinstance(n, int) or n < 0:
-        raise ValueError(f"number of threads must be a non-negative int, got {n!r}")
-    _core.set_num_threads(n)
-
-
-def get_num_threads() -> int:
-    return int(_core.get_num_threads())
+from .errors import OptionError
 
 
 class KMeansResult(NamedTuple):
@@ -56,16 +39,35 @@ def kmeans(
     its cluster as ``signs[i]·x[i]`` (``signs[i] = -1`` when x·c < 0), centroids are the means of
     the oriented members; seeding, relocation of empty clusters and inertia use the same distance.
     """
-    from .errors import MergeConfigError
-
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2:
-        raise MergeConfigError(f"x must be 2-D (n × d), got shape {x.shape}")
+        raise OptionError(f"x must be 2-D (n × d), got shape {x.shape}")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise MergeConfigError(f"k must be an int, got {k!r}")
+        raise OptionError(f"k must be an int, got {k!r}")
     if init is not None:
         init = np.ascontiguousarray(init, dtype=np.float32)
     c, labels, inertia, n_iter, signs = _core.kmeans(
         x, int(k), n_init, max_iter, float(tol), int(seed), init, bool(sign_invariant)
     )
     return KMeansResult(c, labels, float(inertia), int(n_iter), signs)
+
+
+def sign_invariant_kmeans(
+    x: np.ndarray,
+    k: int,
+    *,
+    n_init: int = 3,
+    max_iter: int = 100,
+    tol: float = 0.0,
+    seed: int = 0,
+    init: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """k-means where a point joins a cluster with either sign: distance ‖x‖² + ‖c‖² − 2|x·c|,
+    each centroid the mean of its members flipped to its orientation. k-means++ seeding with
+    the same distance (on a subsample of at most 256·k points), ``n_init`` restarts (one when
+    ``init`` is given), the lowest inertia kept; Lloyd runs until labels and signs stop changing,
+    the centre shift is within ``tol`` (relative, as scikit-learn's), or ``max_iter``. Runs in
+    Rust (:func:`kmeans` with ``sign_invariant=True``). Returns (labels, signs ±1)."""
+    r = kmeans(x, k, n_init=n_init, max_iter=max_iter, tol=tol, seed=seed, init=init, sign_invariant=True)
+    assert r.signs is not None
+    return r.labels, r.signs

@@ -37,9 +37,9 @@ import numpy as np
 
 from .. import _core
 from ..adapter import Adapter
-from ..errors import IncompatibleAdaptersError, MergeConfigError
+from ..errors import IncompatibleAdaptersError, OptionError
 from ..pool import AdapterPool
-from .registry import Factors, ModuleContext, register_method
+from .contract import Factors, ModuleContext, register_method
 
 SIMILARITIES = ("delta", "units")
 # Modules per Rust call in ``align``: enough to keep every thread busy, few enough that only a
@@ -49,7 +49,7 @@ _ALIGN_BATCH = 16
 
 def _check_similarity(similarity: Any) -> str:
     if similarity not in SIMILARITIES:
-        raise MergeConfigError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+        raise OptionError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
     return str(similarity)
 
 
@@ -76,8 +76,8 @@ def _sign_scaled(adapter: Adapter, module: str) -> tuple[np.ndarray, np.ndarray,
 
 def _release(*adapters: Adapter) -> None:
     for a in adapters:
-        if a._files is not None:
-            a._files.release(a._file_index)
+        if a.source is not None:
+            a.source.release()
 
 
 def _apply(a: np.ndarray, b: np.ndarray, perm: np.ndarray, signs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -195,17 +195,13 @@ def _prepare(pool: AdapterPool, weights: np.ndarray, opts: dict[str, Any]) -> di
                 f"got {detail} (use method='lego' for pools of different ranks)"
             )
     if not weights.sum() > 0:
-        raise MergeConfigError(
-            f"the aligned merge averages with weights that must have a positive sum, got {list(weights)}"
-        )
+        raise OptionError(f"the aligned merge averages with weights that must have a positive sum, got {list(weights)}")
     ref = opts.get("reference")
     n = len(pool)
     if ref is None:
         ref = medoid_index(pool)
     elif isinstance(ref, bool) or not isinstance(ref, (int, np.integer)) or not 0 <= ref < n:
-        raise MergeConfigError(
-            f"reference must be None (the medoid adapter) or an adapter index in [0, {n}), got {ref!r}"
-        )
+        raise OptionError(f"reference must be None (the medoid adapter) or an adapter index in [0, {n}), got {ref!r}")
     opts["reference"] = int(ref)
     return opts
 

@@ -34,10 +34,11 @@ import numpy as np
 
 from .. import _core
 from .. import peft_format as pf
-from ..api import kmeans
-from ..errors import MergeConfigError
+from ..errors import OptionError
+from ..kmeans import kmeans
 from ..pool import AdapterPool
-from .registry import Factors, ModuleContext, register_method
+from .aligned import aligned_init
+from .contract import Factors, ModuleContext, register_method
 
 FEATURES = ("raw", "normalized")
 SCALES = ("union", "mass")
@@ -51,24 +52,24 @@ def _prepare(pool: AdapterPool, weights: np.ndarray, opts: dict[str, Any]) -> di
         k = _rank_for(rank, m, pool)
         n_units = sum(pool.ranks(m))
         if k > n_units:
-            raise MergeConfigError(
+            raise OptionError(
                 f"module '{m}': rank k={k} is larger than the {n_units} rank units the pool has "
                 f"for it ({len(pool)} adapters, ranks {sorted(set(pool.ranks(m)))})"
             )
         ranks[m] = k
     opts["rank"] = ranks
     if opts.get("features", "normalized") not in FEATURES:
-        raise MergeConfigError(f"features must be one of {FEATURES}, got {opts['features']!r}")
+        raise OptionError(f"features must be one of {FEATURES}, got {opts['features']!r}")
     if opts.get("scale", "mass") not in SCALES:
-        raise MergeConfigError(f"scale must be one of {SCALES}, got {opts['scale']!r}")
+        raise OptionError(f"scale must be one of {SCALES}, got {opts['scale']!r}")
     if opts.get("reweight", True) not in REWEIGHTS:
-        raise MergeConfigError(f"reweight must be True, False, 'param' or 'output', got {opts['reweight']!r}")
+        raise OptionError(f"reweight must be True, False, 'param' or 'output', got {opts['reweight']!r}")
     for name in ("n_init", "max_iter"):
         v = opts.get(name, 1)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise MergeConfigError(f"{name} must be a positive int, got {v!r}")
+            raise OptionError(f"{name} must be a positive int, got {v!r}")
     if opts.get("scale", "mass") == "mass" and not weights.sum() > 0:
-        raise MergeConfigError(f"scale='mass' needs weights with a positive sum, got {list(weights)}")
+        raise OptionError(f"scale='mass' needs weights with a positive sum, got {list(weights)}")
     return opts
 
 
@@ -82,10 +83,10 @@ def _rank_for(rank: Any, module: str, pool: AdapterPool) -> int:
     if isinstance(rank, Mapping):
         key = pf.pattern_key(rank, module)
         if key not in rank:
-            raise MergeConfigError(f"rank mapping gives no rank for module '{module}'")
+            raise OptionError(f"rank mapping gives no rank for module '{module}'")
         rank = rank[key]
     if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 1:
-        raise MergeConfigError(f"rank k must be a positive int, got {rank!r} (module '{module}')")
+        raise OptionError(f"rank k must be a positive int, got {rank!r} (module '{module}')")
     return int(rank)
 
 
@@ -115,15 +116,13 @@ def lego(
         x, norms = ctx.unit_features(canonical=canonicalize)
     init_c = None
     if init == "aligned":
-        from .aligned import aligned_init
-
         units = x if norms is None else _scaled(x, norms, d_out)
         init_c = aligned_init(ctx, k, units, canonical=canonicalize)
         if init_c is not None and norms is not None:
             init_c = _normalized(init_c, d_out)
         del units
     elif init is not None:
-        raise MergeConfigError(f"init must be None or 'aligned', got {init!r}")
+        raise OptionError(f"init must be None or 'aligned', got {init!r}")
     with ctx.timed("kmeans"):
         # With canonicalize, a unit and its negation are the same rank-one update, and no per-unit
         # sign rule is stable under noise, so canonical units are clustered modulo sign; members
@@ -173,44 +172,8 @@ def _normalized(units: np.ndarray, d_out: int) -> np.ndarray:
     return out
 
 
-def sign_invariant_kmeans(
-    x: np.ndarray,
-    k: int,
-    *,
-    n_init: int = 3,
-    max_iter: int = 100,
-    tol: float = 0.0,
-    seed: int = 0,
-    init: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """k-means where a point joins a cluster with either sign: distance ‖x‖² + ‖c‖² − 2|x·c|,
-    each centroid the mean of its members flipped to its orientation. k-means++ seeding with
-    the same distance (on a subsample of at most 256·k points), ``n_init`` restarts (one when
-    ``init`` is given), the lowest inertia kept; Lloyd runs until labels and signs stop changing,
-    the centre shift is within ``tol`` (relative, as scikit-learn's), or ``max_iter``. Runs in
-    Rust (:func:`rankwise.api.kmeans` with ``sign_invariant=True``). Returns (labels, signs ±1)."""
-    r = kmeans(x, k, n_init=n_init, max_iter=max_iter, tol=tol, seed=seed, init=init, sign_invariant=True)
-    assert r.signs is not None
-    return r.labels, r.signs
-
-
 def _restore_norm(part: np.ndarray, mean_norm: np.ndarray) -> np.ndarray:
     """Rescales each centroid part (row) to its members' mean norm of that part."""
     cur = np.linalg.norm(part, axis=1)
     factor = np.where(cur > 0, mean_norm / np.where(cur > 0, cur, 1), 1.0)
     return part * factor[:, None]
-
-
-def prune(adapter: Any, rank: Any, **options: Any) -> Any:
-    """The paper's single-adapter pruning: LEGO over one adapter's own units, to rank k."""
-    from ..adapter import Adapter
-    from .registry import merge
-
-    pool = (
-        adapter
-        if isinstance(adapter, AdapterPool)
-        else AdapterPool([adapter if isinstance(adapter, Adapter) else Adapter.load(adapter)])
-    )
-    if len(pool) != 1:
-        raise MergeConfigError(f"prune takes one adapter, got a pool of {len(pool)}")
-    return merge(pool, "lego", rank=rank, **options)

@@ -1,0 +1,129 @@
+"""The contract between a merge method and the merge loop (``rankwise.merging``).
+
+A method is a function ``fn(ctx: ModuleContext, **options) -> (A, B)`` that merges one module
+and returns folded factors (delta = B @ A), registered by name with ``@register_method``; an
+optional ``prepare(pool, weights, options) -> options`` validates and resolves the options once,
+before any module is merged. A method registered with ``parallel_modules=True`` does its heavy
+work in core calls that release the GIL and run on one thread when ``ctx.threads == 1``: the
+loop then runs that many modules at once (rankwise's thread count), each on one thread, instead
+of one module on all. Adding a method is one file in this package with one ``@register_method``
+function, imported by ``methods/__init__.py``, plus its test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..pool import AdapterPool
+
+Factors = tuple[np.ndarray, np.ndarray]
+#: ``prepare(pool, weights, options) -> options``: validates and resolves a method's options once.
+Prepare = Callable[[AdapterPool, np.ndarray, dict[str, Any]], dict[str, Any]]
+
+
+@dataclass
+class ModuleContext:
+    """What a method sees of one module of the pool."""
+
+    pool: AdapterPool
+    module: str
+    index: int  # position of the module in the pool's module list
+    weights: np.ndarray  # per-adapter weights (float64)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase, summed over modules
+    scratch: dict[str, Any] = field(default_factory=dict)  # buffers a method reuses across modules
+    threads: int = 1  # threads this module's core calls may use (see parallel_modules)
+    out_dtype: str = "F32"  # safetensors dtype the merged factors are written in
+    lock: threading.Lock = field(default_factory=threading.Lock)  # guards timings across modules
+
+    @contextlib.contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        """Adds the time spent in the block to ``timings[phase]`` (reported in merge_info)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            dt = time.perf_counter() - t0
+            with self.lock:
+                self.timings[phase] = self.timings.get(phase, 0.0) + dt
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.pool.shape(self.module)
+
+    @property
+    def ranks(self) -> list[int]:
+        return self.pool.ranks(self.module)
+
+    def units(self, *, canonical: bool = False, weighted: bool = True) -> np.ndarray:
+        """``U[Σ ranks, d_out + d_in]``: rows ``[w_j·s_j·b_i ; a_i]`` (Rust, from the mapped files),
+        in the module buffer (see :meth:`rows_buffer`): valid until the next module."""
+        w = self.weights if weighted else None
+        out = self.rows_buffer()
+        with self.timed("units"):
+            return self.pool.unit_matrix(self.module, w, canonical=canonical, out=out)[0]
+
+    def unit_features(self, *, canonical: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The weighted units with unit-length parts, and their part norms (AdapterPool.unit_features),
+        in the module buffer (see :meth:`rows_buffer`): valid until the next module."""
+        out = self.rows_buffer()
+        with self.timed("units"):
+            return self.pool.unit_features(self.module, self.weights, canonical=canonical, out=out)
+
+    def rows_buffer(self) -> np.ndarray:
+        """A ``Σ ranks × (d_out + d_in)`` float32 array in one buffer kept in ``scratch`` and reused
+        by the next module (as large as the largest module so far): at scale a module's unit
+        matrix is hundreds of MB, and fresh pages for each cost a quarter of building it."""
+        n, width = sum(self.ranks), sum(self.shape)
+        buf = self.scratch.get("rows")
+        if buf is None or buf.size < n * width:
+            self.scratch.pop("rows", None)
+            buf = None  # the smaller buffer is freed before the larger one is allocated
+            buf = self.scratch["rows"] = np.empty(n * width, dtype=np.float32)
+        return buf[: n * width].reshape(n, width)
+
+    def factors(self, j: int, *, folded: bool = True) -> Factors:
+        """Adapter j's ``(A, B)`` for this module (scaling folded into B, weight not applied)."""
+        return self.pool[j].factors(self.module, folded=folded)
+
+
+@dataclass
+class MergeMethod:
+    """A registered method: its function, option check, one-line summary and option names."""
+
+    name: str
+    fn: Callable[..., Factors]
+    prepare: Prepare | None
+    summary: str
+    params: list[str] = field(default_factory=list)
+    parallel_modules: bool = False
+
+
+#: The registry: method name -> MergeMethod. Filled by ``register_method``.
+METHODS: dict[str, MergeMethod] = {}
+
+
+def register_method(
+    name: str,
+    *,
+    prepare: Prepare | None = None,
+    parallel_modules: bool = False,
+) -> Callable[[Callable[..., Factors]], Callable[..., Factors]]:
+    """Registers ``fn(ctx, **options) -> (A, B)`` under ``name``. ``prepare(pool, weights,
+    options) -> options`` (optional) validates and resolves options once, before any work.
+    ``parallel_modules``: see the module docstring."""
+
+    def deco(fn: Callable[..., Factors]) -> Callable[..., Factors]:
+        params = [p for p in inspect.signature(fn).parameters if p != "ctx"]
+        doc = (fn.__doc__ or "").strip().splitlines()
+        METHODS[name] = MergeMethod(name, fn, prepare, doc[0] if doc else "", params, parallel_modules)
+        return fn
+
+    return deco
