@@ -17,7 +17,7 @@ import torch
 
 import rankwise as rw
 from peft_factory import lora_layers, make_adapter, peft_model, tiny_llama
-from rankwise.errors import MergeConfigError
+from rankwise.errors import OptionError
 from rankwise.methods import baselines as bl
 
 W1 = [0.7, 1.3, 0.5]
@@ -558,13 +558,13 @@ def test_linear_family_needs_equal_ranks(hetero):
     pool = rw.AdapterPool.load(hetero)
     for method in ("linear", "ties", "magnitude_prune"):
         kw = {} if method == "linear" else {"density": 0.5}
-        with pytest.raises(MergeConfigError, match=r"same rank per module.*'model\.layers\.0\..*\[4, 8, 6\]"):
+        with pytest.raises(OptionError, match=r"same rank per module.*'model\.layers\.0\..*\[4, 8, 6\]"):
             rw.merge(pool, method, **kw)
 
 
 @pytest.mark.parametrize("density", [0, 0.0, 1.5, -0.1, float("nan"), "half", True])
 def test_density_out_of_range(pool3, density):
-    with pytest.raises(MergeConfigError, match=r"density must be in \(0, 1\]"):
+    with pytest.raises(OptionError, match=r"density must be in \(0, 1\]"):
         rw.merge(pool3, "ties", density=density)
 
 
@@ -583,12 +583,12 @@ def test_density_out_of_range(pool3, density):
     ],
 )
 def test_bad_options(pool3, method, kw, pattern):
-    with pytest.raises(MergeConfigError, match=pattern):
+    with pytest.raises(OptionError, match=pattern):
         rw.merge(pool3, method, **kw)
 
 
 def test_bad_weights(pool3):
-    with pytest.raises(MergeConfigError, match="got 2 weights for 3 adapters"):
+    with pytest.raises(OptionError, match="got 2 weights for 3 adapters"):
         rw.merge(pool3, "linear", weights=[1.0, 2.0])
 
 

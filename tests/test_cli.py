@@ -11,6 +11,7 @@ import pytest
 
 from peft_factory import make_adapter
 from rankwise.cli import main
+from raw_adapter import write_pool
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -76,3 +77,34 @@ def test_import_does_not_load_torch() -> None:
     code = "import sys, rankwise; rankwise.AdapterPool; rankwise.merge; print('torch' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.stdout.strip() == "False", res.stderr
+
+
+def test_same_command_at_one_and_two_threads_gives_identical_folders(tmp_path: Path) -> None:
+    paths = write_pool(tmp_path / "pool", 6, modules=3, d=48, rank=4)
+    outs = []
+    for threads in (1, 2, 2):
+        out = tmp_path / f"m{len(outs)}"
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "rankwise",
+                "--threads",
+                str(threads),
+                "merge",
+                *map(str, paths),
+                "-o",
+                str(out),
+                "--rank",
+                "6",
+                "--seed",
+                "3",
+                "-q",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert res.returncode == 0, res.stderr
+        outs.append({p.name: p.read_bytes() for p in out.iterdir()})
+    assert outs[0] == outs[1] == outs[2]

@@ -1,148 +1,100 @@
-"""Adapters made by PEFT -> rankwise -> saved -> loaded by PEFT: identical outputs and deltas."""
+"""The PEFT folder format (peft_format.py): the config, the pairing of keys into modules and the
+module table, on broken folders: the exception type, and a message naming file, key and problem."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
 import rankwise as rw
-from peft_factory import logits, lora_layers, make_adapter, peft_model
-
-CASES = {
-    "f32": dict(dtype="F32"),
-    "f16": dict(dtype="F16"),
-    "bf16": dict(dtype="BF16"),
-    "rslora": dict(dtype="F32", use_rslora=True, lora_alpha=6),
-    "patterns": dict(
-        dtype="F32",
-        r=4,
-        rank_pattern={"q_proj": 2, "model.layers.1.mlp.down_proj": 6},
-        alpha_pattern={"v_proj": 3, "layers.0.mlp.up_proj": 11},
-    ),
-    "rslora_patterns_bf16": dict(
-        dtype="BF16", use_rslora=True, rank_pattern={"k_proj": 3}, alpha_pattern={"o_proj": 5}
-    ),
-}
+from peft_factory import make_adapter
+from raw_adapter import A_KEY, B_KEY, CONFIG, good_header, write_raw
 
 
-@pytest.fixture(scope="module")
-def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("adapters")
-    return {name: make_adapter(root / name, seed=i, **kw) for i, (name, kw) in enumerate(CASES.items())}
+def test_a_well_formed_raw_adapter_loads(tmp_path: Path) -> None:
+    """The control case for the broken ones below."""
+    adapter = rw.load_adapter(write_raw(tmp_path / "ok", *good_header()))
+    assert list(adapter.modules) == ["model.layers.0.self_attn.q_proj"]
+    assert adapter.modules["model.layers.0.self_attn.q_proj"].scaling == 2.0
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_round_trip_through_peft_gives_identical_outputs(made: dict[str, Path], tmp_path: Path, case: str) -> None:
-    dtype = CASES[case]["dtype"]
-    src = made[case]
-    adapter = rw.load_adapter(src)
-    assert adapter.dtype == dtype
-    out = adapter.save(tmp_path / "copy")
-    original = logits(peft_model(src, dtype=dtype))
-    copied = logits(peft_model(out, dtype=dtype))
-    assert torch.equal(original, copied)
-    # Byte-identical tensors, too.
-    from safetensors.torch import load_file
-
-    a = load_file(str(src / "adapter_model.safetensors"))
-    b = load_file(str(out / "adapter_model.safetensors"))
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
+def test_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(rw.AdapterNotFoundError, match=r"nope: adapter folder does not exist"):
+        rw.load_adapter(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError):  # also the builtin a user would catch
+        rw.load_adapter(tmp_path / "nope")
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_folded_scaling_matches_peft_delta(made: dict[str, Path], case: str) -> None:
-    adapter = rw.load_adapter(made[case])
-    layers = lora_layers(peft_model(made[case], dtype="F32"))
-    assert set(layers) == set(adapter.modules)
-    for name, layer in layers.items():
-        info = adapter.modules[name]
-        assert info.rank == layer.r["a0"]
-        assert info.scaling == pytest.approx(layer.scaling["a0"], rel=1e-12)
-        want = layer.get_delta_weight("a0").detach().numpy()
-        np.testing.assert_allclose(adapter.delta(name), want, rtol=1e-5, atol=1e-6)
-        a, b = adapter.factors(name, folded=True)
-        np.testing.assert_allclose(b @ a, want, rtol=1e-5, atol=1e-6)
+def test_missing_config(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    with pytest.raises(rw.AdapterNotFoundError, match=r"adapter_config.json: missing"):
+        rw.load_adapter(tmp_path / "a")
 
 
-def test_state_dict_uses_peft_keys_and_dtypes(made: dict[str, Path]) -> None:
-    from safetensors.torch import load_file
-
-    src = made["bf16"]
-    want = load_file(str(src / "adapter_model.safetensors"))
-    got = rw.load_adapter(src).state_dict("torch")
-    assert got.keys() == want.keys()
-    assert all(got[k].dtype == torch.bfloat16 and torch.equal(got[k], want[k]) for k in want)
-    npd = rw.load_adapter(made["f16"]).state_dict("numpy")
-    assert all(v.dtype == np.float16 for v in npd.values())
-    with pytest.raises(ValueError, match="framework"):
-        rw.load_adapter(src).state_dict("jax")  # type: ignore[arg-type]
+def test_config_not_json(tmp_path: Path) -> None:
+    folder = write_raw(tmp_path / "a", *good_header())
+    (folder / "adapter_config.json").write_text("{'r': 8,")
+    with pytest.raises(rw.AdapterFormatError, match=r"adapter_config.json: not valid JSON"):
+        rw.load_adapter(folder)
 
 
-def test_fan_in_fan_out_is_kept(tmp_path: Path) -> None:
-    """GPT-2 style Conv1D: PEFT's delta is (B @ A).T; the factors keep the nn.Linear layout."""
-    import json
-
-    from peft import LoraConfig, PeftModel, get_peft_model
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    def base() -> torch.nn.Module:
-        torch.manual_seed(0)
-        return GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=50, n_positions=16)).eval()
-
-    pm = get_peft_model(
-        base(), LoraConfig(r=3, target_modules=["c_attn"], fan_in_fan_out=True, init_lora_weights=False)
-    )
-    pm.save_pretrained(str(tmp_path / "g"))
-    adapter = rw.load_adapter(tmp_path / "g")
-    (name,) = adapter.modules
-    layer = lora_layers(pm)[name]
-    np.testing.assert_allclose(
-        adapter.delta(name).T, layer.get_delta_weight("default").detach().numpy(), rtol=1e-5, atol=1e-6
-    )
-    adapter.save(tmp_path / "g2")
-    assert json.loads((tmp_path / "g2" / "adapter_config.json").read_text())["fan_in_fan_out"] is True
-    ids = torch.arange(10)[None]
-    with torch.no_grad():
-        y1 = PeftModel.from_pretrained(base(), str(tmp_path / "g"))(input_ids=ids).logits
-        y2 = PeftModel.from_pretrained(base(), str(tmp_path / "g2"))(input_ids=ids).logits
-    assert torch.equal(y1, y2)
+def test_missing_weights_and_pickled_weights(tmp_path: Path) -> None:
+    folder = write_raw(tmp_path / "a", *good_header())
+    (folder / "adapter_model.safetensors").unlink()
+    with pytest.raises(rw.AdapterNotFoundError, match=r"adapter_model.safetensors: missing"):
+        rw.load_adapter(folder)
+    (folder / "adapter_model.bin").write_bytes(b"pickle")
+    with pytest.raises(rw.AdapterFormatError, match=r"adapter_model.bin: pickled weights are not read"):
+        rw.load_adapter(folder)
 
 
-def test_pool_loads_mixed_ranks_and_reads_units(tmp_path: Path) -> None:
-    dirs = [
-        make_adapter(tmp_path / f"a{i}", seed=i, r=r, target_modules=["q_proj", "v_proj"])
-        for i, r in enumerate((2, 4, 3))
-    ]
-    pool = rw.AdapterPool.load(str(tmp_path / "a*"))
-    assert [a.path for a in pool] == dirs
-    name = pool.modules[0]
-    assert pool.ranks(name) == [2, 4, 3]
-    w = [0.5, 1.0, 2.0]
-    units, ranks = pool.unit_matrix(name, w)
-    d_out, d_in = pool.shape(name)
-    assert units.shape == (9, d_out + d_in) and ranks == [2, 4, 3]
-    # Concatenation-summation: Σ rows b aᵀ = Σ_j w_j ΔW_j.
-    got = units[:, :d_out].T @ units[:, d_out:]
-    want = sum(wj * a.delta(name) for wj, a in zip(w, pool))
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+def test_unsupported_dtype(tmp_path: Path) -> None:
+    header, data = good_header()
+    header[A_KEY]["dtype"] = "I32"
+    with pytest.raises(rw.AdapterFormatError, match=rf"tensor '{A_KEY}': dtype I32 is not supported"):
+        rw.load_adapter(write_raw(tmp_path / "b", header, data))
 
 
-def test_save_refuses_non_empty_target_and_overwrites_on_request(made: dict[str, Path], tmp_path: Path) -> None:
-    adapter = rw.load_adapter(made["f32"])
-    target = tmp_path / "out"
-    target.mkdir()
-    (target / "keep.txt").write_text("x")
-    with pytest.raises(rw.OutputExistsError, match="not empty"):
-        adapter.save(target)
-    assert (target / "keep.txt").exists()
-    adapter.save(target, overwrite=True)
-    assert sorted(p.name for p in target.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
-    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temp debris
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    adapter.save(empty)  # an empty folder is fine
-    assert rw.load_adapter(empty).modules.keys() == adapter.modules.keys()
+def test_lora_a_without_lora_b(tmp_path: Path) -> None:
+    header, data = good_header()
+    del header[B_KEY]
+    with pytest.raises(rw.AdapterFormatError, match=rf"tensor '{A_KEY}' has no matching lora_B"):
+        rw.load_adapter(write_raw(tmp_path / "a", header, data[:32]))
+
+
+def test_rank_mismatch_between_a_and_b(tmp_path: Path) -> None:
+    header, data = good_header()
+    header[B_KEY]["shape"] = [8, 1]
+    with pytest.raises(rw.AdapterFormatError, match=rf"tensor '{B_KEY}': rank mismatch: lora_B has shape \[8, 1\]"):
+        rw.load_adapter(write_raw(tmp_path / "a", header, data))
+
+
+def test_rank_disagrees_with_config(tmp_path: Path) -> None:
+    cfg = dict(CONFIG, r=3)
+    with pytest.raises(
+        rw.AdapterFormatError, match=rf"tensor '{A_KEY}': rank 2 but .*adapter_config.json gives this module rank 3"
+    ):
+        rw.load_adapter(write_raw(tmp_path / "a", *good_header(), config=cfg))
+
+
+def test_unsupported_features_are_named(tmp_path: Path) -> None:
+    dora = make_adapter(tmp_path / "dora", r=2, target_modules=["q_proj"], use_dora=True)
+    with pytest.raises(rw.AdapterFormatError, match=r"adapter_config.json: DoRA \(use_dora=true\) is not supported"):
+        rw.load_adapter(dora)
+    # The same adapter with the flag removed is still caught by its tensors.
+    cfg = json.loads((dora / "adapter_config.json").read_text())
+    cfg["use_dora"] = False
+    (dora / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(rw.AdapterFormatError, match=r"tensor '.*lora_magnitude_vector.*': DoRA is not supported"):
+        rw.load_adapter(dora)
+    folder = write_raw(tmp_path / "bias", *good_header(), config=dict(CONFIG, bias="all"))
+    with pytest.raises(rw.AdapterFormatError, match=r"bias='all'"):
+        rw.load_adapter(folder)
+    folder = write_raw(tmp_path / "mts", *good_header(), config=dict(CONFIG, modules_to_save=["lm_head"]))
+    with pytest.raises(rw.AdapterFormatError, match=r"modules_to_save"):
+        rw.load_adapter(folder)
+    folder = write_raw(tmp_path / "ia3", *good_header(), config=dict(CONFIG, peft_type="IA3"))
+    with pytest.raises(rw.AdapterFormatError, match=r"peft_type is IA3"):
+        rw.load_adapter(folder)

@@ -83,7 +83,7 @@ def test_hungarian_matches_scipy_and_rejects_bad_input() -> None:
     ours = _core.hungarian(np.asfortranarray(cost))  # any layout
     assert cost[np.arange(40), ours].sum() == pytest.approx(cost[np.arange(40), cols].sum())
     assert _core.hungarian(np.ones((4, 4))).tolist() == [0, 1, 2, 3]  # ties: deterministic
-    with pytest.raises(rw.MergeConfigError, match="square"):
+    with pytest.raises(rw.OptionError, match="square"):
         _core.hungarian(np.ones((2, 3)))
     with pytest.raises(ValueError, match="finite"):
         _core.hungarian(np.array([[0.0, np.nan], [1.0, 1.0]]))
@@ -108,9 +108,9 @@ def test_core_alignment_and_delta_gram_bindings() -> None:
     assert np.array_equal(signs2[0], signs) and np.allclose(scores, 1.0)
     with pytest.raises(rw.IncompatibleAdaptersError, match="equal ranks"):
         _core.align_units(u_ref, u_oth[None, :4], D_OUT)
-    with pytest.raises(rw.MergeConfigError, match="similarity"):
+    with pytest.raises(rw.OptionError, match="similarity"):
         _core.align_factors([(a, b, a2, b2)], "cosine")
-    with pytest.raises(rw.MergeConfigError, match="pair 0, other"):
+    with pytest.raises(rw.OptionError, match="pair 0, other"):
         _core.align_factors([(a, b, a2, b2[:, :5])])
     # ⟨ΔW_i, ΔW_j⟩ from Gram matrices, ranks may differ.
     c, d = rng.standard_normal((3, D_IN), dtype=np.float32), rng.standard_normal((D_OUT, 3), dtype=np.float32)
@@ -154,7 +154,7 @@ def test_align_errors() -> None:
         rw.align(ref, _random_adapter(1, rank=8))
     with pytest.raises(rw.IncompatibleAdaptersError, match="module sets differ"):
         rw.align(ref, _random_adapter(1, rank=4, modules=2))
-    with pytest.raises(rw.MergeConfigError, match="similarity"):
+    with pytest.raises(rw.OptionError, match="similarity"):
         align(ref, ref, similarity="l2")
     with pytest.raises(TypeError, match="rw.Adapter"):
         rw.align(ref, 3)
@@ -223,11 +223,11 @@ def test_aligned_merge_errors(tmp_path: Path) -> None:
         rw.merge(_saved_pool(tmp_path, [r4, r8]), "aligned")
     pool = rw.AdapterPool([r4, _scrambled(r4, 1), _scrambled(r4, 2)])
     for bad in (3, -1, True, "0", 1.0):
-        with pytest.raises(rw.MergeConfigError, match=r"reference must be None .* in \[0, 3\)"):
+        with pytest.raises(rw.OptionError, match=r"reference must be None .* in \[0, 3\)"):
             rw.merge(pool, "aligned", reference=bad)
-    with pytest.raises(rw.MergeConfigError, match="similarity"):
+    with pytest.raises(rw.OptionError, match="similarity"):
         rw.merge(pool, "aligned", similarity="cos")
-    with pytest.raises(rw.MergeConfigError, match="positive sum"):
+    with pytest.raises(rw.OptionError, match="positive sum"):
         rw.merge(pool, "aligned", weights=[1.0, -1.0, 0.0])
 
 
