@@ -347,8 +347,10 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     dt = time.perf_counter() - t0
     size = sum((q / "adapter_model.safetensors").stat().st_size for q in paths)
-    print(f"wrote {len(paths)} adapters ({a.shape}, rank {a.rank}, {a.dtype}) to {a.out}: "
-          f"{size / 1e9:.2f} GB in {dt:.1f} s ({size / 1e9 / dt:.2f} GB/s)")
+    print(
+        f"wrote {len(paths)} adapters ({a.shape}, rank {a.rank}, {a.dtype}) to {a.out}: "
+        f"{size / 1e9:.2f} GB in {dt:.1f} s ({size / 1e9 / dt:.2f} GB/s)"
+    )
 
 
 if __name__ == "__main__":
