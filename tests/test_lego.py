@@ -1,4 +1,4 @@
-"""LoRA-LEGO merging: identities, the PAPERS.md formulas against independent numpy code, PEFT
+"""LoRA-LEGO merging: identities, the formulas of docs/ALGORITHMS.md §1 against independent numpy code, PEFT
 loading of the result, and bad input."""
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def reference_lego(
     r_bar: float,
     w_sum: float,
 ) -> np.ndarray:
-    """PAPERS.md §1 written out plainly with loops: returns the merged delta."""
+    """docs/ALGORITHMS.md §1.2-1.4 written out plainly with loops: returns the merged delta."""
     delta = np.zeros((d_out, units.shape[1] - d_out))
     for c in range(k):
         members = units[labels == c].astype(np.float64)

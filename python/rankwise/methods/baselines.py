@@ -392,7 +392,7 @@ def _top_eigh(m: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The k largest eigenvalues (descending, clipped at 0) and eigenvectors of symmetric m.
 
     With scipy installed, only those k are computed (LAPACK syevr: tridiagonal reduction, then
-    MRRR on the wanted part, 2-3× faster than all n); else numpy's full ``eigh``."""
+    MRRR on the wanted part; faster than all n, benches/RESULTS.md); else numpy's full ``eigh``."""
     if _scipy() is not None:
         # A symmetric C-contiguous m is its own transpose: m.T is the Fortran array LAPACK wants.
         res = _syevr_top(m.T if m.flags.c_contiguous else np.asfortranarray(m), k, overwrite=False)

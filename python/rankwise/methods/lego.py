@@ -2,7 +2,7 @@
 
 Per module: pool the units ``u = [w·s·b_i ; a_i]`` of every adapter (the paper's Minimal
 Semantic Units), cluster them into k groups with k-means, and use each centroid as one unit of
-the merged rank-k LoRA. Then the dual reweighting (see ../shared/PAPERS.md; the formulas are our
+the merged rank-k LoRA. Then the dual reweighting (docs/ALGORITHMS.md §1.3: the formulas are our
 reading of the paper's "parameter reweighting for norm decay and output reweighting for
 variance expansion"):
 
@@ -21,8 +21,8 @@ and ``scale="union"`` reproduces Σ_j w_j·ΔW_j exactly (concatenation-summatio
 Defaults, chosen on benches/bench_quality.py (five pools; RESULTS.md): ``features="normalized"``
 (cluster on cat(b/‖b‖, a/‖a‖), centroids the means of the raw members), ``canonicalize=True``
 (scale-balanced units clustered modulo sign), ``scale="mass"`` with parameter reweighting, and
-``rank`` = 2 × the sources' rank: the best fixed choice across pools (mean normalized accuracy
-0.684, worst gap 0.040; the paper-literal raw/union/k=r setting scored 0.583).
+``rank`` = 2 × the sources' rank: the best fixed choice across pools, beside the paper-literal
+raw/union/k=r setting ("Merge quality" in benches/RESULTS.md; docs/ALGORITHMS.md §1.4).
 """
 
 from __future__ import annotations
