@@ -49,7 +49,7 @@ echo "== ruff"
 "$PY" -m ruff format --check python tests benches
 
 echo "== stubtest rankwise._core"
-"$PY" -m mypy.stubtest rankwise._core --allowlist scripts/stubtest-allowlist.txt
+"$PY" -m mypy.stubtest rankwise._core
 
 echo "== cargo test (rankwise-core)"
 cargo test -q -p rankwise-core --release

@@ -105,4 +105,3 @@ def test_writer_writes_fortran_order_in_c_order(tmp_path: Path) -> None:
     _core.write_safetensors(str(tmp_path / "x.safetensors"), [("a", "F32", arr)])
     back = _core.MappedFiles.open([str(tmp_path / "x.safetensors")]).read(0, "a")
     np.testing.assert_array_equal(back, arr)
-
