@@ -18,7 +18,7 @@ initial centres they follow the same trajectory (same ``n_iter``).
 
 Two rankwise rows: the default, which keeps the n × k dot products across iterations and
 recomputes only the columns of the centres that moved (same bytes as recomputing all; see
-rust/core/src/kmeans.rs), and ``distance_cache=False``, which recomputes every distance every
+rust/core/src/kmeans/), and ``distance_cache=False``, which recomputes every distance every
 iteration: that row is the cost of a full Lloyd iteration (GEMM-bound), the one to hold against
 the GEMM peak.
 

@@ -30,7 +30,7 @@ oracle of tests/test_baselines.py:
 
 Speed: ``svd`` never forms a d_out × d_in matrix when the stacked rank R = Σ r_j is below
 min(d_out, d_in). With ``B_w = [w_j·s_j·B_j]`` (d_out × R; weight and scaling folded into the raw
-factors in float64) and ``A = [A_j]`` (R × d_in), the core (rust/core/src/lowrank_svd.rs, GIL
+factors in float64) and ``A = [A_j]`` (R × d_in), the core (rust/core/src/linalg/lowrank_svd.rs, GIL
 released) forms the R × R Gram matrices ``G_A = A·Aᵀ`` and ``G_B = B_wᵀ·B_w``, the Cholesky
 factor ``G_A = L·Lᵀ`` and ``M = Lᵀ·G_B·L``. Since ``(B_w·L)(B_w·L)ᵀ = ΔW·ΔWᵀ``, the top-k
 eigenpairs ``M·W = W·Λ`` (tridiagonal reduction, then bisection and inverse iteration for the k
@@ -453,7 +453,7 @@ def _gram_top_k(
 ) -> Factors | None:
     """``(U_k·S_k, Vh_k)`` of ``Σ_i fold_i·b_i·a_iᵀ`` (row i of ``units``: ``[b_i ; a_i]``,
     float32 or float64; R rows, R < min(d_out, d_in), k ≤ R) by the Gram path of the core
-    (rust/core/src/lowrank_svd.rs; GIL released). ``single``: float32 where the core proves it
+    (rust/core/src/linalg/lowrank_svd.rs; GIL released). ``single``: float32 where the core proves it
     close, else float64. None where the path declines: the Cholesky factor of A·Aᵀ does not
     exist in floating point, or σ_k ≤ 1e-4·σ_1 (Vh would divide by ~0); the caller then takes
     the QR path."""
