@@ -16,7 +16,7 @@ pub fn to_pyerr(err: Error) -> PyErr {
         }
         Error::Io { .. } | Error::Header { .. } | Error::Tensor { .. } => "AdapterFormatError",
         Error::Incompatible { .. } => "IncompatibleAdaptersError",
-        Error::InvalidArgument { .. } => "MergeConfigError",
+        Error::InvalidArgument { .. } => "OptionError",
         Error::Panic { .. } => "InternalError",
     };
     let msg = err.to_string();

@@ -65,8 +65,8 @@ thread_local! {
 
 /// Fresh zeroed anonymous memory of at least `bytes`. From `HUGE_PAGE` on, the length is
 /// rounded up to whole huge pages (Linux aligns such maps to them) and the kernel is asked to
-/// back it with transparent huge pages: a 7 MB workspace then faults in as 4 pages instead
-/// of ~1800, which took ~4 ms of a thread's first module (page faults cost more in a VM).
+/// back it with transparent huge pages: a workspace of a few MB then faults in as a few huge
+/// pages instead of thousands of small ones, a visible share of a thread's first module.
 fn anonymous(bytes: usize) -> std::io::Result<MmapMut> {
     if bytes < HUGE_PAGE {
         return MmapMut::map_anon(bytes.max(1));
