@@ -136,7 +136,7 @@ def _target_line(info: dict[str, Any]) -> str:
     """The weights rule as this merge applied it (methods/weighting.py)."""
     w, p = info.get("weights"), info.get("peft_weights")
     rule = "Σ w_j ΔW_j with w = " + (_fmt_weights(w) if w is not None else "none (PEFT's scale cancels on copies)")
-    if p is not None and p != w:
+    if p is not None and (w is None or any(abs(x - y) > 1e-12 * max(abs(x), abs(y)) for x, y in zip(p, w))):
         return f"target: {rule} (PEFT's {info['method']} run with weights {_fmt_weights(p)})"
     return f"target: {rule}"
 
