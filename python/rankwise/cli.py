@@ -14,7 +14,8 @@ from .adapter import expand_paths, open_adapters
 from .demo import run_demo
 from .errors import RankwiseError
 from .merging import merge, merge_methods
-from .methods.weighting import RULE
+from .methods import METHODS
+from .methods.weighting import RULE, describe
 from .pool import AdapterPool
 from .threads import set_num_threads
 
@@ -143,7 +144,8 @@ def _target_line(info: dict[str, Any]) -> str:
 
 def cmd_methods(args: argparse.Namespace) -> int:
     print(f"{RULE}.\nPEFT's add_weighted_adapter weights: --peft-weights (rw.merge(..., peft_weights=...)).\n")
-    print("\n".join(f"{k:22s} {v}" for k, v in merge_methods().items()))
+    for k, v in merge_methods().items():
+        print(f"{k:22s} {v}\n{'':22s} weights: {describe(METHODS[k].peft_factor)}")
     return 0
 
 

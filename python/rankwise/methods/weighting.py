@@ -64,23 +64,40 @@ def _ratio(method: str, w: np.ndarray, num: float, den: float) -> float:
 
 
 def unit(w: np.ndarray) -> float:
-    """c = 1: PEFT's weights are the rule's (cat and the sums of deltas)."""
+    """c = 1"""
     return 1.0
 
 
 def linear_family(method: str) -> PeftFactor:
-    """c = Σ w / ((Σ sign(w)·√|w|)·(Σ √|w|)): linear, dare_linear, magnitude_prune."""
-    return lambda w: _ratio(method, w, float(np.sum(w)), _roots(w))
+    """c(w) of linear, dare_linear, magnitude_prune (the A's and B's summed with √|w|)."""
+
+    def factor(w: np.ndarray) -> float:
+        """c = Σw / ((Σ sign(w)·√|w|)·(Σ √|w|))"""
+        return _ratio(method, w, float(np.sum(w)), _roots(w))
+
+    return factor
 
 
 def ties_family(method: str) -> PeftFactor:
-    """c = N²·Σ w / ((Σ sign(w)·√|w|)·(Σ √|w|)): TIES on the factors (disjoint mean of each side)."""
-    return lambda w: _ratio(method, w, float(np.sum(w)) * w.size**2, _roots(w))
+    """c(w) of TIES on the factors (a disjoint mean of each side, weighted with √|w|)."""
+
+    def factor(w: np.ndarray) -> float:
+        """c = N²·Σw / ((Σ sign(w)·√|w|)·(Σ √|w|))"""
+        return _ratio(method, w, float(np.sum(w)) * w.size**2, _roots(w))
+
+    return factor
 
 
 def ties_delta(w: np.ndarray) -> float:
-    """c = N: TIES on the dense deltas divides the weighted sum by the agreeing count."""
+    """c = N"""  # TIES on the dense deltas divides the weighted sum by the agreeing count.
     return float(w.size)
+
+
+def describe(factor: PeftFactor | None) -> str:
+    """What a method's weights are, for ``rankwise methods``: PEFT's weights c·w, c as a formula."""
+    if factor is None:
+        return "no PEFT counterpart: weights w as the rule says"
+    return f"PEFT's weights = c·w, {(factor.__doc__ or '').strip()}"
 
 
 @dataclass(frozen=True)
