@@ -68,18 +68,47 @@ class ModuleContext:
 
     def units(self, *, canonical: bool = False, weighted: bool = True) -> np.ndarray:
         """``U[Σ ranks, d_out + d_in]``: rows ``[w_j·s_j·b_i ; a_i]`` (Rust, from the mapped files),
-        in the module buffer (see :meth:`rows_buffer`): valid until the next module."""
+        in the module buffer (see :meth:`rows_buffer`): valid until the next module. Canonical
+        rows: see :meth:`_canonical_weights`."""
         w = self.weights if weighted else None
         out = self.rows_buffer()
         with self.timed("units"):
-            return self.pool.unit_matrix(self.module, w, canonical=canonical, out=out)[0]
+            split = self._canonical_weights() if canonical and weighted else None
+            if split is None:
+                return self.pool.unit_matrix(self.module, w, canonical=canonical, out=out)[0]
+            common, rel = split
+            u = self.pool.unit_matrix(self.module, common, canonical=True, out=out)[0]
+            u[:, : self.shape[0]] *= rel[:, None]
+            return u
 
     def unit_features(self, *, canonical: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """The weighted units with unit-length parts, and their part norms (AdapterPool.unit_features),
-        in the module buffer (see :meth:`rows_buffer`): valid until the next module."""
+        in the module buffer (see :meth:`rows_buffer`): valid until the next module. Canonical
+        rows: see :meth:`_canonical_weights`."""
         out = self.rows_buffer()
         with self.timed("units"):
-            return self.pool.unit_features(self.module, self.weights, canonical=canonical, out=out)
+            split = self._canonical_weights() if canonical else None
+            if split is None:
+                return self.pool.unit_features(self.module, self.weights, canonical=canonical, out=out)
+            common, rel = split
+            x, norms = self.pool.unit_features(self.module, common, canonical=True, out=out)
+            b = x[:, : self.shape[0]]
+            b[rel < 0] *= np.float32(-1)
+            b[rel == 0] = 0.0  # a zero part stays zero (its norm is 0 below)
+            norms[:, 0] *= np.abs(rel)
+            return x, norms
+
+    def _canonical_weights(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """For unequal weights: one common weight w̄ = mean |w_j| to balance every unit with
+        (canonical rows ``[√w̄·b̃ ; √w̄·ã]``), and per row the factor w_j / w̄ its b part then
+        takes (float32). A weight balanced into both parts (√w_j each) would make a cluster of
+        copies of one unit merge to (Σ √w_j)²/n instead of Σ w_j (the weights rule). None for
+        equal weights, where both are the same."""
+        w = self.weights
+        if np.all(w == w[0]):
+            return None
+        common = float(np.mean(np.abs(w)))
+        return np.full(w.size, common), np.repeat(w / common, self.ranks).astype(np.float32)
 
     def rows_buffer(self) -> np.ndarray:
         """A ``Σ ranks × (d_out + d_in)`` float32 array in one buffer kept in ``scratch`` and reused
