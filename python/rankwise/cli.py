@@ -110,7 +110,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     print(
         f"merged {len(pool)} adapters ({len(pool.modules)} modules, source ranks {src_ranks}) "
         f"with {args.method} -> rank {ranks[0] if len(ranks) == 1 else ranks}, {merged.dtype}\n"
-        f"{_target_line(merged.merge_info)}\n"
+        f"{_target_line(merged.merge_info or {})}\n"
         f"wrote {out}\n"
         f"time: {total:.2f}s (load {t_load:.2f}s, merge {t_merge:.2f}s, write {total - t_load - t_merge:.2f}s)"
     )

@@ -98,7 +98,7 @@ class ModuleContext:
             norms[:, 0] *= np.abs(rel)
             return x, norms
 
-    def _canonical_weights(self) -> tuple[np.ndarray, np.ndarray] | None:
+    def _canonical_weights(self) -> tuple[list[float], np.ndarray] | None:
         """For unequal weights: one common weight w̄ = mean |w_j| to balance every unit with
         (canonical rows ``[√w̄·b̃ ; √w̄·ã]``), and per row the factor w_j / w̄ its b part then
         takes (float32). A weight balanced into both parts (√w_j each) would make a cluster of
@@ -108,7 +108,7 @@ class ModuleContext:
         if np.all(w == w[0]):
             return None
         common = float(np.mean(np.abs(w)))
-        return np.full(w.size, common), np.repeat(w / common, self.ranks).astype(np.float32)
+        return [common] * w.size, np.repeat(w / common, self.ranks).astype(np.float32)
 
     def rows_buffer(self) -> np.ndarray:
         """A ``Σ ranks × (d_out + d_in)`` float32 array in one buffer kept in ``scratch`` and reused
