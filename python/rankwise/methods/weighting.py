@@ -3,7 +3,7 @@
 The rule (README "Weights"): ``weights`` are task-arithmetic coefficients. Every method's target
 is ``T = Σ_j w_j·ΔW_j``; the default weights are 1/N, so the default target is the mean of the
 sources. Each method approximates T its own way, and on a pool of N copies of one adapter every
-method returns T exactly (tests/test_weights.py).
+method returns T, to float rounding (tests/test_weights.py; pruning methods at density 1).
 
 PEFT's ``add_weighted_adapter`` gives its weights other meanings: ``cat`` and ``svd`` reach
 Σ w·ΔW, but ``linear``/``ties``/``dare_*``/``magnitude_prune`` weight the A's by sign(w)·√|w|
@@ -12,7 +12,7 @@ PEFT's combinations is homogeneous of degree one in its weights (``PEFT(c·w) = 
 every real c: pruning and sign election look at the unweighted tensors), so the rule's weights w
 map to PEFT's weights ``p = c(w)·w`` with one scalar c per merge, chosen so that N copies of one
 adapter merge to (Σ w)·ΔW. With ``g(w)`` PEFT's result on those copies in units of ΔW,
-``c(w) = Σ w / g(w)``; ``PEFT_FACTORS`` holds c per method:
+``c(w) = Σ w / g(w)``; ``baselines._PEFT_FACTORS`` holds c per method:
 
 - ``cat``, ``svd``, ``dare_linear_svd``, ``magnitude_prune_svd``: g = Σ w, c = 1 (PEFT's
   weights are the rule's).
@@ -21,8 +21,8 @@ adapter merge to (Σ w)·ΔW. With ``g(w)`` PEFT's result on those copies in uni
 - ``ties``, ``dare_ties``: g = (Σ sign(w_j)·√|w_j|)·(Σ √|w_j|) / N², c = N²·Σ w / g.
 - ``ties_svd``, ``dare_ties_svd``: g = Σ w / N, c = N (the default gives TIES' disjoint mean).
 
-``rw.merge(..., peft_weights=p)`` runs the combination with p as given: PEFT's bytes for
-``add_weighted_adapter(..., weights=p)``. The rule's weights equivalent to p are ``p / c(p)``.
+``rw.merge(..., peft_weights=p)`` runs the combination with p as given: PEFT's numerics for
+``add_weighted_adapter(..., weights=p)`` (tests/test_baselines.py). The rule's weights equivalent to p are ``p / c(p)``.
 Where c(w) is 0 or undefined (the signed roots cancel, or Σ w = 0 for a method whose scale is
 calibrated on copies), the rule cannot be met and an ``OptionError`` says to pass peft_weights.
 """
@@ -36,7 +36,7 @@ import numpy as np
 
 from ..errors import OptionError
 
-#: One line stating the rule: ``rankwise methods`` and the CLI's merge summary print it.
+#: One line stating the rule, printed by ``rankwise methods``.
 RULE = "weights are task-arithmetic coefficients: every method's target is Σ_j w_j·ΔW_j; default w_j = 1/N (the mean)"
 
 #: ``c(w)``: run PEFT's combination with ``c(w)·w`` to meet the rule (module docstring).
