@@ -20,7 +20,7 @@ import numpy as np
 
 from . import _core
 from .adapter import Adapter, normalize_dtype
-from .errors import OptionError
+from .errors import NonFiniteError, OptionError
 from .methods import METHODS, Factors, MergeMethod, ModuleContext
 from .pool import AdapterPool
 
@@ -77,6 +77,7 @@ def merge(
     t0 = time.perf_counter()
 
     def done(i: int, name: str, factors: Factors) -> None:
+        _check_merged(pool, w, method, name, factors)
         merged[name] = factors
         if workers <= 1 and pool.streams:
             pool.release()  # keep the resident set to one module's pages
@@ -101,6 +102,7 @@ def merge(
     if bar is not None:
         bar.close()
     out = Adapter.from_factors(merged, base_config=pool[0].config, dtype=out_dtype)
+    out.inputs = [p for a in pool for p in a.inputs]
     out.merge_info = {
         "method": method,
         "adapters": len(pool),
@@ -160,6 +162,33 @@ def _merge_parallel(
             for f in pending.values():
                 f.cancel()
             raise
+
+
+def _check_merged(pool: AdapterPool, w: np.ndarray, method: str, module: str, factors: Factors) -> None:
+    """Raises ``NonFiniteError`` when the merged factors of ``module`` hold a non-finite value,
+    naming the adapters and the stage it came from: the read (a file changed after its load
+    check), the fold (scaling × weight × B overflows float32) or the merge itself."""
+    if all(np.isfinite(f).all() for f in factors):
+        return
+    culprits: list[str] = []
+    stage = f"merge ({method})"
+    with np.errstate(over="ignore", invalid="ignore"):
+        for a, wj in zip(pool, w):
+            if a.source is None and a._factors is None:
+                continue
+            fa, fb = a.factors(module)
+            info = a.module(module)
+            name = str(a.path or "an in-memory adapter")
+            if not (np.isfinite(fa).all() and np.isfinite(fb).all()):
+                culprits.append(f"{name} (its factors hold NaN/inf now: the file changed after the load check?)")
+                stage = "read"
+            elif not np.isfinite(fb * np.float32(info.scaling * wj)).all():
+                culprits.append(f"{name} (scaling {info.scaling:g} × weight {wj:g} × B overflows float32)")
+                stage = "fold" if stage != "read" else stage
+    who = f"; from {', '.join(culprits)}" if culprits else f"; {len(pool)} finite adapters, the merged values overflow"
+    raise NonFiniteError(
+        f"module '{module}': the {stage} stage gave a non-finite value{who}; rankwise never writes a non-finite value"
+    )
 
 
 def _pool_dtype(pool: AdapterPool) -> str:
