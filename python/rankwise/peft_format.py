@@ -126,21 +126,21 @@ def _plain_match(key: str, module: str) -> bool:
     return all(k == "." or k == c for k, c in zip(key, tail))
 
 
-def check_pattern(key: object, where: str) -> str:
+def check_pattern(key: object, where: str, error: type[Exception] = AdapterFormatError) -> str:
     """A ``rank_pattern``/``alpha_pattern`` key that matches in bounded time, or
     ``AdapterFormatError``: an invalid regex, or one whose backtracking can blow up (a
     quantifier over a group holding a quantifier or an alternation, a backreference, more than
     one unbounded quantifier)."""
     if not isinstance(key, str) or not key:
-        raise AdapterFormatError(f"{where}: pattern key {key!r} must be a non-empty string")
+        raise error(f"{where}: pattern key {key!r} must be a non-empty string")
     if len(key) > MAX_PATTERN_LEN:
-        raise AdapterFormatError(f"{where}: pattern key of {len(key)} characters (at most {MAX_PATTERN_LEN})")
+        raise error(f"{where}: pattern key of {len(key)} characters (at most {MAX_PATTERN_LEN})")
     if _PLAIN.fullmatch(key):
         return key
     try:
         parsed = _sre_parser.parse(key)
     except (re.error, RecursionError, OverflowError) as e:
-        raise AdapterFormatError(f"{where}: pattern key {key!r} is not a valid regex ({e})") from None
+        raise error(f"{where}: pattern key {key!r} is not a valid regex ({e})") from None
     unbounded = 0
 
     def walk(items: Any, in_repeat: bool) -> None:
@@ -148,11 +148,11 @@ def check_pattern(key: object, where: str) -> str:
         for op, arg in items:
             name = str(op)
             if name in ("GROUPREF", "GROUPREF_EXISTS"):
-                raise AdapterFormatError(f"{where}: pattern key {key!r}: backreferences are not supported")
+                raise error(f"{where}: pattern key {key!r}: backreferences are not supported")
             if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
                 lo, hi, sub = arg
                 if in_repeat:
-                    raise AdapterFormatError(
+                    raise error(
                         f"{where}: pattern key {key!r}: a quantifier inside a quantified group can take "
                         "exponential time to match; use module names or a simpler regex"
                     )
@@ -161,7 +161,7 @@ def check_pattern(key: object, where: str) -> str:
                 walk(sub, True)
             elif name == "BRANCH":
                 if in_repeat:
-                    raise AdapterFormatError(
+                    raise error(
                         f"{where}: pattern key {key!r}: an alternation inside a quantified group can take "
                         "exponential time to match; use module names or a simpler regex"
                     )
@@ -174,7 +174,7 @@ def check_pattern(key: object, where: str) -> str:
 
     walk(parsed, False)
     if unbounded > 1:
-        raise AdapterFormatError(
+        raise error(
             f"{where}: pattern key {key!r} has {unbounded} unbounded quantifiers (at most 1): matching "
             "can take polynomial time in the module name's length"
         )
