@@ -26,6 +26,8 @@ from .pool import AdapterPool
 
 __all__ = ["get_method", "merge", "merge_methods", "prune"]
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
 
 def merge_methods() -> dict[str, str]:
     """The registered methods and a one-line summary of each."""
@@ -62,6 +64,7 @@ def merge(
     if unknown:
         raise OptionError(f"method {method!r} has no option(s) {', '.join(unknown)}; it takes: {', '.join(m.params)}")
     w = pool.check_weights(weights)
+    _check_weight_range(pool, w)
     opts = m.prepare(pool, w, dict(options)) if m.prepare else dict(options)
     out_dtype = normalize_dtype(dtype) if dtype is not None else _pool_dtype(pool)
 
@@ -94,7 +97,7 @@ def merge(
     if workers <= 1:
         scratch: dict[str, Any] = {}
         for i, name in enumerate(modules):
-            done(i, name, m.fn(ModuleContext(pool, name, i, w, timings, scratch, threads, out_dtype, lock), **opts))
+            done(i, name, _run_module(m, ModuleContext(pool, name, i, w, timings, scratch, threads, out_dtype, lock), opts))
     else:
         _merge_parallel(m, pool, w, opts, timings, out_dtype, lock, workers, done)
         if pool.streams:
@@ -147,7 +150,7 @@ def _merge_parallel(
         if not hasattr(local, "scratch"):
             local.scratch = {}
         ctx = ModuleContext(pool, modules[i], i, w, timings, local.scratch, 1, out_dtype, lock)
-        return m.fn(ctx, **opts)
+        return _run_module(m, ctx, opts)
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rankwise-merge") as ex:
         pending: dict[int, Future[Factors]] = {}
@@ -170,12 +173,22 @@ def _check_merged(pool: AdapterPool, w: np.ndarray, method: str, module: str, fa
     check), the fold (scaling × weight × B overflows float32) or the merge itself."""
     if all(np.isfinite(f).all() for f in factors):
         return
+    err = _non_finite_inputs(pool, w, module)
+    if err is not None:
+        raise err
+    raise NonFiniteError(
+        f"module '{module}': the merge ({method}) stage gave a non-finite value from {len(pool)} adapters "
+        "whose folded factors are finite; rankwise never writes a non-finite value"
+    )
+
+
+def _non_finite_inputs(pool: AdapterPool, w: np.ndarray, module: str) -> NonFiniteError | None:
+    """The error naming the adapters whose factors of ``module`` are not finite as read now (the
+    file changed after the load check: stage "read") or once folded (stage "fold"); None if all are."""
     culprits: list[str] = []
-    stage = f"merge ({method})"
+    stage = "fold"
     with np.errstate(over="ignore", invalid="ignore"):
         for a, wj in zip(pool, w):
-            if a.source is None and a._factors is None:
-                continue
             fa, fb = a.factors(module)
             info = a.module(module)
             name = str(a.path or "an in-memory adapter")
@@ -184,11 +197,36 @@ def _check_merged(pool: AdapterPool, w: np.ndarray, method: str, module: str, fa
                 stage = "read"
             elif not np.isfinite(fb * np.float32(info.scaling * wj)).all():
                 culprits.append(f"{name} (scaling {info.scaling:g} × weight {wj:g} × B overflows float32)")
-                stage = "fold" if stage != "read" else stage
-    who = f"; from {', '.join(culprits)}" if culprits else f"; {len(pool)} finite adapters, the merged values overflow"
-    raise NonFiniteError(
-        f"module '{module}': the {stage} stage gave a non-finite value{who}; rankwise never writes a non-finite value"
+    if not culprits:
+        return None
+    return NonFiniteError(
+        f"module '{module}': the {stage} stage gives a non-finite value, from {', '.join(culprits)}; "
+        "rankwise never writes a non-finite value"
     )
+
+
+def _check_weight_range(pool: AdapterPool, w: np.ndarray) -> None:
+    """A weight whose product with an adapter's scaling leaves float32 would fold into inf."""
+    for a, wj in zip(pool, w):
+        top = max(m.scaling for m in a.modules.values()) * abs(float(wj))
+        if top > _F32_MAX:
+            raise OptionError(
+                f"weight {wj:g} of {a.path or 'an in-memory adapter'}: weight × scaling = {top:g} overflows "
+                "float32 when folded into its factors"
+            )
+
+
+def _run_module(m: MergeMethod, ctx: ModuleContext, opts: dict[str, Any]) -> Factors:
+    """The method on one module; an error caused by non-finite folded inputs is reported as such."""
+    try:
+        return m.fn(ctx, **opts)
+    except (ValueError, ArithmeticError, np.linalg.LinAlgError) as e:
+        if isinstance(e, NonFiniteError):
+            raise
+        err = _non_finite_inputs(ctx.pool, ctx.weights, ctx.module)
+        if err is None:
+            raise
+        raise err from e
 
 
 def _pool_dtype(pool: AdapterPool) -> str:

@@ -374,6 +374,11 @@ def modules_from_listing(
                 f"{weights}: tensor '{k.key_b}': rank mismatch: lora_B has shape {b_shape} but "
                 f"'{k.key_a}' has rank {a_shape[0]} (shape {a_shape})"
             )
+        if 0 in a_shape or 0 in b_shape:
+            raise AdapterFormatError(
+                f"{weights}: module '{name}': lora_A {a_shape} and lora_B {b_shape}: a factor with a zero "
+                "dimension (rank, in_features or out_features 0) adapts nothing"
+            )
         rank = a_shape[0]
         cfg_rank, alpha = spec.rank_and_alpha(name)
         if rank != cfg_rank:
