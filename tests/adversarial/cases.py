@@ -11,6 +11,7 @@ import numpy as np
 import rankwise as rw
 from raw_adapter import A_KEY, B_KEY, CONFIG, good_header, write_pool, write_raw
 tmp = Path.cwd()
+nan, inf = float("nan"), float("inf")  # as repr() writes them into a case
 
 def adapter(name, config=None, **kw):
     h, d = good_header(**kw)
