@@ -253,15 +253,15 @@ def check_castable(x: np.ndarray, dtype: str, where: str) -> None:
     float32 array ``x`` stays finite when cast to ``dtype``: rankwise never writes a non-finite
     value."""
     bad = ~np.isfinite(x)
-    stage = "before the write"
+    stage = "before any cast"
     if not bad.any():
         if dtype == "F16":
-            bad, stage = np.abs(x) >= _F16_OVERFLOW, "cast to float16"
+            bad, stage = np.abs(x) >= _F16_OVERFLOW, "after the cast to float16"
         elif dtype == "BF16":
             # Round to nearest even on the high 16 bits: the rounded exponent all ones is inf.
             u = x.view(np.uint32).astype(np.uint64)
             rounded = u + 0x7FFF + ((u >> 16) & 1)
-            bad, stage = ((rounded >> 23) & 0xFF) == 0xFF, "cast to bfloat16"
+            bad, stage = ((rounded >> 23) & 0xFF) == 0xFF, "after the cast to bfloat16"
         if not bad.any():
             return
     i = int(np.flatnonzero(bad.reshape(-1))[0])
@@ -269,7 +269,7 @@ def check_castable(x: np.ndarray, dtype: str, where: str) -> None:
     raise NonFiniteError(
         f"{where}: value {v:g} at flat index {i} is not finite {stage} ({int(bad.sum())} such values); "
         "rankwise never writes a non-finite value"
-        + ("; save with dtype='float32' to keep these values" if stage.startswith("cast") else "")
+        + ("; save with dtype='float32' to keep these values" if "cast to" in stage else "")
     )
 
 
