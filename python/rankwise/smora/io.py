@@ -79,6 +79,8 @@ def read_smora_config(directory: str | os.PathLike[str]) -> tuple[SMoRAConfig, l
         meta = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise AdapterFormatError(f"{path}: not valid JSON: {e}") from e
+    except RecursionError:
+        raise AdapterFormatError(f"{path}: JSON nested too deeply to be a SMoRA config") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise AdapterFormatError(f"{path}: key 'format' must be {FORMAT!r}")
     if meta.get("format_version") != FORMAT_VERSION:
