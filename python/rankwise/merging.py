@@ -20,7 +20,7 @@ import numpy as np
 
 from . import _core
 from .adapter import Adapter, normalize_dtype
-from .errors import NonFiniteError, OptionError
+from .errors import AdapterFormatError, NonFiniteError, OptionError
 from .methods import METHODS, Factors, MergeMethod, ModuleContext
 from .pool import AdapterPool
 
@@ -97,7 +97,11 @@ def merge(
     if workers <= 1:
         scratch: dict[str, Any] = {}
         for i, name in enumerate(modules):
-            done(i, name, _run_module(m, ModuleContext(pool, name, i, w, timings, scratch, threads, out_dtype, lock), opts))
+            done(
+                i,
+                name,
+                _run_module(m, ModuleContext(pool, name, i, w, timings, scratch, threads, out_dtype, lock), opts),
+            )
     else:
         _merge_parallel(m, pool, w, opts, timings, out_dtype, lock, workers, done)
         if pool.streams:
@@ -193,7 +197,10 @@ def _non_finite_inputs(pool: AdapterPool, w: np.ndarray, module: str) -> NonFini
             info = a.module(module)
             name = str(a.path or "an in-memory adapter")
             if not (np.isfinite(fa).all() and np.isfinite(fb).all()):
-                culprits.append(f"{name} (its factors hold NaN/inf now: the file changed after the load check?)")
+                culprits.append(
+                    f"{name} (its factors hold NaN/inf: the file changed after the load check, "
+                    "or was loaded with check_finite=False)"
+                )
                 stage = "read"
             elif not np.isfinite(fb * np.float32(info.scaling * wj)).all():
                 culprits.append(f"{name} (scaling {info.scaling:g} × weight {wj:g} × B overflows float32)")
@@ -221,8 +228,8 @@ def _run_module(m: MergeMethod, ctx: ModuleContext, opts: dict[str, Any]) -> Fac
     try:
         return m.fn(ctx, **opts)
     except (ValueError, ArithmeticError, np.linalg.LinAlgError) as e:
-        if isinstance(e, NonFiniteError):
-            raise
+        if isinstance(e, (NonFiniteError, AdapterFormatError)):
+            raise  # already names the file and tensor (the core's own finite checks)
         err = _non_finite_inputs(ctx.pool, ctx.weights, ctx.module)
         if err is None:
             raise

@@ -31,8 +31,8 @@ from typing import Any
 from .errors import AdapterFormatError, AdapterNotFoundError
 
 if sys.version_info >= (3, 11):
-    import re._constants as _sre_constants
-    import re._parser as _sre_parser
+    import re._constants as _sre_constants  # type: ignore[import-not-found]
+    import re._parser as _sre_parser  # type: ignore[import-not-found]
 else:  # pragma: no cover
     import sre_constants as _sre_constants
     import sre_parse as _sre_parser
@@ -40,8 +40,8 @@ else:  # pragma: no cover
 CONFIG_NAME = "adapter_config.json"
 #: Larger configs are refused before reading (real ones are a few KiB).
 MAX_CONFIG_BYTES = 16 << 20
-_F32_MAX = float(3.4028234663852886e38)
-_F32_TINY = float(1.1754943508222875e-38)
+_F32_MAX = 3.4028234663852886e38
+_F32_TINY = 1.1754943508222875e-38
 WEIGHTS_NAME = "adapter_model.safetensors"
 KEY_PREFIX = "base_model.model."
 
@@ -150,7 +150,7 @@ def check_pattern(key: object, where: str, error: type[Exception] = AdapterForma
             if name in ("GROUPREF", "GROUPREF_EXISTS"):
                 raise error(f"{where}: pattern key {key!r}: backreferences are not supported")
             if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
-                lo, hi, sub = arg
+                _lo, hi, sub = arg
                 if in_repeat:
                     raise error(
                         f"{where}: pattern key {key!r}: a quantifier inside a quantified group can take "

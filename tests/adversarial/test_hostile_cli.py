@@ -95,7 +95,9 @@ write_raw(tmp / 'a', h, d, {**CONFIG, 'base_model_name_or_path': '\\x1b[2J'})
 )
 def test_inspect_hostile_config(config: str, match: str, tmp_path: Path) -> None:
     expect_ok(case(f"adapter('a')\n(tmp / 'a' / 'adapter_config.json').write_text({config})"), cwd=tmp_path)
-    err = expect_cli_error(["inspect", str(tmp_path / "a")], r"rankwise: error: .*a/adapter_config\.json: .*" + match, timeout=30)
+    err = expect_cli_error(
+        ["inspect", str(tmp_path / "a")], r"rankwise: error: .*a/adapter_config\.json: .*" + match, timeout=30
+    )
     assert len(err.strip().splitlines()) == 1
 
 

@@ -111,7 +111,12 @@ import resource
 resource.setrlimit(resource.RLIMIT_AS, (1 << 31, resource.RLIM_INFINITY))
 rw.Adapter.load(tmp / 'a')
 """)
-    expect_error(code, "AdapterFormatError", r"a/adapter_config\.json: 1073741824 bytes; an adapter config is at most", cwd=tmp_path)
+    expect_error(
+        code,
+        "AdapterFormatError",
+        r"a/adapter_config\.json: 1073741824 bytes; an adapter config is at most",
+        cwd=tmp_path,
+    )
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,9 @@ POOL = "paths = write_pool(tmp, 2, modules=2, d=4, rank=2)\n"
 def test_weight_that_overflows_when_folded(method: str, tmp_path: Path) -> None:
     opts = ", density=0.5" if method == "ties" else ""
     code = case(POOL + f"rw.merge(paths, {method!r}, weights=[1e300, 1]{opts})")
-    expect_error(code, "OptionError", r"weight 1e\+300 of .*a00: weight × scaling = 1e\+300 overflows float32", cwd=tmp_path)
+    expect_error(
+        code, "OptionError", r"weight 1e\+300 of .*a00: weight × scaling = 1e\+300 overflows float32", cwd=tmp_path
+    )
 
 
 @pytest.mark.parametrize("method", ["linear", "svd"])
@@ -27,7 +29,9 @@ big = rw.Adapter.from_factors({{'m.q': (np.ones((2, 4), np.float32), np.full((4,
 big.save(tmp / 'b0'); big.save(tmp / 'b1')
 rw.merge([tmp / 'b0', tmp / 'b1'], {method!r})
 """)
-    expect_error(code, "NonFiniteError", rf"module 'm\.q': the merge \({method}\) stage gave a non-finite value", cwd=tmp_path)
+    expect_error(
+        code, "NonFiniteError", rf"module 'm\.q': the merge \({method}\) stage gave a non-finite value", cwd=tmp_path
+    )
 
 
 @pytest.mark.parametrize("method", ["lego", "svd", "aligned"])
@@ -39,7 +43,12 @@ h = {{A_KEY: {{'dtype': 'F32', 'shape': [1, 4], 'data_offsets': [0, 16]}},
 write_raw(tmp / 'a', h, np.full(8, 10, np.float32).tobytes(), {{**CONFIG, 'r': 1, 'lora_alpha': 1e38}})
 rw.merge([tmp / 'a'], {method!r})
 """)
-    expect_error(code, "NonFiniteError", r"the fold stage gives a non-finite value, from .*/a \(scaling 1e\+38 × weight 1 × B overflows", cwd=tmp_path)
+    expect_error(
+        code,
+        "NonFiniteError",
+        r"the fold stage gives a non-finite value, from .*/a \(scaling 1e\+38 × weight 1 × B overflows",
+        cwd=tmp_path,
+    )
 
 
 BAD_LEGO = [
@@ -83,7 +92,11 @@ def test_baseline_option(method: str, opts: dict, match: str, tmp_path: Path) ->
 
 @pytest.mark.parametrize(
     ("weights", "match"),
-    [("[1.0, float('inf')]", r"weights must be finite"), ("[1.0]", r"got 1 weights for 2 adapters"), ("['a', 1]", r"weights must be numbers, got \['a', 1\]")],
+    [
+        ("[1.0, float('inf')]", r"weights must be finite"),
+        ("[1.0]", r"got 1 weights for 2 adapters"),
+        ("['a', 1]", r"weights must be numbers, got \['a', 1\]"),
+    ],
     ids=["inf", "short", "text"],
 )
 def test_bad_weights(weights: str, match: str, tmp_path: Path) -> None:
@@ -91,8 +104,15 @@ def test_bad_weights(weights: str, match: str, tmp_path: Path) -> None:
 
 
 def test_unknown_method(tmp_path: Path) -> None:
-    expect_error(case(POOL + "rw.merge(paths, 'avg')"), "OptionError", r"unknown merge method 'avg'; available:", cwd=tmp_path)
+    expect_error(
+        case(POOL + "rw.merge(paths, 'avg')"), "OptionError", r"unknown merge method 'avg'; available:", cwd=tmp_path
+    )
 
 
 def test_prune_seed_out_of_range(tmp_path: Path) -> None:
-    expect_error(case(POOL + "rw.prune(paths[0], 2, seed=-1)"), "OptionError", r"seed must be an int in \[0, 2\*\*64\)", cwd=tmp_path)
+    expect_error(
+        case(POOL + "rw.prune(paths[0], 2, seed=-1)"),
+        "OptionError",
+        r"seed must be an int in \[0, 2\*\*64\)",
+        cwd=tmp_path,
+    )

@@ -29,7 +29,12 @@ def test_merge_output_overlapping_an_input(out: str, rel: str, method: str, tmp_
     expect_ok(setup, cwd=tmp_path)
     before = tree_digest(tmp_path / "runs")
     code = case(f"m = rw.merge(str(tmp / 'runs' / 'a*'), {method!r})\nm.save(tmp / {out!r}, overwrite=True)")
-    expect_error(code, "OutputExistsError", rf"{out}: the output folder {rel} the input .*a0[01]; writing it would destroy", cwd=tmp_path)
+    expect_error(
+        code,
+        "OutputExistsError",
+        rf"{out}: the output folder {rel} the input .*a0[01]; writing it would destroy",
+        cwd=tmp_path,
+    )
     assert tree_digest(tmp_path / "runs") == before
     assert not [p for p in (tmp_path / "runs").iterdir() if "rankwise-tmp" in p.name]
 
@@ -79,7 +84,12 @@ a = rw.Adapter.from_factors({'m.q': (np.ones((1, 4), np.float32), np.full((4, 1)
 a.save(tmp / 'a0'); a.save(tmp / 'a1')
 rw.merge([tmp / 'a0', tmp / 'a1'], 'linear', weights=[2, 2], dtype='float16').save(tmp / 'out')
 """)
-    expect_error(code, "NonFiniteError", r"out: module 'm\.q'.*\(merged by linear from 2 adapters\).*cast to float16", cwd=tmp_path)
+    expect_error(
+        code,
+        "NonFiniteError",
+        r"out: module 'm\.q'.*\(merged by linear from 2 adapters\).*cast to float16",
+        cwd=tmp_path,
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -123,12 +133,19 @@ finally:
     ("prep", "exc", "match"),
     [
         ("(tmp / 'out').write_text('x')", "OutputExistsError", r"out: exists and is not a folder"),
-        ("(tmp / 'out').mkdir(); (tmp / 'out' / 'f').write_text('x')", "OutputExistsError", r"out: folder is not empty"),
+        (
+            "(tmp / 'out').mkdir(); (tmp / 'out' / 'f').write_text('x')",
+            "OutputExistsError",
+            r"out: folder is not empty",
+        ),
         ("(tmp / 'plain').write_text('x')", "RankwiseError", r"cannot create the output folder: .*plain is a file"),
     ],
     ids=["file", "not-empty", "parent-is-file"],
 )
 def test_output_refused(prep: str, exc: str, match: str, tmp_path: Path) -> None:
     target = "'plain' / 'out'" if "plain" in prep else "'out'"
-    code = case(f"{prep}\nrw.Adapter.from_factors({{'m.q': (np.ones((2, 4), np.float32), np.ones((4, 2), np.float32))}}).save(tmp / {target})")
+    code = case(
+        f"{prep}\nf = np.ones((2, 4), np.float32)\none = rw.Adapter.from_factors({{'m.q': (f, f.T.copy())}})\n"
+        f"one.save(tmp / {target})"
+    )
     expect_error(code, exc, match, cwd=tmp_path)

@@ -44,7 +44,9 @@ REWRITES = [
 ]
 
 
-@pytest.mark.parametrize(("edit", "match"), REWRITES, ids=["twice", "not-linear", "rank-nan", "alpha-inf", "unknown", "deep"])
+@pytest.mark.parametrize(
+    ("edit", "match"), REWRITES, ids=["twice", "not-linear", "rank-nan", "alpha-inf", "unknown", "deep"]
+)
 def test_saved_config_refused_model_untouched(edit: str, match: str, tmp_path: Path) -> None:
     code = smora_case(f"""
 p = tmp / 'saved' / 'smora_config.json'

@@ -28,7 +28,6 @@ raw/union/k=r setting ("Merge quality" in benches/RESULTS.md; docs/ALGORITHMS.md
 from __future__ import annotations
 
 import math
-
 from collections.abc import Mapping
 from typing import Any
 

@@ -98,10 +98,11 @@ def read_smora_config(directory: str | os.PathLike[str]) -> tuple[SMoRAConfig, l
     if not isinstance(modules, list) or not modules or not all(isinstance(n, str) and n for n in modules):
         raise AdapterFormatError(f"{path}: key 'modules' must be a non-empty list of names")
     seen: set[str] = set()
-    dup = next((n for n in modules if n in seen or seen.add(n)), None)
-    if dup is not None:
-        # Checked before anything is injected: a second wrap would leave the model half-done.
-        raise AdapterFormatError(f"{path}: key 'modules' lists {dup!r} twice")
+    for n in modules:
+        if n in seen:
+            # Checked before anything is injected: a second wrap would leave the model half-done.
+            raise AdapterFormatError(f"{path}: key 'modules' lists {n!r} twice")
+        seen.add(n)
     return config, modules
 
 
