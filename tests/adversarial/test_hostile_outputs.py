@@ -78,6 +78,23 @@ assert np.all(rw.Adapter.load(tmp / 'out').factors('m.q')[1] == 65504.0)
     expect_ok(code, cwd=tmp_path)
 
 
+def test_bfloat16_bound_is_torchs_cast(tmp_path: Path) -> None:
+    # torch's cast (round to nearest even) is the oracle: the largest float32 it keeps finite
+    # is written, the next one is refused.
+    code = case("""
+import torch
+top = np.float32(3.3e38)
+while np.isfinite(torch.tensor([float(np.nextafter(top, np.float32(np.inf)))]).bfloat16().float().item()):
+    top = np.nextafter(top, np.float32(np.inf))
+one = lambda v: rw.Adapter.from_factors({'m.q': (np.ones((2, 4), np.float32), np.full((4, 2), v, np.float32))})
+one(top).save(tmp / 'ok', dtype='bfloat16')
+assert np.isfinite(rw.Adapter.load(tmp / 'ok').factors('m.q')[1]).all()
+one(np.nextafter(top, np.float32(np.inf))).save(tmp / 'out', dtype='bfloat16')
+""")
+    expect_error(code, "NonFiniteError", r"out: .* not finite after the cast to bfloat16", cwd=tmp_path)
+    assert not (tmp_path / "out").exists()
+
+
 def test_merge_cast_to_float16_names_the_merge(tmp_path: Path) -> None:
     code = case("""
 a = rw.Adapter.from_factors({'m.q': (np.ones((1, 4), np.float32), np.full((4, 1), 6e4, np.float32))})
