@@ -110,6 +110,7 @@ def merge(
         bar.close()
     out = Adapter.from_factors(merged, base_config=pool[0].config, dtype=out_dtype)
     out.inputs = [p for a in pool for p in a.inputs]
+    out.checked_finite = True  # _check_merged saw every factor
     out.merge_info = {
         "method": method,
         "adapters": len(pool),
