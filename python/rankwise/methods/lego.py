@@ -28,6 +28,7 @@ raw/union/k=r setting ("Merge quality" in benches/RESULTS.md; docs/ALGORITHMS.md
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -65,6 +66,16 @@ def _prepare(pool: AdapterPool, weights: np.ndarray, opts: dict[str, Any]) -> di
         raise OptionError(f"scale must be one of {SCALES}, got {opts['scale']!r}")
     if opts.get("reweight", True) not in REWEIGHTS:
         raise OptionError(f"reweight must be True, False, 'param' or 'output', got {opts['reweight']!r}")
+    if not isinstance(opts.get("canonicalize", True), bool):
+        raise OptionError(f"canonicalize must be true or false, got {opts['canonicalize']!r}")
+    seed = opts.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
+        raise OptionError(f"seed must be an int in [0, 2**64), got {seed!r}")
+    tol = opts.get("tol", 1e-4)
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
+        raise OptionError(f"tol must be a finite number >= 0, got {tol!r}")
+    if opts.get("init") not in (None, "aligned"):
+        raise OptionError(f"init must be None or 'aligned', got {opts['init']!r}")
     for name in ("n_init", "max_iter"):
         v = opts.get(name, 1)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -80,6 +91,8 @@ def _rank_for(rank: Any, module: str, pool: AdapterPool) -> int:
         common = max(set(rs), key=lambda r: (rs.count(r), r))
         return min(2 * common, sum(rs))
     if isinstance(rank, Mapping):
+        for key in rank:
+            pf.check_pattern(key, "option rank", OptionError)
         key = pf.pattern_key(rank, module)
         if key not in rank:
             raise OptionError(f"rank mapping gives no rank for module '{module}'")
