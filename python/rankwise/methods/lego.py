@@ -66,8 +66,9 @@ def _prepare(pool: AdapterPool, weights: np.ndarray, opts: dict[str, Any]) -> di
     if assembly != "legacy":
         given = [name for name in ("scale", "reweight") if opts.get(name) is not None]
         if given:
+            verb = "apply" if len(given) > 1 else "applies"
             raise OptionError(
-                f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} to assembly='legacy' only (assembly is {assembly!r}); "
+                f"{' and '.join(given)} {verb} to assembly='legacy' only (assembly is {assembly!r}); "
                 "pass assembly='legacy' for today's reweighting and scale rules"
             )
     else:
