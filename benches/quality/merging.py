@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .tasks import DOMAINS, AdapterSpec, Workspace, accuracy
+from .tasks import DOMAINS, GEOMETRIC, AdapterSpec, Workspace, accuracy
 
 # ------------------------------------------------------------------------------------- pools
 ALL_DOMAINS = list(DOMAINS)
@@ -76,6 +76,10 @@ def make_pools(quick: bool) -> list[Pool]:
              tuple(AdapterSpec(d, 0, 7) for d in doms)),
         Pool("no-replay", f"{len(doms)} domains × 1 seed, r=8, independent inits, trained on the domain only",
              tuple(AdapterSpec(d, 0, 400 + i, replay=False) for i, d in enumerate(doms))),
+        Pool("one-layer", f"{len(doms)} domains × 1 seed, r=8, fc2 only, trained on the domain only",
+             tuple(AdapterSpec(d, 0, 500 + i, replay=False, targets=("fc2",)) for i, d in enumerate(doms))),
+        Pool("geometric", f"{len(GEOMETRIC)} geometric transforms × 2 seeds, r=8 (conflicting tasks)",
+             tuple(AdapterSpec(d, s, 600 + 10 * i + s) for i, d in enumerate(GEOMETRIC) for s in range(2))),
     ]  # fmt: skip
     return [p for p in out if not quick or p.name in ("domains", "hetero", "shared-init")]
 
@@ -130,7 +134,8 @@ def lego_configs(pool: Pool, *, quick: bool) -> list[Config]:
                         label = f"lego {feat[:4]} {'canon' if canon else 'plain'} {mode} k={kname}" + (
                             " aligned" if init else ""
                         )
-                        opts = {"rank": k, "features": feat, "canonicalize": canon, "scale": scale, "reweight": rw_}
+                        opts = {"rank": k, "features": feat, "canonicalize": canon, "assembly": "legacy"}
+                        opts |= {"scale": scale, "reweight": rw_}
                         if init:
                             opts["init"] = init
                         seeded = init is None  # the aligned init is deterministic
@@ -139,8 +144,27 @@ def lego_configs(pool: Pool, *, quick: bool) -> list[Config]:
     # exact mean, union+output the sum times sqrt(r̄/k) = 1/sqrt(N) (the variance argument).
     for mode, what in (("union+none", "exact sum"), ("mass+none", "exact mean"), ("union+output", "sum/√N")):
         scale, rw_ = MODES[mode]
-        opts = {"rank": pool.total_units, "scale": scale, "reweight": rw_}
+        opts = {"rank": pool.total_units, "assembly": "legacy", "scale": scale, "reweight": rw_}
         out.append(Config(f"lego {mode} k=all ({what})", "lego-all", "lego", tuple(opts.items()), "1", False))
+    return out + assembly_configs(pool)
+
+
+# The assemblies beside legacy (docs/ALGORITHMS.md §1.4), on the default features; projection
+# targets the mean (weights 1/N), paper is a union of units (weights 1).
+ASSEMBLY_WEIGHTS = {"projection-norm": "1/N", "projection": "1/N", "paper": "1"}
+
+
+def assembly_configs(pool: Pool) -> list[Config]:
+    r = pool.r_ref
+    out = []
+    for assembly, w in ASSEMBLY_WEIGHTS.items():
+        for kname, k in (("r", r), ("2r", 2 * r), ("4r", 4 * r)):
+            k = min(k, pool.total_units)
+            fac = {"features": "normalized", "canon": True, "mode": assembly, "k": kname, "init": "k-means++"}
+            opts = {"rank": k, "assembly": assembly}
+            out.append(
+                Config(f"lego {assembly} k={kname}", "lego", "lego", tuple(opts.items()), w, True, tuple(fac.items()))
+            )
     return out
 
 
