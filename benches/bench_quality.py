@@ -35,6 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C
+from quality.assembly_table import assembly_table
 from quality.merging import (
     REFERENCES,
     Config,
@@ -260,6 +261,15 @@ def report(pools: list[Pool], runs: dict[str, PoolRun], results: list[Result], a
     recommended = [lego_label(f) for f in RECOMMENDED]
     chosen = [lb for lb in dict.fromkeys([default, *recommended, *top[:5], *top_rank[:3]]) if lb in sc.configs]
     out = []
+    out.append("### LEGO's default assembly against the baselines (issue 14)\n")
+    out.append(
+        'default: `assembly="projection-norm"` (weights 1/N: the target is the mean) at rank r, 2r, 4r; '
+        "svd and exact mean (cat) with weights 1/N; spread: max − min over the merge seeds; "
+        "‖merged‖/‖T‖: median over modules; LOPO: the LEGO setting with the best mean on the other "
+        "pools, scored on this one; legacy: the earlier default (mass+param, k = 2r).\n"
+    )
+    out.append(assembly_table(results, [p.name for p in pools], C.md_table))
+    out.append("")
     out.append("### Summary: mean normalized accuracy per pool (± std over merge seeds)\n")
     out.append(
         "worst gap: the largest shortfall, over pools, from the best merge found for that pool "
@@ -319,7 +329,8 @@ def dump(results: list[Result], path: Path) -> None:
     rows = [
         {"pool": r.pool, "label": r.config.label, "family": r.config.family, "method": r.config.method,
          "options": {k: v for k, v in r.config.options}, "weights": r.config.weights, "factors": r.config.fac(),
-         "seed": r.seed, "score": r.score, "acc": r.acc, "norm": r.norm, "seconds": r.seconds, "error": r.error}
+         "seed": r.seed, "score": r.score, "acc": r.acc, "norm": r.norm, "seconds": r.seconds, "error": r.error,
+         "norm_ratio": r.norm_ratio}
         for r in results
     ]  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -256,6 +256,7 @@ class Result:
     norm: dict[str, float]  # per task, acc / individual acc
     seconds: float
     error: str | None = None
+    norm_ratio: float | None = None  # LEGO: median over modules of ‖merged‖ / ‖its target‖
 
     @property
     def score(self) -> float:
@@ -300,7 +301,8 @@ class PoolRun:
         t0 = time.perf_counter()
         try:
             if cfg.family in ("lego", "lego-all", "rw"):
-                acc = self._run_rw(cfg, seed)
+                acc, ratio = self._run_rw(cfg, seed)
+                return replace(self._result(cfg, seed, acc, t0), norm_ratio=ratio)
             elif cfg.family == "peft":
                 acc = self._run_peft(cfg, seed)
             else:
@@ -310,7 +312,7 @@ class PoolRun:
         return self._result(cfg, seed, acc, t0)
 
     # rankwise ----------------------------------------------------------------------------
-    def _run_rw(self, cfg: Config, seed: int) -> dict[str, float]:
+    def _run_rw(self, cfg: Config, seed: int) -> tuple[dict[str, float], float | None]:
         from peft import PeftModel
 
         import rankwise as rw
@@ -320,14 +322,27 @@ class PoolRun:
         opts = cfg.opts()
         if cfg.seeded:
             opts["seed"] = seed
-        merged = rw.merge(self._rw_pool, method=cfg.method, weights=self.weights(cfg.weights), **opts)
+        w = self.weights(cfg.weights)
+        merged = rw.merge(self._rw_pool, method=cfg.method, weights=w, **opts)
+        ratio = self._norm_ratio(merged, w, opts) if cfg.method == "lego" else None
         self._n += 1
         out = merged.save(self.tmp / f"m{self._n}")
         model = PeftModel.from_pretrained(self.ws.base(), str(out))
         model.eval()
         acc = self.evaluate(model)
         shutil.rmtree(out, ignore_errors=True)
-        return acc
+        return acc, ratio
+
+    def _norm_ratio(self, merged, w: list[float], opts: dict[str, Any]) -> float:
+        """Median over modules of ‖merged‖_F / ‖target‖_F, the target Σ_j w_j·ΔW_j (divided by
+        Σ_j w_j under legacy's scale="mass", whose target is the weighted mean)."""
+        pool = self._rw_pool
+        div = sum(w) if opts.get("assembly") == "legacy" and opts.get("scale") == "mass" else 1.0
+        ratios = []
+        for m in pool.modules:
+            target = sum(wj * a.delta(m) for wj, a in zip(w, pool)) / div
+            ratios.append(float(np.linalg.norm(merged.delta(m)) / np.linalg.norm(target)))
+        return float(np.median(ratios))
 
     # PEFT --------------------------------------------------------------------------------
     def _peft_model(self):
