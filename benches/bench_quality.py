@@ -87,7 +87,16 @@ def run_all(args: argparse.Namespace) -> tuple[list[Pool], dict[str, PoolRun], l
             f"{len(res)} merges+evals in {time.perf_counter() - t1:.1f} s",
             file=sys.stderr,
         )
-    return pools, runs, results, ws.trained
+    trained = ws.trained
+    if args.lm:
+        from quality.lm import run_lm_pool
+
+        t0 = time.perf_counter()
+        lm_results, lm_trained, args.lm_desc = run_lm_pool(args.cache, seeds)
+        results += lm_results
+        trained += lm_trained
+        print(f"lm: {len(lm_results)} merges+evals in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return pools, runs, results, trained
 
 
 # ---------------------------------------------------------------------------------- tables
@@ -268,7 +277,10 @@ def report(pools: list[Pool], runs: dict[str, PoolRun], results: list[Result], a
         "‖merged‖/‖T‖: median over modules; LOPO: the LEGO setting with the best mean on the other "
         "pools, scored on this one; legacy: the earlier default (mass+param, k = 2r).\n"
     )
-    out.append(assembly_table(results, [p.name for p in pools], C.md_table))
+    names = [p.name for p in pools] + (["lm"] if any(r.pool == "lm" for r in results) else [])
+    out.append(assembly_table(results, names, C.md_table))
+    if getattr(args, "lm_desc", None):
+        out.append("\n" + args.lm_desc + ".\n")
     out.append("")
     out.append("### Summary: mean normalized accuracy per pool (± std over merge seeds)\n")
     out.append(
@@ -346,10 +358,12 @@ def main() -> None:
     p.add_argument("--fresh", action="store_true", help="retrain the base and the adapters")
     p.add_argument("--json", type=Path, default=None, help="write every result here (default: under --cache)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-lm", dest="lm", action="store_false", help="skip the language-model pool (quality/lm.py)")
     p.add_argument("--write", action="store_true", help="replace the bench_quality section of RESULTS.md")
     args = p.parse_args()
     if args.seeds is None:
-        args.seeds = 1 if args.quick else 3
+        args.seeds = 1 if args.quick else 5
+    args.lm = args.lm and not args.quick
     if args.fresh:
         import shutil
 

@@ -324,7 +324,7 @@ class PoolRun:
             opts["seed"] = seed
         w = self.weights(cfg.weights)
         merged = rw.merge(self._rw_pool, method=cfg.method, weights=w, **opts)
-        ratio = self._norm_ratio(merged, w, opts) if cfg.method == "lego" else None
+        ratio = norm_ratio(self._rw_pool, merged, w, opts) if cfg.method == "lego" else None
         self._n += 1
         out = merged.save(self.tmp / f"m{self._n}")
         model = PeftModel.from_pretrained(self.ws.base(), str(out))
@@ -332,17 +332,6 @@ class PoolRun:
         acc = self.evaluate(model)
         shutil.rmtree(out, ignore_errors=True)
         return acc, ratio
-
-    def _norm_ratio(self, merged, w: list[float], opts: dict[str, Any]) -> float:
-        """Median over modules of ‖merged‖_F / ‖target‖_F, the target Σ_j w_j·ΔW_j (divided by
-        Σ_j w_j under legacy's scale="mass", whose target is the weighted mean)."""
-        pool = self._rw_pool
-        div = sum(w) if opts.get("assembly") == "legacy" and opts.get("scale") == "mass" else 1.0
-        ratios = []
-        for m in pool.modules:
-            target = sum(wj * a.delta(m) for wj, a in zip(w, pool)) / div
-            ratios.append(float(np.linalg.norm(merged.delta(m)) / np.linalg.norm(target)))
-        return float(np.median(ratios))
 
     # PEFT --------------------------------------------------------------------------------
     def _peft_model(self):
@@ -393,3 +382,14 @@ def run_pool(run: PoolRun, configs: list[Config], seeds: list[int]) -> Iterator[
     for cfg in configs:
         for s in seeds if cfg.seeded else [0]:
             yield run.run(cfg, s)
+
+
+def norm_ratio(pool, merged, w: list[float], opts: dict[str, Any]) -> float:
+    """Median over modules of ‖merged‖_F / ‖target‖_F, the target Σ_j w_j·ΔW_j (divided by
+    Σ_j w_j under legacy's scale="mass", whose target is the weighted mean)."""
+    div = sum(w) if opts.get("assembly") == "legacy" and opts.get("scale", "mass") == "mass" else 1.0
+    ratios = []
+    for m in pool.modules:
+        target = sum(wj * a.delta(m) for wj, a in zip(w, pool)) / div
+        ratios.append(float(np.linalg.norm(merged.delta(m)) / np.linalg.norm(target)))
+    return float(np.median(ratios))
