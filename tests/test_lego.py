@@ -287,6 +287,26 @@ def test_rank_mapping_and_default_rank(mixed_pool: rw.AdapterPool) -> None:
         rw.merge(mixed_pool, "lego", rank={"q_proj": 3})
 
 
+@pytest.mark.parametrize("assembly", ["projection-norm", "projection", "paper", "legacy"])
+def test_zero_b_parts_merge_to_zero(tmp_path: Path, assembly: str) -> None:
+    """Freshly initialized LoRAs (B = 0) merge to a zero update of rank k, finite, no error."""
+    ref = make_adapter(tmp_path / "shape", r=2, target_modules=["q_proj"])
+    cfg = rw.load_adapter(ref).config
+    rng = np.random.default_rng(0)
+    names = list(rw.load_adapter(ref).modules)
+    dirs = [
+        Adapter.from_factors(
+            {m: (rng.standard_normal((2, H)).astype(np.float32), np.zeros((H, 2), np.float32)) for m in names},
+            base_config=cfg,
+        ).save(tmp_path / f"z{j}")
+        for j in range(3)
+    ]
+    merged = rw.merge(rw.AdapterPool.load(dirs), "lego", rank=3, assembly=assembly)
+    for m in names:
+        assert merged.modules[m].rank == 3
+        np.testing.assert_array_equal(merged.delta(m), 0.0)
+
+
 def test_same_seed_same_bytes_and_progress(mixed_pool: rw.AdapterPool, tmp_path: Path) -> None:
     seen: list[tuple[int, int, str]] = []
     a = rw.merge(mixed_pool, "lego", rank=3, seed=7, progress=lambda i, n, m: seen.append((i, n, m)))

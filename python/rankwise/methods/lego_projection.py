@@ -56,7 +56,10 @@ def project(
     pb = _rows_times(xb, u, None if norms is None else norms[:, 0])  # X_b U, n × k_b
     pa = _rows_times(xa, v, None if norms is None else norms[:, 1])  # X_a V, n × k_a
     core = pb.T @ pa  # Uᵀ T V
-    p, s, qt = np.linalg.svd(core, full_matrices=False) if core.size else (core, np.zeros(0), core)
+    if core.size:
+        p, s, qt = np.linalg.svd(core, full_matrices=False)
+    else:  # a zero b or a part (a freshly initialized LoRA): the projection is 0
+        p, s, qt = np.zeros((core.shape[0], 0)), np.zeros(0), np.zeros((0, core.shape[1]))
     if restore_norm:
         s = s * _norm_factor(x, norms, d_out, v, pa, float(np.sum(s**2)), norm, probes, seed)
     root = np.sqrt(s)
