@@ -292,7 +292,7 @@ def report(pools: list[Pool], runs: dict[str, PoolRun], results: list[Result], a
     out.append(
         f"\n`{default}` is the paper-literal setting (lego's first default); "
         + ", ".join(f"`{lb}`" for lb in recommended)
-        + " the recommended options, the second lego's default (see the notes above). "
+        + ' the earlier recommended options (now `assembly="legacy"`; the default is in the table above). '
         "Other LEGO rows: the five best by mean over pools, the three best by mean rank over pools "
         "(a configuration's rank among all LEGO configurations, averaged over pools: rewards "
         "consistency). A starred mean is over the pools the method could run on (n/a: it needs "
@@ -388,7 +388,8 @@ def main() -> None:
             "## Merge quality (bench_quality.py)\n\n"
             f"Command: `{C.command_line()}` ({wall:.0f} s; "
             + (f"{trained} models trained in the run" if trained else "base and adapters from the cache")
-            + "; from scratch it takes about 90 s on a quiet machine).\n\n"
+            + "; from scratch the digit pools take about 90 s on a quiet machine, the `lm` pool about "
+            "10 min on a loaded 2-core host).\n\n"
             f"{C.machine_info()}\n\n"
         )
         notes = Path(__file__).resolve().parent / "quality" / "NOTES.md"
