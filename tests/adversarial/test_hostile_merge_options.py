@@ -17,7 +17,10 @@ def test_weight_that_overflows_when_folded(method: str, tmp_path: Path) -> None:
     opts = ", density=0.5" if method == "ties" else ""
     code = case(POOL + f"rw.merge(paths, {method!r}, weights=[1e300, 1]{opts})")
     expect_error(
-        code, "OptionError", r"weight \d(\.\d+)?e\+300 of .*a00: weight × scaling = \d(\.\d+)?e\+300 overflows float32", cwd=tmp_path
+        code,
+        "OptionError",
+        r"weight \d(\.\d+)?e\+300 of .*a00: weight × scaling = \d(\.\d+)?e\+300 overflows float32",
+        cwd=tmp_path,
     )
 
 
