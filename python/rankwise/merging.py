@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
+from . import heads as hd
 from .adapter import Adapter, normalize_dtype
 from .errors import OptionError
 from .methods import METHODS, Factors, MergeMethod, ModuleContext
@@ -46,6 +47,7 @@ def merge(
     weights: Sequence[float] | None = None,
     dtype: str | None = None,
     progress: bool | Callable[[int, int, str], None] = False,
+    heads: str | int | None = None,
     **options: Any,
 ) -> Adapter:
     """Merges the adapters of ``pool`` with ``method`` into one Adapter.
@@ -53,7 +55,10 @@ def merge(
     ``pool``: an AdapterPool, or paths/a glob to load one. ``weights``: one per adapter
     (default 1). ``dtype``: of the written factors (default: the pool's dtype when all
     adapters share one, else float32). ``progress``: True for a tqdm bar on stderr, or a
-    callable ``(done, total, module)``. Other keywords are the method's options.
+    callable ``(done, total, module)``. ``heads``: what to do with full-copy heads
+    (``modules_to_save``) when the adapters carry any: ``"mean"`` (Σ w_j·head_j, w_j = 1/N by
+    default), ``"first"``, ``"drop"`` or an adapter index; required then (a pool of one keeps
+    its heads). Other keywords are the method's options.
     """
     if not isinstance(pool, AdapterPool):
         pool = AdapterPool.load(pool)
@@ -62,6 +67,11 @@ def merge(
     if unknown:
         raise OptionError(f"method {method!r} has no option(s) {', '.join(unknown)}; it takes: {', '.join(m.params)}")
     w = pool.check_weights(weights)
+    # Heads are decided before the (long) merge runs, so a missing choice fails fast.
+    head_w = w if weights is not None else np.full(len(pool), 1.0 / len(pool))
+    names = [str(a.path or f"adapter {j}") for j, a in enumerate(pool)]
+    if any(a.heads for a in pool):
+        hd.combine([a.heads for a in pool], lambda j, t: np.zeros(0, np.float32), heads, head_w, names, dry_run=True)
     opts = m.prepare(pool, w, dict(options)) if m.prepare else dict(options)
     out_dtype = normalize_dtype(dtype) if dtype is not None else _pool_dtype(pool)
 
@@ -100,7 +110,12 @@ def merge(
             pool.release()
     if bar is not None:
         bar.close()
-    out = Adapter.from_factors(merged, base_config=pool[0].config, dtype=out_dtype)
+    merged_heads = hd.combine([a.heads for a in pool], lambda j, t: pool[j].head(t.name), heads, head_w, names)
+    base_config = dict(pool[0].config, base_model_name_or_path=pool.base_model)
+    embeddings = {n for n, info in pool[0].modules.items() if info.embedding}
+    out = Adapter.from_factors(
+        merged, base_config=base_config, dtype=out_dtype, heads=merged_heads, embeddings=embeddings
+    )
     out.merge_info = {
         "method": method,
         "adapters": len(pool),
@@ -108,6 +123,7 @@ def merge(
         "seconds": time.perf_counter() - t0,
         "timings": timings,
         "options": {k: v for k, v in opts.items() if _jsonable(v)},
+        "heads": sorted(merged_heads) if merged_heads else None,
     }
     return out
 
