@@ -190,7 +190,9 @@ def check_not_lfs_pointer(path: Path) -> None:
     """A Git LFS pointer (a clone without ``git lfs pull``) is named as such, not as corrupt."""
     with open(path, "rb") as f:
         if f.read(len(_LFS_POINTER)) == _LFS_POINTER:
-            raise AdapterFormatError(f"{path}: a Git LFS pointer, not the weights: run `git lfs pull` in its repository")
+            raise AdapterFormatError(
+                f"{path}: a Git LFS pointer, not the weights: run `git lfs pull` in its repository"
+            )
 
 
 @dataclass(frozen=True)
