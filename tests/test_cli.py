@@ -138,3 +138,13 @@ def test_merge_heads_option(tmp_path: Path) -> None:
     assert "heads (1): classifier.weight" in res.stdout
     cfg = json.loads((tmp_path / "m" / "adapter_config.json").read_text())
     assert cfg["modules_to_save"] == ["classifier"]
+
+
+def test_merge_checks_the_output_folder_before_merging(two: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "full"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    # rank 100 would fail in the merge: the folder's error shows the merge never ran
+    res = run("merge", *map(str, two), "-o", str(out), "--rank", "100", "-q")
+    assert res.returncode == 1 and "folder is not empty" in res.stderr and "rank units" not in res.stderr
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]

@@ -24,14 +24,9 @@ def _clear_stale(target: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def atomic_dir(target: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
-    """Yields an empty temp folder; on success it becomes ``target``.
-
-    ``target`` may not exist yet or be an empty folder; a non-empty one is refused
-    (``OutputExistsError``) unless ``overwrite``, in which case it is replaced only after the new
-    content is complete. On any exception the temp folder is removed and the target is untouched.
-    """
+def check_target(target: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """The checks ``atomic_dir`` makes before writing, on their own: callers run them before a
+    long computation so that a bad output folder fails first. Returns the absolute target."""
     target = Path(target).absolute()
     if target.exists():
         if not target.is_dir():
@@ -44,6 +39,19 @@ def atomic_dir(target: str | os.PathLike[str], *, overwrite: bool = False) -> It
     blocker = next((p for p in (parent, *parent.parents) if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
         raise RankwiseError(f"{target}: cannot create the output folder: {blocker} is a file, not a folder")
+    return target
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
+    """Yields an empty temp folder; on success it becomes ``target``.
+
+    ``target`` may not exist yet or be an empty folder; a non-empty one is refused
+    (``OutputExistsError``) unless ``overwrite``, in which case it is replaced only after the new
+    content is complete. On any exception the temp folder is removed and the target is untouched.
+    """
+    target = check_target(target, overwrite=overwrite)
+    parent = target.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
         _clear_stale(target)

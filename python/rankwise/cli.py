@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
+from ._atomic import check_target
 from .adapter import Adapter, expand_paths, open_adapters
 from .demo import run_demo
 from .errors import RankwiseError
@@ -117,6 +118,7 @@ def _parse_options(items: Sequence[str]) -> dict[str, Any]:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
+    check_target(args.output, overwrite=args.overwrite)  # before the merge runs, not after
     t0 = time.perf_counter()
     pool = AdapterPool.load(args.adapters)
     t_load = time.perf_counter() - t0
