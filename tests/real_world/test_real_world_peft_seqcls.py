@@ -114,3 +114,38 @@ def test_a_stray_tensor_is_named(two: list[Path], tmp_path: Path) -> None:
         r"nor a full-copy head \(modules_to_save \['classifier', 'score'\]\)",
     ):
         rw.load_adapter(bad)
+
+
+def distilbert() -> torch.nn.Module:
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = DistilBertConfig(vocab_size=64, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=16)
+    return DistilBertForSequenceClassification(cfg).eval()
+
+
+def test_distilbert_two_heads_with_biases(tmp_path: Path) -> None:
+    """DistilBERT: ``pre_classifier`` and ``classifier`` (weights and 1-D biases) as heads."""
+    from peft import LoraConfig, get_peft_model
+
+    folders = []
+    for seed in range(2):
+        cfg = LoraConfig(
+            task_type="SEQ_CLS", r=2, target_modules=["q_lin", "v_lin"], modules_to_save=["pre_classifier"]
+        )
+        pm = get_peft_model(distilbert(), cfg)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, p in pm.named_parameters():
+                if "lora_" in name or "modules_to_save" in name:
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+        pm.save_pretrained(str(tmp_path / f"d{seed}"))
+        folders.append(tmp_path / f"d{seed}")
+    adapter = check_round_trip(folders[0], tmp_path, distilbert, INPUTS)
+    assert sorted(adapter.heads) == [
+        "classifier.bias",
+        "classifier.weight",
+        "pre_classifier.bias",
+        "pre_classifier.weight",
+    ]
+    check_mean_merge(folders, tmp_path, distilbert, INPUTS, heads="mean")
