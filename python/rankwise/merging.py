@@ -23,6 +23,7 @@ from .adapter import Adapter, normalize_dtype
 from .errors import OptionError
 from .methods import METHODS, Factors, MergeMethod, ModuleContext
 from .pool import AdapterPool
+from .retention import retention as _retention
 
 __all__ = ["get_method", "merge", "merge_methods", "prune"]
 
@@ -46,6 +47,7 @@ def merge(
     weights: Sequence[float] | None = None,
     dtype: str | None = None,
     progress: bool | Callable[[int, int, str], None] = False,
+    retention: bool = True,
     **options: Any,
 ) -> Adapter:
     """Merges the adapters of ``pool`` with ``method`` into one Adapter.
@@ -53,7 +55,8 @@ def merge(
     ``pool``: an AdapterPool, or paths/a glob to load one. ``weights``: one per adapter
     (default 1). ``dtype``: of the written factors (default: the pool's dtype when all
     adapters share one, else float32). ``progress``: True for a tqdm bar on stderr, or a
-    callable ``(done, total, module)``. Other keywords are the method's options.
+    callable ``(done, total, module)``. ``retention``: record in ``merge_info["retention"]``
+    how much of each source the merge kept (``rankwise.retention``; from Grams, cheap). Other keywords are the method's options.
     """
     if not isinstance(pool, AdapterPool):
         pool = AdapterPool.load(pool)
@@ -109,6 +112,8 @@ def merge(
         "timings": timings,
         "options": {k: v for k, v in opts.items() if _jsonable(v)},
     }
+    if retention:
+        out.merge_info["retention"] = _retention(pool, out)
     return out
 
 

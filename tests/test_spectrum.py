@@ -1,0 +1,30 @@
+"""Singular values of the summed update from QRs of the factors, against dense numpy SVD."""
+
+from __future__ import annotations
+
+import numpy as np
+from insight_pools import MODULES, dense, random_adapters
+
+import rankwise as rw
+from rankwise.spectrum import energy_rank, singular_values, spectra
+
+
+def test_singular_values_match_dense_svd() -> None:
+    pool = rw.AdapterPool(random_adapters(3))
+    w = [1.0, -0.5, 2.0]
+    for m in MODULES:
+        ref = np.linalg.svd(sum(wj * dense(a, m) for a, wj in zip(pool, w)), compute_uv=False)
+        s = singular_values(pool, m, w)
+        np.testing.assert_allclose(s, ref[: s.size], rtol=1e-5)
+        assert np.all(ref[s.size :] < 1e-4 * ref[0])  # what was dropped is numerically zero
+    # Σ ranks = 6 < 10 = min(d_out, d_in) for q_proj: the sum has rank 6 generically.
+    assert spectra(pool)[MODULES[0]].size == 6
+
+
+def test_energy_rank() -> None:
+    s = np.array([3.0, 2.0, 1.0, 0.0])  # energies 9, 4, 1 of 14
+    assert energy_rank(s, 0.5) == 1
+    assert energy_rank(s, 0.9) == 2  # 13/14 = 0.93
+    assert energy_rank(s, 0.99) == 3
+    assert energy_rank(s, 1.0) == 3
+    assert energy_rank(np.zeros(3), 0.9) == 0
