@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from . import _core
+from . import card
 from . import peft_format as pf
 from ._atomic import atomic_dir
 from .errors import OptionError, RankwiseError
@@ -211,8 +212,8 @@ class Adapter:
 
     # ----------------------------------------------------------------------------- saving
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False, dtype: str | None = None) -> Path:
-        """Writes a PEFT folder (``adapter_config.json`` + ``adapter_model.safetensors``)
-        atomically: into a temp folder beside ``path``, then renamed. Returns the path."""
+        """Writes a PEFT folder (``adapter_config.json`` + ``adapter_model.safetensors``, and for a
+        merge the model card ``README.md``, ``rankwise.card``) atomically: into a temp folder beside ``path``, then renamed. Returns the path."""
         out_dtype = normalize_dtype(dtype) if dtype is not None else None
         tensors = []
         for name, info in self.modules.items():
@@ -224,6 +225,8 @@ class Adapter:
         with atomic_dir(target, overwrite=overwrite) as tmp:
             _core.write_safetensors(str(tmp / pf.WEIGHTS_NAME), tensors, {"format": "pt"})
             (tmp / pf.CONFIG_NAME).write_text(json.dumps(self.config, indent=2, sort_keys=True) + "\n")
+            if self.merge_info is not None and "method" in self.merge_info:
+                (tmp / card.CARD_NAME).write_text(card.render(self.config, self.merge_info), encoding="utf-8")
         return target
 
 

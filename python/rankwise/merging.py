@@ -111,6 +111,9 @@ def merge(
         "seconds": time.perf_counter() - t0,
         "timings": timings,
         "options": {k: v for k, v in opts.items() if _jsonable(v)},
+        "weights": w.tolist(),
+        "dtype": out_dtype,
+        "sources": [_source(a, j) for j, a in enumerate(pool)],
     }
     if retention:
         out.merge_info["retention"] = _retention(pool, out)
@@ -165,6 +168,12 @@ def _merge_parallel(
             for f in pending.values():
                 f.cancel()
             raise
+
+
+def _source(a: Adapter, j: int) -> dict[str, str | None]:
+    """Where source j came from, for the model card (``rankwise.card``)."""
+    src = a.source
+    return {"path": str(a.path) if a.path is not None else f"adapter {j}", "file": str(src.path) if src else None}
 
 
 def _pool_dtype(pool: AdapterPool) -> str:
