@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-from insight_pools import MODULES, dense, saved_pool
 
 import rankwise as rw
+from insight_pools import MODULES, dense, saved_pool
 from rankwise.analyze import analyze
 
 

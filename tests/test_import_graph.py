@@ -101,6 +101,14 @@ def test_the_import_graph_is_a_dag() -> None:
     # The layers, bottom up: nothing below imports what is above it.
     assert "rankwise.pool" not in graph["rankwise.adapter"]
     assert not graph["rankwise.methods.contract"] & {"rankwise.merging", "rankwise.methods"}
+    # Analysis: Grams below the merge loop, reports above it; card and recipe on errors alone.
+    analysis = {"rankwise.lowrank", "rankwise.similarity", "rankwise.spectrum", "rankwise.retention"}
+    for name in analysis:
+        assert not graph[name] & {"rankwise.merging", "rankwise.methods", "rankwise.analyze", "rankwise.report"}
+    assert "rankwise.retention" in graph["rankwise.merging"]
+    assert not graph["rankwise.analyze"] & {"rankwise.merging", "rankwise.report", "rankwise.cli"}
+    assert graph["rankwise.card"] <= set() and graph["rankwise.recipe"] <= {"rankwise.errors"}
+    assert "rankwise.card" in graph["rankwise.adapter"]
 
 
 def test_no_imports_of_rankwise_inside_functions() -> None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
-from insight_pools import MODULES, dense, random_adapters
+import pytest
 
 import rankwise as rw
+from insight_pools import MODULES, dense, random_adapters, saved_pool
+from rankwise.cli import main
 from rankwise.retention import retention
 
 
@@ -70,3 +74,15 @@ def test_invariant_to_rank_permutation_and_rescaling() -> None:
 def test_merge_info_retention_can_be_turned_off() -> None:
     pool = rw.AdapterPool(random_adapters(2))
     assert "retention" not in (rw.merge(pool, "cat", retention=False).merge_info or {})
+
+
+def test_cli_merge_prints_worst_kept_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    paths = [str(p) for p in saved_pool(tmp_path, 3)]
+    assert main(["--threads", "1", "merge", *paths, "--rank", "2", "-o", str(tmp_path / "m"), "-q"]) == 0
+    out = capsys.readouterr().out
+    rows = out.split("retention, worst kept first (3 of 3 adapters):\n", 1)[1].strip().splitlines()[1:]
+    kept = [float(r.split()[0]) for r in rows]
+    assert kept == sorted(kept) and sorted(r.split()[2] for r in rows) == sorted(paths)
+    assert (tmp_path / "m" / "README.md").is_file()
+    assert main(["--threads", "1", "merge", *paths, "-o", str(tmp_path / "n"), "-q", "--no-retention"]) == 0
+    assert "retention" not in capsys.readouterr().out

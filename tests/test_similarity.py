@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from insight_pools import MODULES, dense, random_adapters
 
 import rankwise as rw
+from insight_pools import MODULES, dense, random_adapters
 from rankwise.lowrank import gram, module_pairs
 from rankwise.similarity import similarity
 
@@ -49,6 +49,8 @@ def test_self_similarity_is_one_and_rescaling_invariant() -> None:
 
 def test_a_zero_adapter_has_cosine_zero_not_nan() -> None:
     a = random_adapters(1)[0]
-    zero = rw.Adapter.from_factors({m: (np.zeros_like(x), np.zeros_like(y)) for m in MODULES for x, y in [a.factors(m)]})
+    zero = rw.Adapter.from_factors(
+        {m: (np.zeros_like(x), np.zeros_like(y)) for m in MODULES for x, y in [a.factors(m)]}
+    )
     c = similarity(rw.AdapterPool([a, zero])).cosine()
     assert np.all(np.isfinite(c)) and c[0, 1] == 0.0 and c[1, 1] == 0.0

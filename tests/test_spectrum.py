@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from insight_pools import MODULES, dense, random_adapters
 
 import rankwise as rw
+from insight_pools import MODULES, dense, random_adapters
 from rankwise.spectrum import energy_rank, singular_values, spectra
 
 

@@ -17,8 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from . import _core
-from . import card
+from . import _core, card
 from . import peft_format as pf
 from ._atomic import atomic_dir
 from .errors import OptionError, RankwiseError
@@ -213,7 +212,8 @@ class Adapter:
     # ----------------------------------------------------------------------------- saving
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False, dtype: str | None = None) -> Path:
         """Writes a PEFT folder (``adapter_config.json`` + ``adapter_model.safetensors``, and for a
-        merge the model card ``README.md``, ``rankwise.card``) atomically: into a temp folder beside ``path``, then renamed. Returns the path."""
+        merge its model card ``README.md``, ``rankwise.card``) atomically: into a temp folder
+        beside ``path``, then renamed. Returns the path."""
         out_dtype = normalize_dtype(dtype) if dtype is not None else None
         tensors = []
         for name, info in self.modules.items():

@@ -72,7 +72,13 @@ def render(config: Mapping[str, Any], info: Mapping[str, Any]) -> str:
     lines += [f"- dtype: `{info.get('dtype')}`", f"- rankwise: `{rankwise_version()}`"]
     ret = info.get("retention")
     if ret:
-        lines += ["", "## Retention (how much of each source the merge kept)", "", "| adapter | kept | cos |", "|---|---|---|"]
+        lines += [
+            "",
+            "## Retention (how much of each source the merge kept)",
+            "",
+            "| adapter | kept | cos |",
+            "|---|---|---|",
+        ]
         lines += [f"| `{r['path']}` | {r['kept']:.3f} | {r['cos']:.3f} |" for r in ret["adapters"]]
     lines += [
         "",

@@ -11,9 +11,9 @@ from typing import Any
 
 from . import __version__
 from . import recipe as _recipe
+from .adapter import expand_paths, open_adapters
 from .analyze import analyze
 from .compare import compare, table
-from .adapter import expand_paths, open_adapters
 from .demo import run_demo
 from .errors import RankwiseError
 from .merging import merge, merge_methods
@@ -189,7 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("adapters", nargs="*", help="adapter folders or globs")
     s.add_argument("-o", "--output", default=None, help="output folder (created atomically)")
     s.add_argument("--config", default=None, help="a recipe.yaml to merge (instead of folders and options)")
-    s.add_argument("--dump-config", default=None, metavar="FILE", help="write the recipe of this command ('-': stdout), merge nothing")
+    s.add_argument(
+        "--dump-config",
+        default=None,
+        metavar="FILE",
+        help="write the recipe of this command ('-': stdout), merge nothing",
+    )
     s.add_argument("--no-retention", action="store_true", help="skip the per-source retention summary")
     s.add_argument("--method", default="lego", help="merge method (default lego); see `rankwise methods`")
     s.add_argument("--rank", type=int, default=None, help="rank k of the merged adapter (lego)")

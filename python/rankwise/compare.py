@@ -50,9 +50,15 @@ def table(result: dict[str, dict[str, Any]]) -> str:
     head = ["adapter"] + [f"{m} kept/cos" for m in methods]
     rows = [
         [first[j]["path"]]
-        + [f"{result[m]['retention']['adapters'][j]['kept']:.3f}/{result[m]['retention']['adapters'][j]['cos']:.2f}" for m in methods]
+        + [
+            f"{result[m]['retention']['adapters'][j]['kept']:.3f}/{result[m]['retention']['adapters'][j]['cos']:.2f}"
+            for m in methods
+        ]
         for j in order
     ]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in [head, *rows]]
+    lines = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        for r in [head, *rows]
+    ]
     return "\n".join(lines)

@@ -56,7 +56,8 @@ def merge(
     (default 1). ``dtype``: of the written factors (default: the pool's dtype when all
     adapters share one, else float32). ``progress``: True for a tqdm bar on stderr, or a
     callable ``(done, total, module)``. ``retention``: record in ``merge_info["retention"]``
-    how much of each source the merge kept (``rankwise.retention``; from Grams, cheap). Other keywords are the method's options.
+    how much of each source the merge kept (``rankwise.retention``, from Grams). Other
+    keywords are the method's options.
     """
     if not isinstance(pool, AdapterPool):
         pool = AdapterPool.load(pool)

@@ -89,6 +89,7 @@ def composition_figure(comp: np.ndarray, labels: list[str], module: str) -> str:
     for j in range(n):
         ax.bar(range(k), comp[:, j], bottom=bottom, label=labels[j] if n <= 20 else None)
         bottom += comp[:, j]
+    ax.set_xticks(range(k))
     ax.set_xlabel("cluster")
     ax.set_ylabel("rank units")
     ax.set_title(f"Which adapters' units each cluster holds ({module})")
@@ -132,7 +133,7 @@ def _table(head: list[str], rows: list[list[Any]]) -> str:
 
 def analysis_html(rep: Analysis) -> str:
     labels = _short(rep.adapters)
-    body = [f"<p>{html.escape(rep.summary())}</p>", "<h2>Similarity</h2>"]
+    body = [f"<pre>{html.escape(rep.summary())}</pre>", "<h2>Similarity</h2>"]
     body.append(heatmap(rep.similarity.cosine(), labels, "Cosine of the adapters' updates (whole model)"))
     body += ["<h2>Spectra</h2>", spectra_figure(rep)]
     body.append(

@@ -63,8 +63,11 @@ def retention(pool: AdapterPool, merged: Adapter) -> dict[str, Any]:
 def summary(ret: dict[str, Any], limit: int = 10) -> str:
     """A few lines: the worst-kept adapters first (``kept`` then ``cos``)."""
     rows = sorted(ret["adapters"], key=lambda r: (r["kept"], r["cos"]))
-    lines = [f"retention (worst first, {min(limit, len(rows))} of {len(rows)}):  kept   cos  adapter"]
-    lines += [f"  {r['kept']:>36.3f} {r['cos']:>5.2f}  {r['path']}" for r in rows[:limit]]
+    lines = [
+        f"retention, worst kept first ({min(limit, len(rows))} of {len(rows)} adapters):",
+        "   kept    cos  adapter",
+    ]
+    lines += [f"  {r['kept']:5.3f}  {r['cos']:5.2f}  {r['path']}" for r in rows[:limit]]
     return "\n".join(lines)
 
 
