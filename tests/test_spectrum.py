@@ -6,6 +6,7 @@ import numpy as np
 
 import rankwise as rw
 from insight_pools import MODULES, dense, random_adapters
+from rankwise.lowrank import thin_svd
 from rankwise.spectrum import energy_rank, singular_values, spectra
 
 
@@ -28,3 +29,12 @@ def test_energy_rank() -> None:
     assert energy_rank(s, 0.99) == 3
     assert energy_rank(s, 1.0) == 3
     assert energy_rank(np.zeros(3), 0.9) == 0
+
+
+def test_thin_svd_when_the_rank_exceeds_a_side() -> None:
+    """r = 9 units on a 4 × 7 module: the QR cores are not square."""
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal((9, 7)), rng.standard_normal((4, 9))
+    u, s, vt = thin_svd((a, b))
+    np.testing.assert_allclose(s, np.linalg.svd(b @ a, compute_uv=False), rtol=1e-10)
+    np.testing.assert_allclose(u @ np.diag(s) @ vt, b @ a, atol=1e-10)

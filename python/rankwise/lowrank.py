@@ -52,7 +52,7 @@ def thin_svd(pair: Pair) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return np.zeros((b.shape[0], 0)), np.zeros(0), np.zeros((0, a.shape[1]))
     qb, rb = np.linalg.qr(b)
     qa, ra = np.linalg.qr(a.T)
-    u, s, vt = np.linalg.svd(rb @ ra.T)
+    u, s, vt = np.linalg.svd(rb @ ra.T, full_matrices=False)
     tol = s[0] * max(b.shape[0], a.shape[1]) * np.finfo(np.float64).eps if s.size and s[0] > 0 else np.inf
     keep = s > tol
     return qb @ u[:, keep], s[keep], vt[keep] @ qa.T
