@@ -32,9 +32,16 @@ def test_energy_rank() -> None:
 
 
 def test_thin_svd_when_the_rank_exceeds_a_side() -> None:
-    """r = 9 units on a 4 × 7 module: the QR cores are not square."""
+    """r = 9 units on a 4 × 7 module: both Grams are rank deficient."""
     rng = np.random.default_rng(2)
     a, b = rng.standard_normal((9, 7)), rng.standard_normal((4, 9))
     u, s, vt = thin_svd((a, b))
     np.testing.assert_allclose(s, np.linalg.svd(b @ a, compute_uv=False), rtol=1e-10)
     np.testing.assert_allclose(u @ np.diag(s) @ vt, b @ a, atol=1e-10)
+
+
+def test_values_only_agree_with_the_full_route() -> None:
+    rng = np.random.default_rng(4)
+    for r, d_out, d_in in [(5, 12, 10), (9, 4, 7), (3, 20, 2)]:
+        pair = (rng.standard_normal((r, d_in)), rng.standard_normal((d_out, r)))
+        np.testing.assert_allclose(thin_svd(pair, vectors=False)[1], thin_svd(pair)[1], rtol=1e-8)

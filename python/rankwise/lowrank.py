@@ -1,6 +1,6 @@
 """Low-rank updates ΔW = B @ A seen only through their factors: Frobenius inner products from
 the factors' small Gram matrices, ⟨B_iA_i, B_jA_j⟩_F = tr((B_iᵀB_j)(A_jA_iᵀ)), and the thin SVD
-of B @ A from QRs of B and Aᵀ. Nothing here forms a d_out × d_in matrix; all in float64."""
+of B @ A from the Grams' eigendecompositions. Nothing here forms a d_out × d_in matrix; all in float64."""
 
 from __future__ import annotations
 
@@ -44,18 +44,44 @@ def gram(pairs: Sequence[Pair]) -> np.ndarray:
     return g
 
 
-def thin_svd(pair: Pair) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(U [d_out × k], s [k], Vt [k × d_in])`` of B @ A with its numerically zero singular
-    values dropped: B = Q_b R_b, Aᵀ = Q_a R_a, B A = Q_b (R_b R_aᵀ) Q_aᵀ, SVD of the small core."""
+def thin_svd(pair: Pair, *, vectors: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(U [d_out × k], s [k], Vt [k × d_in])`` of B @ A, its numerically zero singular values
+    dropped, from the r × r Grams: BᵀB = L_bᵀL_b and AAᵀ = L_aᵀL_a (eigendecompositions) give
+    B = Q_b L_b and A = L_aᵀ Q_aᵀ with orthonormal Q's, so B A = Q_b (L_b L_aᵀ) Q_aᵀ and the SVD
+    of the small core is that of B A. (LAPACK's QR of the tall factors is several times slower
+    than the Gram GEMMs here; squaring only blurs singular values below ~1e-7 of the largest.)
+    ``vectors=False``: U and Vt empty, the Q's never formed."""
     a, b = pair
+    empty = (np.zeros((b.shape[0], 0)), np.zeros(0), np.zeros((0, a.shape[1])))
     if a.shape[0] == 0:
-        return np.zeros((b.shape[0], 0)), np.zeros(0), np.zeros((0, a.shape[1]))
-    qb, rb = np.linalg.qr(b)
-    qa, ra = np.linalg.qr(a.T)
-    u, s, vt = np.linalg.svd(rb @ ra.T, full_matrices=False)
-    tol = s[0] * max(b.shape[0], a.shape[1]) * np.finfo(np.float64).eps if s.size and s[0] > 0 else np.inf
-    keep = s > tol
+        return empty
+    la, va, wa = _root(a @ a.T)
+    if not vectors:
+        # s² are the eigenvalues of L_a (BᵀB) L_aᵀ: one symmetric eigvalsh, no SVD.
+        s2 = np.linalg.eigvalsh(la @ (b.T @ b) @ la.T)[::-1] if la.shape[0] else np.zeros(0)
+        s = np.sqrt(np.maximum(s2, 0.0))
+        return empty[0], s[s > s[0] * SV_RTOL] if s.size and s[0] > 0 else s[:0], empty[2]
+    lb, vb, wb = _root(b.T @ b)
+    if lb.shape[0] == 0 or la.shape[0] == 0:
+        return empty
+    u, s, vt = np.linalg.svd(lb @ la.T, full_matrices=False)
+    keep = s > s[0] * SV_RTOL if s[0] > 0 else np.zeros(s.shape, dtype=bool)
+    qb = (b @ vb) / np.sqrt(wb)  # d_out × k_b, orthonormal columns
+    qa = (a.T @ va) / np.sqrt(wa)  # d_in × k_a
     return qb @ u[:, keep], s[keep], vt[keep] @ qa.T
+
+
+#: Singular values of B @ A below this share of the largest count as zero (the Gram route's floor).
+SV_RTOL = 1e-7
+
+
+def _root(g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """L (k × r) with LᵀL = g (symmetric PSD), from the eigenpairs above the noise of g's
+    rounding, and those eigenvectors (r × k) and eigenvalues (k)."""
+    w, v = np.linalg.eigh(g)
+    keep = w > (w[-1] * g.shape[0] * 1e3 * np.finfo(np.float64).eps if w.size and w[-1] > 0 else np.inf)
+    w, v = w[keep], v[:, keep]
+    return np.sqrt(w)[:, None] * v.T, v, w
 
 
 def stack(pairs: Sequence[Pair], weights: Sequence[float] | None = None) -> Pair:

@@ -1,5 +1,5 @@
 """How many directions a pool spans: the singular values of one module's summed update
-Σ_j w_j ΔW_j, from QRs of the stacked factors (``lowrank.thin_svd``), and the rank a merge needs
+Σ_j w_j ΔW_j, from the Grams of the stacked factors (``lowrank.thin_svd``), and the rank a merge needs
 to keep a share of its energy (Σ s²)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ ENERGIES = (0.9, 0.99)
 
 def singular_values(pool: AdapterPool, module: str, weights: Sequence[float] | None = None) -> np.ndarray:
     """The nonzero singular values of Σ_j w_j ΔW_j of ``module``, largest first."""
-    return thin_svd(stack(module_pairs(pool, module), pool.check_weights(weights)))[1]
+    return thin_svd(stack(module_pairs(pool, module), pool.check_weights(weights)), vectors=False)[1]
 
 
 def energy_rank(s: np.ndarray, share: float) -> int:
