@@ -18,7 +18,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C
-
 import rankwise as rw
 from rankwise.analyze import analyze
 from rankwise.retention import retention
