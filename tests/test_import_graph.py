@@ -141,10 +141,11 @@ def test_top_level_functions_are_not_shadowed_by_submodules() -> None:
     """``rankwise.kmeans`` is a module and a function: the function wins whatever was imported
     first; ``rankwise.merge`` is the function only (the loop is ``rankwise.merging``)."""
     code = (
-        "import rankwise.kmeans, rankwise.methods.lego, rankwise.merging, rankwise.cli, rankwise as rw\n"
-        "import inspect\n"
-        "print(inspect.isfunction(rw.kmeans), inspect.isfunction(rw.merge), inspect.isfunction(rw.prune))"
+        "import rankwise.kmeans, rankwise.methods.lego, rankwise.merging, rankwise.cli, rankwise.analyze\n"
+        "import rankwise as rw, inspect\n"
+        "print(inspect.isfunction(rw.kmeans), inspect.isfunction(rw.merge), inspect.isfunction(rw.prune),"
+        " inspect.isfunction(rw.analyze))"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert res.stdout.split() == ["True", "True", "True"], res.stderr
+    assert res.stdout.split() == ["True", "True", "True", "True"], res.stderr
     assert "rankwise.merge" not in _modules()

@@ -11,6 +11,7 @@ and ``Adapter.state_dict("torch")`` import it).
 from __future__ import annotations
 
 from .adapter import Adapter, ModuleInfo, load_adapter
+from .analyze import Analysis, analyze
 from .errors import (
     AdapterFormatError,
     AdapterNotFoundError,
@@ -35,6 +36,7 @@ __all__ = [
     "AdapterFormatError",
     "AdapterNotFoundError",
     "AdapterPool",
+    "Analysis",
     "IncompatibleAdaptersError",
     "InternalError",
     "KMeansResult",
@@ -45,6 +47,7 @@ __all__ = [
     "RankwiseError",
     "__version__",
     "align",
+    "analyze",
     "get_num_threads",
     "kmeans",
     "load_adapter",

@@ -84,7 +84,7 @@ def _root(g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.sqrt(w)[:, None] * v.T, v, w
 
 
-def stack(pairs: Sequence[Pair], weights: Sequence[float] | None = None) -> Pair:
+def stack(pairs: Sequence[Pair], weights: Sequence[float] | np.ndarray | None = None) -> Pair:
     """The factors of Σ w_j B_j A_j: A's stacked by rows, w_j·B_j's by columns."""
     w = np.ones(len(pairs)) if weights is None else np.asarray(weights, dtype=np.float64)
     a = np.concatenate([p[0] for p in pairs], axis=0)
