@@ -55,12 +55,9 @@ def thin_svd(pair: Pair, *, vectors: bool = True) -> tuple[np.ndarray, np.ndarra
     empty = (np.zeros((b.shape[0], 0)), np.zeros(0), np.zeros((0, a.shape[1])))
     if a.shape[0] == 0:
         return empty
-    la, va, wa = _root(a @ a.T)
     if not vectors:
-        # s² are the eigenvalues of L_a (BᵀB) L_aᵀ: one symmetric eigvalsh, no SVD.
-        s2 = np.linalg.eigvalsh(la @ (b.T @ b) @ la.T)[::-1] if la.shape[0] else np.zeros(0)
-        s = np.sqrt(np.maximum(s2, 0.0))
-        return empty[0], s[s > s[0] * SV_RTOL] if s.size and s[0] > 0 else s[:0], empty[2]
+        return empty[0], singular_values(pair), empty[2]
+    la, va, wa = _root(a @ a.T)
     lb, vb, wb = _root(b.T @ b)
     if lb.shape[0] == 0 or la.shape[0] == 0:
         return empty
@@ -69,6 +66,28 @@ def thin_svd(pair: Pair, *, vectors: bool = True) -> tuple[np.ndarray, np.ndarra
     qb = (b @ vb) / np.sqrt(wb)  # d_out × k_b, orthonormal columns
     qa = (a.T @ va) / np.sqrt(wa)  # d_in × k_a
     return qb @ u[:, keep], s[keep], vt[keep] @ qa.T
+
+
+def singular_values(pair: Pair) -> np.ndarray:
+    """The nonzero singular values of B @ A, largest first, as square roots of the eigenvalues
+    of one symmetric matrix of the smallest side: L_a (BᵀB) L_aᵀ (r × r) while r ≤ d, else
+    B (AAᵀ) Bᵀ (d_out²) or Aᵀ (BᵀB) A (d_in²), never d_out × d_in."""
+    a, b = pair
+    r, d_out, d_in = a.shape[0], b.shape[0], a.shape[1]
+    if r == 0:
+        return np.zeros(0)
+    if r <= min(d_out, d_in):
+        la = _root(a @ a.T)[0]
+        m = la @ (b.T @ b) @ la.T
+    elif d_out <= d_in:
+        m = b @ (a @ a.T) @ b.T
+    else:
+        m = a.T @ (b.T @ b) @ a
+    w = np.linalg.eigvalsh(m)[::-1]
+    if not w.size or w[0] <= 0:
+        return np.zeros(0)
+    # Eigenvalues within m's rounding (~ size · eps · largest) are the zero singular values.
+    return np.sqrt(w[w > max(w[0] * m.shape[0] * 1e3 * np.finfo(np.float64).eps, w[0] * SV_RTOL**2)])
 
 
 #: Singular values of B @ A below this share of the largest count as zero (the Gram route's floor).
