@@ -49,6 +49,17 @@ def test_dump_config_round_trips(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert r.paths == [str(tmp_path / "a0"), str(tmp_path / "a1")]
 
 
+def test_dumped_relative_paths_resolve_from_anywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Folders given relative to the working directory are written absolute."""
+    saved_pool(tmp_path, 2)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    assert main(["merge", "a0", "a1", "--dump-config", "elsewhere/r.yaml"]) == 0
+    assert recipe.load(tmp_path / "elsewhere" / "r.yaml").paths == [str(tmp_path / "a0"), str(tmp_path / "a1")]
+
+
 @pytest.mark.parametrize(
     ("text", "key"),
     [

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,7 +37,10 @@ def recipe_of(info: Mapping[str, Any]) -> dict[str, Any]:
     sources = info.get("sources") or []
     weights = info.get("weights") or [1.0] * len(sources)
     return {
-        "sources": [{"path": s["path"], "weight": float(w)} for s, w in zip(sources, weights)],
+        "sources": [
+            {"path": os.path.abspath(s["path"]) if s.get("file") else s["path"], "weight": float(w)}
+            for s, w in zip(sources, weights)
+        ],
         "method": info["method"],
         "options": dict(info.get("options") or {}),
         "dtype": info.get("dtype"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -93,7 +94,8 @@ def _merge_recipe(args: argparse.Namespace) -> _recipe.Recipe:
         return _recipe.load(args.config)
     if not args.adapters:
         raise RankwiseError("no adapter folders given (or use --config recipe.yaml)")
-    folders = [str(p) for p in expand_paths(args.adapters)]
+    # Absolute: a recipe's relative paths are read relative to the recipe file's folder.
+    folders = [os.path.abspath(p) for p in expand_paths(args.adapters)]
     options = _parse_options(args.option or [])
     if args.rank is not None:
         options["rank"] = args.rank
