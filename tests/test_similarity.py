@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 import rankwise as rw
-from insight_pools import MODULES, dense, random_adapters
-from rankwise.lowrank import gram, module_pairs
+from insight_pools import MODULES, dense, random_adapters, saved_pool
+from rankwise.lowrank import gram, module_pairs, stack, stacked
 from rankwise.similarity import similarity
 
 
@@ -54,3 +56,15 @@ def test_a_zero_adapter_has_cosine_zero_not_nan() -> None:
     )
     c = similarity(rw.AdapterPool([a, zero])).cosine()
     assert np.all(np.isfinite(c)) and c[0, 1] == 0.0 and c[1, 1] == 0.0
+
+
+def test_stacked_from_files_equals_the_per_adapter_reads(tmp_path: Path) -> None:
+    """The core's unit-matrix path and the per-adapter path give the same stacked factors."""
+    files = rw.AdapterPool.load(saved_pool(tmp_path, 3))
+    memory = rw.AdapterPool(random_adapters(3))
+    for m in MODULES:
+        (a1, b1), r1 = stacked(files, m)
+        a2, b2 = stack(module_pairs(memory, m))
+        assert r1 == memory.ranks(m)
+        np.testing.assert_array_equal(a1, a2)
+        np.testing.assert_array_equal(b1, b2)

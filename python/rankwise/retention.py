@@ -11,19 +11,29 @@ from typing import Any
 import numpy as np
 
 from .adapter import Adapter
-from .lowrank import Pair, inner, module_pairs, thin_svd
+from .lowrank import Pair, inner, split, stacked, thin_svd
 from .pool import AdapterPool
 
 
-def module_retention(merged: Pair, sources: list[Pair]) -> dict[str, list[float]]:
+def module_retention(merged: Pair, st: Pair, ranks: list[int]) -> dict[str, list[float]]:
     """Per source: ``inner`` ⟨ΔW_m, ΔW_j⟩, ``norm2`` ‖ΔW_j‖², ``proj2`` ‖P ΔW_j‖², and ``cos``
-    and ``kept`` from them; ``merged_norm2`` ‖ΔW_m‖² is the same for all."""
+    and ``kept`` from them; ``merged_norm2`` ‖ΔW_m‖² is the same for all. The products with the
+    merged factors run once on the stacked sources (a few wide GEMMs), then split per source."""
+    am, bm = merged
     u, _, vt = thin_svd(merged)
     mm = inner(merged, merged)
+    a_st, b_st = st
+    # ⟨B_m A_m, B_j A_j⟩ = Σ_{p ∈ j} (B_mᵀ b_p) · (A_m a_p): one column of each product per unit.
+    per_unit = np.sum((bm.T @ b_st).T * (a_st @ am.T), axis=1)
+    pu, pv = u.T @ b_st, a_st @ vt.T  # Uᵀ B_j and A_j V of every source side by side
     rows: dict[str, list[float]] = {k: [] for k in ("inner", "norm2", "proj2", "cos", "kept")}
-    for a, b in sources:
-        ip, n2 = inner(merged, (a, b)), inner((a, b), (a, b))
-        p2 = float(np.sum(((u.T @ b) @ (a @ vt.T)) ** 2))
+    lo = 0
+    for a, b in split(st, ranks):
+        hi = lo + a.shape[0]
+        ip = float(per_unit[lo:hi].sum())
+        n2 = float(np.sum((b.T @ b) * (a @ a.T)))
+        p2 = float(np.sum((pu[:, lo:hi] @ pv[lo:hi]) ** 2))
+        lo = hi
         rows["inner"].append(ip)
         rows["norm2"].append(n2)
         rows["proj2"].append(p2)
@@ -41,7 +51,7 @@ def retention(pool: AdapterPool, merged: Adapter) -> dict[str, Any]:
     ip, n2, p2, mm = np.zeros(n), np.zeros(n), np.zeros(n), 0.0
     for m in pool.modules:
         fa, fb = merged.factors(m, folded=True)
-        r = module_retention((fa.astype(np.float64), fb.astype(np.float64)), module_pairs(pool, m))
+        r = module_retention((fa.astype(np.float64), fb.astype(np.float64)), *stacked(pool, m))
         if pool.streams:
             pool.release()
         per_module[m] = {"cos": r["cos"], "kept": r["kept"]}

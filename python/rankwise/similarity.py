@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .lowrank import gram, module_pairs
+from .lowrank import gram, split, stacked
 from .pool import AdapterPool
 
 
@@ -46,7 +46,8 @@ def similarity(pool: AdapterPool) -> Similarity:
     """The adapter × adapter inner products of every module of ``pool`` (weights not applied)."""
     inner = {}
     for m in pool.modules:
-        inner[m] = gram(module_pairs(pool, m))
+        st, ranks = stacked(pool, m)
+        inner[m] = gram(split(st, ranks))
         if pool.streams:
             pool.release()
     return Similarity(pool.modules, inner)

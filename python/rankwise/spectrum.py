@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .lowrank import module_pairs, stack, thin_svd
+from .lowrank import stacked, thin_svd
 from .pool import AdapterPool
 
 ENERGIES = (0.9, 0.99)
@@ -16,7 +16,9 @@ ENERGIES = (0.9, 0.99)
 
 def singular_values(pool: AdapterPool, module: str, weights: Sequence[float] | None = None) -> np.ndarray:
     """The nonzero singular values of Σ_j w_j ΔW_j of ``module``, largest first."""
-    return thin_svd(stack(module_pairs(pool, module), pool.check_weights(weights)), vectors=False)[1]
+    (a, b), ranks = stacked(pool, module)
+    w = np.repeat(pool.check_weights(weights), ranks)
+    return thin_svd((a, b * w), vectors=False)[1]
 
 
 def energy_rank(s: np.ndarray, share: float) -> int:
