@@ -24,7 +24,7 @@ def test_recipe_with_rank_overrides_merges_like_the_api(tmp_path: Path) -> None:
     saved_pool(tmp_path, 3)
     p = _write(
         tmp_path,
-        "sources:\n  - path: a0\n    weight: 2\n  - a1\n  - {path: a2, weight: 0.5}\n"
+        "sources:\n  - path: a0\n    weight: 2\n  - {path: a1, weight: 1}\n  - {path: a2, weight: 0.5}\n"
         "method: lego\nrank: 3\nrank_overrides: {v_proj: 1}\noptions: {seed: 4}\ndtype: bfloat16\n",
     )
     r = recipe.load(p)
@@ -57,7 +57,38 @@ def test_dumped_relative_paths_resolve_from_anywhere(
     monkeypatch.chdir(tmp_path)
     (tmp_path / "elsewhere").mkdir()
     assert main(["merge", "a0", "a1", "--dump-config", "elsewhere/r.yaml"]) == 0
-    assert recipe.load(tmp_path / "elsewhere" / "r.yaml").paths == [str(tmp_path / "a0"), str(tmp_path / "a1")]
+    r = recipe.load(tmp_path / "elsewhere" / "r.yaml")
+    assert r.paths == [str(tmp_path / "a0"), str(tmp_path / "a1")]
+    assert r.weights is None and not r.peft_weights  # no weights given: merge's default (1/N)
+
+
+def test_peft_weights_round_trip_through_a_recipe(tmp_path: Path) -> None:
+    saved_pool(tmp_path, 2)
+    paths = [str(tmp_path / "a0"), str(tmp_path / "a1")]
+    assert (
+        main(
+            [
+                "merge",
+                *paths,
+                "--method",
+                "ties_svd",
+                "--option",
+                "density=0.5",
+                "--peft-weights",
+                "1,2",
+                "--dump-config",
+                str(tmp_path / "r.yaml"),
+            ]
+        )
+        == 0
+    )
+    r = recipe.load(tmp_path / "r.yaml")
+    assert r.peft_weights and r.weights == [1.0, 2.0]
+    assert main(["--threads", "1", "merge", "--config", str(tmp_path / "r.yaml"), "-o", str(tmp_path / "m"), "-q"]) == 0
+    ref = rw.merge(paths, "ties_svd", peft_weights=[1.0, 2.0], density=0.5)
+    got = rw.Adapter.load(tmp_path / "m")
+    for m in MODULES:
+        np.testing.assert_allclose(got.delta(m), ref.delta(m), rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize(
@@ -72,6 +103,8 @@ def test_dumped_relative_paths_resolve_from_anywhere(
         ("sources: [a0]\nrank_overrides: {v_proj: 2}\n", "'rank_overrides'"),
         ("method: lego\n", "'sources'"),
         ("sources: [a0]\ndtype: 16\n", "'dtype'"),
+        ("sources: [{path: a0, weight: 1}, a0]\n", "'sources[1].weight'"),
+        ("sources: [a0]\npeft_weights: yes please\n", "'peft_weights'"),
     ],
 )
 def test_bad_recipes_get_one_line_errors_naming_the_key(tmp_path: Path, text: str, key: str) -> None:

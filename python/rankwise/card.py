@@ -35,16 +35,20 @@ def sha256_file(path: str) -> str:
 def recipe_of(info: Mapping[str, Any]) -> dict[str, Any]:
     """The recipe (``rankwise.recipe``'s format) that redoes the merge ``info`` describes."""
     sources = info.get("sources") or []
-    weights = info.get("weights") or [1.0] * len(sources)
-    return {
-        "sources": [
-            {"path": os.path.abspath(s["path"]) if s.get("file") else s["path"], "weight": float(w)}
-            for s, w in zip(sources, weights)
-        ],
+    peft = info.get("weights") is None and info.get("peft_weights") is not None
+    weights = info.get("peft_weights") if peft else info.get("weights")
+    paths = [os.path.abspath(s["path"]) if s.get("file") else s["path"] for s in sources]
+    out: dict[str, Any] = {
+        "sources": [{"path": p} for p in paths]
+        if weights is None
+        else [{"path": p, "weight": float(w)} for p, w in zip(paths, weights)],
         "method": info["method"],
         "options": dict(info.get("options") or {}),
         "dtype": info.get("dtype"),
     }
+    if peft:
+        out["peft_weights"] = True
+    return out
 
 
 def render(config: Mapping[str, Any], info: Mapping[str, Any]) -> str:
@@ -56,7 +60,7 @@ def render(config: Mapping[str, Any], info: Mapping[str, Any]) -> str:
         front.append(f"base_model: {json.dumps(base)}")
     front += ["library_name: peft", "tags:", "- rankwise", "- merge", f"- {json.dumps(method)}", "---", ""]
     sources = info.get("sources") or []
-    weights = info.get("weights") or [1.0] * len(sources)
+    weights = info.get("weights") or info.get("peft_weights") or [None] * len(sources)
     lines = [
         f"# Merged LoRA adapter ({method})",
         "",
@@ -70,7 +74,7 @@ def render(config: Mapping[str, Any], info: Mapping[str, Any]) -> str:
     ]
     for j, (s, w) in enumerate(zip(sources, weights)):
         digest = sha256_file(s["file"]) if s.get("file") else "(in memory)"
-        lines.append(f"| {j} | `{s['path']}` | {float(w):g} | `{digest}` |")
+        lines.append(f"| {j} | `{s['path']}` | {'' if w is None else f'{float(w):g}'} | `{digest}` |")
     lines += ["", "## Method and options", "", f"- method: `{method}`"]
     lines += [f"- {k}: `{json.dumps(v, sort_keys=True)}`" for k, v in sorted((info.get("options") or {}).items())]
     lines += [f"- dtype: `{info.get('dtype')}`", f"- rankwise: `{rankwise_version()}`"]

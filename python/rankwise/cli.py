@@ -18,6 +18,8 @@ from .compare import compare, table
 from .demo import run_demo
 from .errors import RankwiseError
 from .merging import merge, merge_methods
+from .methods import METHODS
+from .methods.weighting import RULE, describe
 from .pool import AdapterPool
 from .report import write_analysis, write_compare
 from .retention import summary as retention_summary
@@ -101,8 +103,11 @@ def _merge_recipe(args: argparse.Namespace) -> _recipe.Recipe:
         options["rank"] = args.rank
     if args.seed is not None:
         options["seed"] = args.seed
-    weights = [float(w) for w in args.weights.split(",")] if args.weights else [1.0] * len(folders)
-    return _recipe.Recipe(folders, weights, args.method, options, args.dtype)
+    weights = _parse_weights(args.weights, "--weights")
+    peft = _parse_weights(args.peft_weights, "--peft-weights")
+    if weights is not None and peft is not None:
+        raise RankwiseError("give --weights or --peft-weights, not both")
+    return _recipe.Recipe(folders, peft or weights, args.method, options, args.dtype, peft_weights=peft is not None)
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -123,7 +128,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
     merged = merge(
         pool,
         rec.method,
-        weights=rec.weights,
+        weights=None if rec.peft_weights else rec.weights,
+        peft_weights=rec.weights if rec.peft_weights else None,
         dtype=rec.dtype,
         progress=not args.quiet,
         retention=not args.no_retention,
@@ -137,6 +143,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     print(
         f"merged {len(pool)} adapters ({len(pool.modules)} modules, source ranks {src_ranks}) "
         f"with {rec.method} -> rank {ranks[0] if len(ranks) == 1 else ranks}, {merged.dtype}\n"
+        f"{_target_line(merged.merge_info or {})}\n"
         f"wrote {out}\n"
         f"time: {total:.2f}s (load {t_load:.2f}s, merge {t_merge:.2f}s, write {total - t_load - t_merge:.2f}s)"
     )
@@ -164,8 +171,35 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_weights(text: str | None, flag: str) -> list[float] | None:
+    if not text:
+        return None
+    try:
+        return [float(w) for w in text.split(",")]
+    except ValueError:
+        raise RankwiseError(f"{flag} takes comma-separated numbers, got {text!r}") from None
+
+
+def _fmt_weights(w: Sequence[float]) -> str:
+    if len(set(w)) == 1:
+        return f"{w[0]:.6g} for each of the {len(w)}"
+    shown = ", ".join(f"{x:.6g}" for x in w[:8])
+    return f"[{shown}{', ...' if len(w) > 8 else ''}]"
+
+
+def _target_line(info: dict[str, Any]) -> str:
+    """The weights rule as this merge applied it (methods/weighting.py)."""
+    w, p = info.get("weights"), info.get("peft_weights")
+    rule = "Σ w_j ΔW_j with w = " + (_fmt_weights(w) if w is not None else "none (PEFT's scale cancels on copies)")
+    if p is not None and (w is None or any(abs(x - y) > 1e-12 * max(abs(x), abs(y)) for x, y in zip(p, w))):
+        return f"target: {rule} (PEFT's {info['method']} run with weights {_fmt_weights(p)})"
+    return f"target: {rule}"
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
-    print("\n".join(f"{k:22s} {v}" for k, v in merge_methods().items()))
+    print(f"{RULE}.\nPEFT's add_weighted_adapter weights: --peft-weights (rw.merge(..., peft_weights=...)).\n")
+    for k, v in merge_methods().items():
+        print(f"{k:22s} {v}\n{'':22s} weights: {describe(METHODS[k].peft_factor)}")
     return 0
 
 
@@ -200,7 +234,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-retention", action="store_true", help="skip the per-source retention summary")
     s.add_argument("--method", default="lego", help="merge method (default lego); see `rankwise methods`")
     s.add_argument("--rank", type=int, default=None, help="rank k of the merged adapter (lego)")
-    s.add_argument("--weights", default=None, help="comma-separated per-adapter weights")
+    s.add_argument(
+        "--weights",
+        default=None,
+        help="comma-separated per-adapter task-arithmetic coefficients: the target is Σ w_j ΔW_j (default 1/N each)",
+    )
+    s.add_argument(
+        "--peft-weights",
+        default=None,
+        help="instead of --weights: the weights PEFT's add_weighted_adapter would get (PEFT's numerics)",
+    )
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--dtype", default=None, help="output dtype (default: the inputs')")
     s.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option, e.g. density=0.5")

@@ -10,6 +10,10 @@
       v_proj: 8
     options: {seed: 0}        # the method's other options
     dtype: bfloat16           # output dtype, optional
+    peft_weights: false       # true: the weights are PEFT's add_weighted_adapter weights
+
+Weights are task-arithmetic coefficients (the target is Σ w_j·ΔW_j, ``methods/weighting.py``):
+give one for every source or none (then 1/N each).
 
 ``load`` checks it whole: an unknown key, a wrong type or a missing source folder is an
 ``OptionError`` of one line naming the file and the key. PyYAML (``rankwise[recipe]``) is
@@ -26,21 +30,24 @@ from typing import Any
 
 from .errors import OptionError
 
-KEYS = {"sources", "method", "rank", "rank_overrides", "options", "dtype"}
+KEYS = {"sources", "method", "rank", "rank_overrides", "options", "dtype", "peft_weights"}
 
 
 @dataclass
 class Recipe:
     paths: list[str]
-    weights: list[float]
+    weights: list[float] | None  # None: the default, 1/N each
     method: str = "lego"
     options: dict[str, Any] = field(default_factory=dict)
     dtype: str | None = None
+    peft_weights: bool = False  # the weights are PEFT's (merge's peft_weights=)
 
     def to_dict(self) -> dict[str, Any]:
         opts = dict(self.options)
         out: dict[str, Any] = {
-            "sources": [{"path": p, "weight": w} for p, w in zip(self.paths, self.weights)],
+            "sources": [{"path": p} for p in self.paths]
+            if self.weights is None
+            else [{"path": p, "weight": w} for p, w in zip(self.paths, self.weights)],
             "method": self.method,
         }
         rank = opts.pop("rank", None)
@@ -55,6 +62,8 @@ class Recipe:
             out["options"] = opts
         if self.dtype is not None:
             out["dtype"] = self.dtype
+        if self.peft_weights:
+            out["peft_weights"] = True
         return out
 
 
@@ -77,7 +86,8 @@ def parse(raw: Any, where: str = "recipe") -> Recipe:
     if not isinstance(srcs, list) or not srcs:
         raise OptionError(f"{where}: 'sources' must be a non-empty list of adapter folders")
     base = Path(where).parent if where != "recipe" else Path()
-    paths, weights = [], []
+    paths: list[str] = []
+    weights: list[float] = []
     for i, s in enumerate(srcs):
         key = f"sources[{i}]"
         if isinstance(s, str):
@@ -90,6 +100,8 @@ def parse(raw: Any, where: str = "recipe") -> Recipe:
         p = s.get("path")
         if not isinstance(p, str):
             raise OptionError(f"{where}: '{key}.path' must be a string, got {p!r}")
+        if ("weight" in s) != ("weight" in (srcs[0] if isinstance(srcs[0], dict) else {})):
+            raise OptionError(f"{where}: '{key}.weight': give a weight for every source or for none")
         w = s.get("weight", 1.0)
         if isinstance(w, bool) or not isinstance(w, (int, float)):
             raise OptionError(f"{where}: '{key}.weight' must be a number, got {w!r}")
@@ -122,7 +134,13 @@ def parse(raw: Any, where: str = "recipe") -> Recipe:
     dtype = raw.get("dtype")
     if dtype is not None and not isinstance(dtype, str):
         raise OptionError(f"{where}: 'dtype' must be a string, got {dtype!r}")
-    return Recipe(paths, weights, method, options, dtype)
+    peft = raw.get("peft_weights", False)
+    if not isinstance(peft, bool):
+        raise OptionError(f"{where}: 'peft_weights' must be true or false, got {peft!r}")
+    has_weights = isinstance(srcs[0], dict) and "weight" in srcs[0]
+    if peft and not has_weights:
+        raise OptionError(f"{where}: 'peft_weights' needs a weight on every source")
+    return Recipe(paths, weights if has_weights else None, method, options, dtype, peft)
 
 
 def load(path: str | os.PathLike[str]) -> Recipe:
