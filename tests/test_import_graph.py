@@ -101,6 +101,14 @@ def test_the_import_graph_is_a_dag() -> None:
     # The layers, bottom up: nothing below imports what is above it.
     assert "rankwise.pool" not in graph["rankwise.adapter"]
     assert not graph["rankwise.methods.contract"] & {"rankwise.merging", "rankwise.methods"}
+    # Analysis: Grams below the merge loop, reports above it; card and recipe on errors alone.
+    analysis = {"rankwise.lowrank", "rankwise.similarity", "rankwise.spectrum", "rankwise.retention"}
+    for name in analysis:
+        assert not graph[name] & {"rankwise.merging", "rankwise.methods", "rankwise.analyze", "rankwise.report"}
+    assert "rankwise.retention" in graph["rankwise.merging"]
+    assert not graph["rankwise.analyze"] & {"rankwise.merging", "rankwise.report", "rankwise.cli"}
+    assert graph["rankwise.card"] <= set() and graph["rankwise.recipe"] <= {"rankwise.errors"}
+    assert "rankwise.card" in graph["rankwise.adapter"]
 
 
 def test_no_imports_of_rankwise_inside_functions() -> None:
@@ -133,10 +141,11 @@ def test_top_level_functions_are_not_shadowed_by_submodules() -> None:
     """``rankwise.kmeans`` is a module and a function: the function wins whatever was imported
     first; ``rankwise.merge`` is the function only (the loop is ``rankwise.merging``)."""
     code = (
-        "import rankwise.kmeans, rankwise.methods.lego, rankwise.merging, rankwise.cli, rankwise as rw\n"
-        "import inspect\n"
-        "print(inspect.isfunction(rw.kmeans), inspect.isfunction(rw.merge), inspect.isfunction(rw.prune))"
+        "import rankwise.kmeans, rankwise.methods.lego, rankwise.merging, rankwise.cli, rankwise.analyze\n"
+        "import rankwise as rw, inspect\n"
+        "print(inspect.isfunction(rw.kmeans), inspect.isfunction(rw.merge), inspect.isfunction(rw.prune),"
+        " inspect.isfunction(rw.analyze))"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert res.stdout.split() == ["True", "True", "True"], res.stderr
+    assert res.stdout.split() == ["True", "True", "True", "True"], res.stderr
     assert "rankwise.merge" not in _modules()

@@ -11,6 +11,7 @@ and ``Adapter.state_dict("torch")`` import it).
 from __future__ import annotations
 
 from .adapter import Adapter, ModuleInfo, load_adapter
+from .analyze import Analysis, analyze
 from .errors import (
     AdapterFormatError,
     AdapterNotFoundError,
@@ -38,6 +39,7 @@ __all__ = [
     "AdapterFormatError",
     "AdapterNotFoundError",
     "AdapterPool",
+    "Analysis",
     "BaseModelWarning",
     "IncompatibleAdaptersError",
     "InternalError",
@@ -51,6 +53,7 @@ __all__ = [
     "RankwiseError",
     "__version__",
     "align",
+    "analyze",
     "get_num_threads",
     "kmeans",
     "load_adapter",

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from . import _core
+from . import _core, card
 from . import heads as hd
 from . import peft_format as pf
 from ._atomic import atomic_dir
@@ -243,9 +243,10 @@ class Adapter:
 
     # ----------------------------------------------------------------------------- saving
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False, dtype: str | None = None) -> Path:
-        """Writes a PEFT folder (``adapter_config.json`` + ``adapter_model.safetensors``)
-        atomically: into a temp folder beside ``path``, then renamed. Returns the path.
-        ``dtype`` converts the LoRA factors; heads keep their own dtype (carried unchanged)."""
+        """Writes a PEFT folder (``adapter_config.json`` + ``adapter_model.safetensors``, and for a
+        merge its model card ``README.md``, ``rankwise.card``) atomically: into a temp folder
+        beside ``path``, then renamed. Returns the path. ``dtype`` converts the LoRA factors;
+        heads keep their own dtype (carried unchanged)."""
         out_dtype = normalize_dtype(dtype) if dtype is not None else None
         target = Path(path)
         tensors = []
@@ -267,6 +268,8 @@ class Adapter:
                 weights = tmp / pf.WEIGHTS_NAME
                 _core.write_safetensors(str(weights), tensors, {"format": "pt"})
                 (tmp / pf.CONFIG_NAME).write_text(json.dumps(self.config, indent=2, sort_keys=True) + "\n")
+                if self.merge_info is not None and "method" in self.merge_info:
+                    (tmp / card.CARD_NAME).write_text(card.render(self.config, self.merge_info), encoding="utf-8")
         except RankwiseError as e:
             # The core reports a failed write (disk full, ...) as a format error naming the temp file.
             if weights is None or isinstance(e, OSError) or str(weights) not in str(e):

@@ -1,9 +1,10 @@
-"""The ``rankwise`` command line: ``inspect``, ``merge``, ``demo``."""
+"""The ``rankwise`` command line: ``inspect``, ``merge``, ``analyze``, ``compare``, ``demo``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -11,14 +12,19 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
+from . import recipe as _recipe
 from ._atomic import check_target
 from .adapter import Adapter, expand_paths, open_adapters
+from .analyze import analyze
+from .compare import compare, table
 from .demo import run_demo
 from .errors import OptionError, RankwiseError
 from .merging import merge, merge_methods
 from .methods import METHODS
 from .methods.weighting import RULE, describe
 from .pool import AdapterPool
+from .report import write_analysis, write_compare
+from .retention import summary as retention_summary
 from .threads import set_num_threads
 
 
@@ -126,29 +132,55 @@ def _parse_options(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def cmd_merge(args: argparse.Namespace) -> int:
-    t0 = time.perf_counter()
+def _merge_recipe(args: argparse.Namespace) -> _recipe.Recipe:
+    """The merge a command line asks for: its recipe file (``--config``) or its arguments."""
+    if args.config is not None:
+        if args.adapters:
+            raise RankwiseError("give adapter folders or --config, not both")
+        return _recipe.load(args.config)
+    if not args.adapters:
+        raise RankwiseError("no adapter folders given (or use --config recipe.yaml)")
+    # Absolute: a recipe's relative paths are read relative to the recipe file's folder.
+    folders = [os.path.abspath(p) for p in expand_paths(args.adapters)]
     options = _parse_options(args.option or [])
     if args.rank is not None:
         options["rank"] = args.rank
     if args.seed is not None:
         options["seed"] = args.seed
     weights = _parse_weights(args.weights, "--weights")
-    peft_weights = _parse_weights(args.peft_weights, "--peft-weights")
-    folders = expand_paths(args.adapters)
+    peft = _parse_weights(args.peft_weights, "--peft-weights")
+    if weights is not None and peft is not None:
+        raise RankwiseError("give --weights or --peft-weights, not both")
+    return _recipe.Recipe(folders, peft or weights, args.method, options, args.dtype, peft_weights=peft is not None)
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    rec = _merge_recipe(args)
+    if args.dump_config:
+        text = _recipe.dump(rec)
+        if args.dump_config == "-":
+            sys.stdout.write(text)
+        else:
+            with open(args.dump_config, "w", encoding="utf-8") as f:
+                f.write(text)
+        return 0
+    if args.output is None:
+        raise RankwiseError("merge needs -o/--output (or --dump-config)")
     # Before any work: an output that is (or holds, or lies in) an input would destroy it.
-    check_target(args.output, overwrite=args.overwrite, inputs=folders)
-    pool = AdapterPool.load(folders)
+    check_target(args.output, overwrite=args.overwrite, inputs=rec.paths)
+    pool = AdapterPool.load(rec.paths)
     t_load = time.perf_counter() - t0
     merged = merge(
         pool,
-        args.method,
-        weights=weights,
-        peft_weights=peft_weights,
-        dtype=args.dtype,
+        rec.method,
+        weights=None if rec.peft_weights else rec.weights,
+        peft_weights=rec.weights if rec.peft_weights else None,
+        dtype=rec.dtype,
         progress=not args.quiet,
         heads=args.heads,
-        **options,
+        retention=not args.no_retention,
+        **rec.options,
     )
     t_merge = time.perf_counter() - t0 - t_load
     out = merged.save(args.output, overwrite=args.overwrite)
@@ -157,12 +189,33 @@ def cmd_merge(args: argparse.Namespace) -> int:
     src_ranks = sorted({m.rank for a in pool for m in a.modules.values()})
     print(
         f"merged {len(pool)} adapters ({len(pool.modules)} modules, source ranks {src_ranks}) "
-        f"with {args.method} -> rank {ranks[0] if len(ranks) == 1 else ranks}, {merged.dtype}\n"
+        f"with {rec.method} -> rank {ranks[0] if len(ranks) == 1 else ranks}, {merged.dtype}\n"
         f"{_target_line(merged.merge_info or {})}\n"
         + (f"heads ({args.heads or 'kept'}): {', '.join(merged.heads)}\n" if merged.heads else "")
         + f"wrote {out}\n"
         f"time: {total:.2f}s (load {t_load:.2f}s, merge {t_merge:.2f}s, write {total - t_load - t_merge:.2f}s)"
     )
+    if merged.merge_info and "retention" in merged.merge_info:
+        print(retention_summary(merged.merge_info["retention"]))
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    pool = AdapterPool.load(args.adapters)
+    rep = analyze(pool, clusters=args.clusters)
+    if args.html:
+        write_analysis(rep, args.html)
+    print(rep.to_json() if args.json else rep.summary())
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    pool = AdapterPool.load(args.adapters)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    result = compare(pool, methods, rank=args.rank)
+    if args.html:
+        write_compare(result, args.html)
+    print(table(result))
     return 0
 
 
@@ -235,8 +288,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_inspect)
 
     s = sub.add_parser("merge", help="merge adapter folders into one PEFT adapter")
-    s.add_argument("adapters", nargs="+", help="adapter folders or globs")
-    s.add_argument("-o", "--output", required=True, help="output folder (created atomically)")
+    s.add_argument("adapters", nargs="*", help="adapter folders or globs")
+    s.add_argument("-o", "--output", default=None, help="output folder (created atomically)")
+    s.add_argument("--config", default=None, help="a recipe.yaml to merge (instead of folders and options)")
+    s.add_argument(
+        "--dump-config",
+        default=None,
+        metavar="FILE",
+        help="write the recipe of this command ('-': stdout), merge nothing",
+    )
+    s.add_argument("--no-retention", action="store_true", help="skip the per-source retention summary")
     s.add_argument("--method", default="lego", help="merge method (default lego); see `rankwise methods`")
     s.add_argument("--rank", type=_positive, default=None, help="rank k of the merged adapter (lego)")
     s.add_argument(
@@ -261,6 +322,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_merge)
+
+    s = sub.add_parser("analyze", help="similarity, spectra and rank units of a pool, before merging")
+    s.add_argument("adapters", nargs="+", help="adapter folders or globs")
+    s.add_argument("--html", default=None, help="write a self-contained HTML report here (rankwise[report])")
+    s.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    s.add_argument("--clusters", type=int, default=None, help="also cluster the rank units into k (LEGO)")
+    s.set_defaults(func=cmd_analyze)
+
+    s = sub.add_parser("compare", help="merge one pool with several methods, retention side by side")
+    s.add_argument("adapters", nargs="+", help="adapter folders or globs")
+    s.add_argument("--methods", default="lego,svd,ties", help="comma-separated methods (default lego,svd,ties)")
+    s.add_argument("--rank", type=int, default=None, help="merged rank for methods that take one")
+    s.add_argument("--html", default=None, help="write a self-contained HTML report here (rankwise[report])")
+    s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("methods", help="list the merge methods")
     s.set_defaults(func=cmd_methods)

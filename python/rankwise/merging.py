@@ -25,6 +25,7 @@ from .errors import AdapterFormatError, NonFiniteError, OptionError
 from .methods import METHODS, Factors, MergeMethod, ModuleContext, weighting
 from .methods.weighting import Weighting
 from .pool import AdapterPool
+from .retention import retention as _retention
 
 __all__ = ["get_method", "merge", "merge_methods", "prune"]
 
@@ -52,6 +53,7 @@ def merge(
     dtype: str | None = None,
     progress: bool | Callable[[int, int, str], None] = False,
     heads: str | int | None = None,
+    retention: bool = False,
     **options: Any,
 ) -> Adapter:
     """Merges the adapters of ``pool`` with ``method`` into one Adapter.
@@ -65,7 +67,9 @@ def merge(
     callable ``(done, total, module)``. ``heads``: what to do with full-copy heads
     (``modules_to_save``) when the adapters carry any: ``"mean"`` (Σ w_j·head_j, w_j = 1/N by
     default), ``"first"``, ``"drop"`` or an adapter index; required then (a pool of one keeps
-    its heads). Other keywords are the method's options.
+    its heads). ``retention``: record in ``merge_info["retention"]`` how much of each source
+    the merge kept (``rankwise.retention``, from Grams; the CLI does by default). Other
+    keywords are the method's options.
     """
     if not isinstance(pool, AdapterPool):
         pool = AdapterPool.load(pool)
@@ -142,7 +146,11 @@ def merge(
         "timings": timings,
         "options": {k: v for k, v in opts.items() if _jsonable(v)},
         "heads": sorted(merged_heads) if merged_heads else None,
+        "dtype": out_dtype,
+        "sources": [_source(a, j) for j, a in enumerate(pool)],
     }
+    if retention:
+        out.merge_info["retention"] = _retention(pool, out)
     return out
 
 
@@ -194,6 +202,12 @@ def _merge_parallel(
             for f in pending.values():
                 f.cancel()
             raise
+
+
+def _source(a: Adapter, j: int) -> dict[str, str | None]:
+    """Where source j came from, for the model card (``rankwise.card``)."""
+    src = a.source
+    return {"path": str(a.path) if a.path is not None else f"adapter {j}", "file": str(src.path) if src else None}
 
 
 def _weighting(
