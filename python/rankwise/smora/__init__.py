@@ -1,10 +1,12 @@
 """SMoRA: every rank of a LoRA is an expert, routed per token (arXiv 2501.15103).
 
 Imports only torch, safetensors and the standard library (never the compiled core), except
-``from_pool``, which needs ``rankwise.merge`` and imports it when called.
+``from_pool`` and ``export_lora(rank=...)``, which need ``rankwise.merge`` and import it when
+called.
 """
 
 from .config import ALL_LINEAR, SMoRAConfig
+from .export import export_lora, mean_gates
 from .inject import (
     attach_balancer,
     find_targets,
@@ -27,10 +29,12 @@ __all__ = [
     "SMoRALinear",
     "attach_balancer",
     "choose_path",
+    "export_lora",
     "find_targets",
     "from_pool",
     "inject_smora",
     "load_smora",
+    "mean_gates",
     "read_smora_config",
     "reset_routing_stats",
     "routing_stats",
