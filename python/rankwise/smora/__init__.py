@@ -2,8 +2,11 @@
 
 Imports only torch, safetensors and the standard library (never the compiled core), except
 ``from_pool`` and ``export_lora(rank=...)``, which need ``rankwise.merge`` and import it when
-called.
+called. ``SMoRACallback`` (``rankwise.smora.callback``) needs ``transformers`` and is imported
+when first asked for.
 """
+
+from typing import Any
 
 from .config import ALL_LINEAR, SMoRAConfig
 from .export import export_lora, mean_gates
@@ -25,6 +28,7 @@ from .stats import RoutingStats, reset_routing_stats, routing_stats
 __all__ = [
     "ALL_LINEAR",
     "RoutingStats",
+    "SMoRACallback",
     "SMoRAConfig",
     "SMoRALinear",
     "attach_balancer",
@@ -46,3 +50,11 @@ __all__ = [
     "smora_layers",
     "smora_state_dict",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SMoRACallback":  # transformers is optional: import it only when asked for
+        from .callback import SMoRACallback
+
+        return SMoRACallback
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
