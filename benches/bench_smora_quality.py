@@ -50,7 +50,7 @@ TASKS = {
 # name -> (rank, top_k, block_size, balance_rate)
 CONFIGS = {
     "SMoRA 64/8": (64, 8, 1, 1e-5),
-    "SMoRA 64/8, u=1e-3": (64, 8, 1, 1e-3),
+    "SMoRA 64/8 u=1e-3": (64, 8, 1, 1e-3),
     "MoE-LoRA 8x8 top-1": (64, 1, 8, 1e-5),
     "MoE-LoRA 8x8 top-2": (64, 2, 8, 1e-5),
     "LoRA-8": (8, 1, 8, 0.0),
@@ -164,7 +164,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--calib", type=int, default=4, help="calibration batches for the export")
     ap.add_argument("--bytes", type=int, default=200_000, help="bytes of text per task")
-    ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset")
+    ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset (names have no commas)")
     ap.add_argument("--seed-list", default=None, help="comma-separated seeds (default: range(--seeds))")
     ap.add_argument("--dump", default=None, help="write the raw results to this JSON file")
     ap.add_argument("--from-json", nargs="+", default=None, help="render results dumped by runs per seed")
