@@ -10,7 +10,7 @@ import copy
 import glob
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -18,9 +18,11 @@ from typing import Any, Literal
 import numpy as np
 
 from . import _core
+from . import heads as hd
 from . import peft_format as pf
 from ._atomic import atomic_dir
-from .errors import OptionError, RankwiseError
+from .errors import AdapterFormatError, NonFiniteError, OptionError, OutputWriteError, RankwiseError
+from .heads import HeadTensor
 from .peft_format import DTYPES, ModuleInfo
 
 __all__ = [
@@ -88,7 +90,8 @@ class AdapterSource:
 
 
 class Adapter:
-    """A LoRA adapter: a config and, per module, factors A (rank × d_in) and B (d_out × rank).
+    """A LoRA adapter: a config and, per module, factors A (rank × d_in) and B (d_out × rank);
+    ``heads``: the full-copy tensors it carries (``heads.py``), by name, carried unchanged.
 
     Loaded adapters read their factors from the memory-mapped file on demand; merged adapters
     hold them in memory. ``factors(name, folded=True)`` gives ``(A, scaling·B)``.
@@ -102,14 +105,22 @@ class Adapter:
         path: Path | None = None,
         source: AdapterSource | None = None,
         factors: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+        heads: Mapping[str, HeadTensor] | None = None,
+        head_values: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         self.config: dict[str, Any] = dict(config)
         self.modules: dict[str, ModuleInfo] = dict(modules)
+        self.heads: dict[str, HeadTensor] = dict(heads or {})
+        self._head_values = dict(head_values) if head_values is not None else None
         self.path = path
         self._source = source
         self._factors = dict(factors) if factors is not None else None
         # Set by ``merge``: method, options, sizes and time, for summaries and logs.
         self.merge_info: dict[str, Any] | None = None
+        # The folders this adapter's factors come from: ``save`` never writes over one of them.
+        self.inputs: list[Path] = [path] if path is not None else []
+        # Set by ``merge``, which checked every merged factor: float32/float64 writes skip the check.
+        self.checked_finite = False
         if self._factors is None and source is None:
             raise ValueError("an Adapter needs either mapped files or in-memory factors")
 
@@ -126,12 +137,16 @@ class Adapter:
         *,
         base_config: Mapping[str, Any] | None = None,
         dtype: str = "F32",
+        heads: Mapping[str, tuple[HeadTensor, np.ndarray]] | None = None,
+        embeddings: Collection[str] = (),
     ) -> Adapter:
         """An in-memory adapter from folded factors ``{module: (A, B)}`` with delta = B @ A.
 
         The written config uses scaling 1 for every module (lora_alpha = r, per-module ranks in
         rank_pattern/alpha_pattern), and keeps the other fields of ``base_config``
-        (base model, target modules, task type, fan_in_fan_out).
+        (base model, target modules, task type, fan_in_fan_out, modules_to_save while heads are
+        kept). ``heads``: full-copy tensors to carry, ``{name: (HeadTensor, value)}``;
+        ``embeddings``: the modules that are embedding LoRA (saved as lora_embedding_A/B).
         """
         dtype = normalize_dtype(dtype)
         mods: dict[str, ModuleInfo] = {}
@@ -141,13 +156,19 @@ class Adapter:
             b = np.ascontiguousarray(b, dtype=np.float32)
             if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
                 raise OptionError(f"module '{name}': A {a.shape} and B {b.shape} are not rank-compatible")
-            key_a, key_b = pf.factor_keys(name)
+            emb = name in embeddings
+            key_a, key_b = pf.factor_keys(name, emb)
             r = int(a.shape[0])
-            mods[name] = ModuleInfo(name, r, float(r), 1.0, a.shape[1], b.shape[0], dtype, key_a, key_b)
+            mods[name] = ModuleInfo(name, r, float(r), 1.0, a.shape[1], b.shape[0], dtype, key_a, key_b, emb)
             clean[name] = (a, b)
         if not mods:
             raise OptionError("an adapter needs at least one module")
-        return cls(_merged_config(base_config or {}, mods), mods, factors=clean)
+        heads = heads or {}
+        config = _merged_config(base_config or {}, mods)
+        if not heads:
+            config.pop("modules_to_save", None)
+        values = {n: np.ascontiguousarray(v, dtype=np.float32).reshape(t.shape) for n, (t, v) in heads.items()}
+        return cls(config, mods, factors=clean, heads={n: t for n, (t, _) in heads.items()}, head_values=values)
 
     # ----------------------------------------------------------------------------- access
     @property
@@ -158,7 +179,8 @@ class Adapter:
     def __repr__(self) -> str:
         ranks = sorted({m.rank for m in self.modules.values()})
         where = f" from {self.path}" if self.path else ""
-        return f"<rankwise.Adapter{where}: {len(self.modules)} modules, rank {ranks}>"
+        heads = f", heads {sorted(self.heads)}" if self.heads else ""
+        return f"<rankwise.Adapter{where}: {len(self.modules)} modules, rank {ranks}{heads}>"
 
     @property
     def num_params(self) -> int:
@@ -189,6 +211,14 @@ class Adapter:
             b = b * np.float32(info.scaling)
         return a, b
 
+    def head(self, name: str) -> np.ndarray:
+        """Full-copy tensor ``name`` (a key of ``heads``) as float32 (exact for F16/BF16/F32)."""
+        t = self.heads[name]
+        if self._head_values is not None:
+            return self._head_values[name]
+        assert self._source is not None
+        return self._source.read(t.key)
+
     def delta(self, name: str) -> np.ndarray:
         """The module's weight update ``scaling · B @ A`` (out × in, float32).
 
@@ -207,24 +237,73 @@ class Adapter:
             a, b = self.factors(name)
             for key, val in ((info.key_a, a), (info.key_b, b)):
                 out[key] = _to_framework(val, info.dtype, framework)
+        for name, t in self.heads.items():
+            out[t.key] = _to_framework(self.head(name), t.dtype, framework)
         return out
 
     # ----------------------------------------------------------------------------- saving
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False, dtype: str | None = None) -> Path:
         """Writes a PEFT folder (``adapter_config.json`` + ``adapter_model.safetensors``)
-        atomically: into a temp folder beside ``path``, then renamed. Returns the path."""
+        atomically: into a temp folder beside ``path``, then renamed. Returns the path.
+        ``dtype`` converts the LoRA factors; heads keep their own dtype (carried unchanged)."""
         out_dtype = normalize_dtype(dtype) if dtype is not None else None
+        target = Path(path)
         tensors = []
         for name, info in self.modules.items():
             a, b = self.factors(name)
             dt = out_dtype or info.dtype
-            tensors.append((info.key_a, dt, np.ascontiguousarray(a, dtype=np.float32)))
-            tensors.append((info.key_b, dt, np.ascontiguousarray(b, dtype=np.float32)))
-        target = Path(path)
-        with atomic_dir(target, overwrite=overwrite) as tmp:
-            _core.write_safetensors(str(tmp / pf.WEIGHTS_NAME), tensors, {"format": "pt"})
-            (tmp / pf.CONFIG_NAME).write_text(json.dumps(self.config, indent=2, sort_keys=True) + "\n")
+            for key, x in ((info.key_a, a), (info.key_b, b)):
+                x = np.ascontiguousarray(x, dtype=np.float32)
+                if not (self.checked_finite and dt in ("F32", "F64")):
+                    check_castable(x, dt, f"{target}: module '{name}': tensor '{key}'{self._merged_from()}")
+                tensors.append((key, dt, x))
+        for name, t in self.heads.items():
+            x = np.ascontiguousarray(self.head(name), dtype=np.float32)
+            check_castable(x, t.dtype, f"{target}: head '{name}': tensor '{t.key}'")
+            tensors.append((t.key, t.dtype, x))
+        weights = None
+        try:
+            with atomic_dir(target, overwrite=overwrite, inputs=self.inputs) as tmp:
+                weights = tmp / pf.WEIGHTS_NAME
+                _core.write_safetensors(str(weights), tensors, {"format": "pt"})
+                (tmp / pf.CONFIG_NAME).write_text(json.dumps(self.config, indent=2, sort_keys=True) + "\n")
+        except RankwiseError as e:
+            # The core reports a failed write (disk full, ...) as a format error naming the temp file.
+            if weights is None or isinstance(e, OSError) or str(weights) not in str(e):
+                raise
+            raise OutputWriteError(f"{target}: writing the output failed: {e}; nothing was written") from e
         return target
+
+    def _merged_from(self) -> str:
+        if self.merge_info:
+            return f" (merged by {self.merge_info.get('method')} from {len(self.inputs)} adapters)"
+        return f" (of {self.inputs[0]})" if self.inputs else ""
+
+
+#: Per output dtype, the smallest magnitude that rounds to inf in the cast (round to nearest
+#: even): float16's largest value is 65504, bfloat16's 0x7F7F; one comparison per value
+#: (NaN fails it too) is the whole check on the write path.
+_OVERFLOW = {"F16": 65520.0, "BF16": float(np.uint32(0x7F7F8000).view(np.float32)), "F32": np.inf, "F64": np.inf}
+
+
+def check_castable(x: np.ndarray, dtype: str, where: str) -> None:
+    """Raises ``NonFiniteError`` (naming ``where`` and the stage) unless every value of the
+    float32 array ``x`` stays finite when cast to ``dtype``: rankwise never writes a non-finite
+    value."""
+    with np.errstate(invalid="ignore"):
+        ok = np.abs(x) < np.float32(_OVERFLOW[dtype])
+    if ok.all():
+        return
+    bad = ~ok
+    i = int(np.flatnonzero(bad.reshape(-1))[0])
+    v = float(x.reshape(-1)[i])
+    cast = {"F16": "float16", "BF16": "bfloat16"}.get(dtype)
+    stage = f"after the cast to {cast}" if cast and np.isfinite(x).all() else "before any cast"
+    raise NonFiniteError(
+        f"{where}: value {v:g} at flat index {i} is not finite {stage} ({int(bad.sum())} such values); "
+        "rankwise never writes a non-finite value"
+        + ("; save with dtype='float32' to keep these values" if "cast to" in stage else "")
+    )
 
 
 def _merged_config(base: Mapping[str, Any], mods: Mapping[str, ModuleInfo]) -> dict[str, Any]:
@@ -267,8 +346,9 @@ def expand_paths(paths_or_glob: str | os.PathLike[str] | Sequence[str | os.PathL
     items = [paths_or_glob] if isinstance(paths_or_glob, (str, os.PathLike)) else list(paths_or_glob)
     out: list[Path] = []
     for item in items:
-        s = os.fspath(item)
-        if glob.has_magic(s):
+        s = os.fsdecode(os.fspath(item))
+        # A path that exists is taken literally (folder names may hold '[', '*', '?').
+        if not os.path.lexists(s) and glob.has_magic(s):
             hits = sorted(glob.glob(s))
             if not hits:
                 raise RankwiseError(f"{s}: the pattern matches no adapter folder")
@@ -282,15 +362,25 @@ def open_adapters(folders: Sequence[Path], *, check_finite: bool = True) -> list
     """Parses the configs, then maps every weights file in one parallel Rust call."""
     specs = [pf.read_config(f) for f in folders]
     weights = [pf.weights_path(f) for f in folders]
+    for w in weights:
+        try:
+            os.fspath(w).encode("utf-8")
+        except UnicodeEncodeError:
+            raise AdapterFormatError(
+                f"{os.fsencode(w)!r}: the path is not valid UTF-8; rankwise's reader takes UTF-8 "
+                "paths: rename the folder"
+            ) from None
     files = _core.MappedFiles.open([str(w) for w in weights])
     adapters = []
     for i, (folder, w, spec) in enumerate(zip(folders, weights, specs)):
-        mods = pf.modules_from_listing(folder, w, spec, files.tensors(i))
-        adapters.append(Adapter(spec.raw, mods, path=folder, source=AdapterSource(files, i)))
+        heads, listing = hd.split_listing(w, files.tensors(i), spec.modules_to_save)
+        mods = pf.modules_from_listing(folder, w, spec, listing)
+        adapters.append(Adapter(spec.raw, mods, path=folder, source=AdapterSource(files, i), heads=heads))
     if check_finite:
         # Pages stay mapped for the merge that follows, unless the pool is too large for that.
         files.check_finite(
-            [(i, k) for i, a in enumerate(adapters) for m in a.modules.values() for k in (m.key_a, m.key_b)],
+            [(i, k) for i, a in enumerate(adapters) for m in a.modules.values() for k in (m.key_a, m.key_b)]
+            + [(i, t.key) for i, a in enumerate(adapters) for t in a.heads.values()],
             release=mapped_bytes(adapters) > RESIDENT_BYTES,
         )
     return adapters

@@ -27,12 +27,27 @@ class OptionError(RankwiseError, ValueError):
     wrong number of weights, an unknown method or dtype, ...). The message names the option."""
 
 
+class BaseModelWarning(UserWarning):
+    """Adapters of a pool name different base models (their shapes agree, so they are merged)."""
+
+
 #: The former name, kept for code that catches it: the same class.
 MergeConfigError = OptionError
 
 
 class OutputExistsError(RankwiseError, FileExistsError):
     """The output folder exists and is not empty (pass ``overwrite=True`` to replace it)."""
+
+
+class OutputWriteError(RankwiseError, OSError):
+    """Writing the output failed (disk full, permissions, ...); the message names the output.
+    Nothing partial is left: the temp folder is removed and the target is as it was."""
+
+
+class NonFiniteError(RankwiseError, ValueError):
+    """A value to be written is not finite (NaN, or an overflow when folding, merging or casting
+    to the output dtype): rankwise never writes one. The message names the module, the
+    adapter(s) where known, and the stage."""
 
 
 class InternalError(RankwiseError, RuntimeError):
@@ -42,10 +57,13 @@ class InternalError(RankwiseError, RuntimeError):
 __all__ = [
     "AdapterFormatError",
     "AdapterNotFoundError",
+    "BaseModelWarning",
     "IncompatibleAdaptersError",
     "InternalError",
     "MergeConfigError",
+    "NonFiniteError",
     "OptionError",
     "OutputExistsError",
+    "OutputWriteError",
     "RankwiseError",
 ]
