@@ -22,7 +22,13 @@ class SMoRAConfig:
     """Options of a SMoRA adapter (one rank-r LoRA per module whose ranks are routed experts).
 
     Defaults are the authors' (rank 64, top-8, lora_alpha 16, all linear layers, balance rate
-    1e-5). ``lora_alpha / top_k`` is the adapter's scale (the paper's code divides by k, not r).
+    1e-5). ``lora_alpha / (top_k * block_size)`` is the adapter's scale: lora_alpha over the
+    number of active ranks (the paper's code divides by k, not r).
+
+    - ``block_size``: the router scores blocks of ``block_size`` consecutive ranks; ``top_k``
+      and balancing count blocks. 1 is SMoRA; ``block_size=8, top_k=1`` is a multi-LoRA MoE of
+      rank/8 experts of rank 8 with top-1 routing; ``block_size=rank, top_k=1`` is plain LoRA
+      (the paper's unified view). Must divide ``rank``.
 
     - ``target_modules``: a list of module-name suffixes (``"q_proj"`` matches
       ``"model.layers.0.self_attn.q_proj"``), a regex string matched against full names with
@@ -42,6 +48,7 @@ class SMoRAConfig:
     balance: bool = True
     balance_rate: float = 1e-5
     path: str = "auto"
+    block_size: int = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.target_modules, tuple):
@@ -54,10 +61,20 @@ class SMoRAConfig:
             raise MergeConfigError(f"SMoRAConfig.rank must be an integer >= 1, got {self.rank!r}")
         if not _is_int(self.top_k) or self.top_k < 1:
             raise MergeConfigError(f"SMoRAConfig.top_k must be an integer >= 1, got {self.top_k!r}")
-        if self.top_k > self.rank:
+        if not _is_int(self.block_size) or self.block_size < 1:
+            raise MergeConfigError(f"SMoRAConfig.block_size must be an integer >= 1, got {self.block_size!r}")
+        if self.rank % self.block_size:
             raise MergeConfigError(
-                f"SMoRAConfig.top_k ({self.top_k}) must be <= rank ({self.rank}): "
-                "a token cannot activate more ranks than the adapter has"
+                f"SMoRAConfig.block_size ({self.block_size}) must divide rank ({self.rank}): "
+                "the router scores blocks of block_size consecutive ranks"
+            )
+        if self.top_k > self.n_blocks:
+            of = f"rank ({self.rank})"
+            if self.block_size > 1:
+                of += f" / block_size ({self.block_size}) = {self.n_blocks}"
+            raise MergeConfigError(
+                f"SMoRAConfig.top_k ({self.top_k}) must be <= {of}: "
+                "a token cannot activate more experts than the adapter has"
             )
         alpha = self.lora_alpha
         if not _is_real(alpha) or not math.isfinite(alpha) or alpha <= 0:
@@ -73,14 +90,22 @@ class SMoRAConfig:
         _validate_targets(self.target_modules)
 
     @property
+    def n_blocks(self) -> int:
+        """Number of routed experts: rank / block_size."""
+        return self.rank // self.block_size
+
+    @property
     def scale(self) -> float:
-        """Multiplier of the routed update: lora_alpha / top_k (the paper's code)."""
-        return float(self.lora_alpha) / self.top_k
+        """Multiplier of the routed update: lora_alpha / (top_k * block_size), i.e. lora_alpha
+        over the active ranks (the paper's code: lora_alpha / top_k at block_size 1)."""
+        return float(self.lora_alpha) / (self.top_k * self.block_size)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         if isinstance(d["target_modules"], list):
             d["target_modules"] = list(d["target_modules"])
+        if d["block_size"] == 1:
+            del d["block_size"]  # block_size 1 saves exactly what rankwise wrote before it existed
         return d
 
     @classmethod

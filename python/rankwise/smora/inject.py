@@ -196,7 +196,7 @@ def smora_balance_step(model: nn.Module) -> None:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         flat = torch.cat([m.balance_counts for m in layers])
         dist.all_reduce(flat)
-        for m, c in zip(layers, flat.split([m.rank for m in layers])):
+        for m, c in zip(layers, flat.split([m.n_blocks for m in layers])):
             m.balance_counts.copy_(c)
     for m in layers:
         m.balance_step()

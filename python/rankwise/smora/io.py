@@ -1,7 +1,8 @@
 """Saving and loading SMoRA adapters: ``smora_model.safetensors`` + ``smora_config.json``.
 
 Keys are ``<module>.lora_A`` (rank x in), ``<module>.lora_B`` (out x rank),
-``<module>.router.weight`` (rank x in) and ``<module>.balance_bias`` (rank,), with ``<module>``
+``<module>.router.weight`` (E x in) and ``<module>.balance_bias`` (E,), E = rank / block_size
+(the config's; absent from the JSON means 1, what versions before block_size wrote), with ``<module>``
 the name in ``model.named_modules()``. The JSON holds the config and the list of adapted modules,
 so loading adapts exactly the saved modules whatever ``target_modules`` would match today.
 """
@@ -31,13 +32,13 @@ FORMAT_VERSION = 1
 _PARTS = ("lora_A", "lora_B", "router.weight", "balance_bias")
 
 
-def _expected_shapes(rank: int, m: nn.Module) -> dict[str, tuple[int, ...]]:
+def _expected_shapes(rank: int, n_blocks: int, m: nn.Module) -> dict[str, tuple[int, ...]]:
     # m: an SMoRALinear or the nn.Linear it will wrap (both have in/out_features).
     return {
         "lora_A": (rank, m.in_features),
         "lora_B": (m.out_features, rank),
-        "router.weight": (rank, m.in_features),
-        "balance_bias": (rank,),
+        "router.weight": (n_blocks, m.in_features),
+        "balance_bias": (n_blocks,),
     }
 
 
@@ -131,7 +132,7 @@ def load_smora(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module
                 f"(e.g. {sorted(set(modules) ^ set(layers))[:3]})"
             )
         cur = smora_config(model)
-        for opt in ("rank", "top_k", "lora_alpha"):
+        for opt in ("rank", "top_k", "lora_alpha", "block_size"):
             if getattr(cur, opt) != getattr(config, opt):
                 raise AdapterFormatError(
                     f"{cfg_path}: key 'config.{opt}' is {getattr(config, opt)!r}, the model's "
@@ -143,7 +144,7 @@ def load_smora(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module
             if not isinstance(names.get(n), nn.Linear):
                 what = "absent from the model" if n not in names else type(names[n]).__name__
                 raise AdapterFormatError(f"{cfg_path}: key 'modules': {n!r} is {what}")
-    _check_tensors(wpath, tensors, modules, model, layers, config.rank)
+    _check_tensors(wpath, tensors, modules, model, layers, config)
     if not layers:
         _inject(model, config, modules)
         layers = smora_layers(model)
@@ -163,14 +164,14 @@ def _check_tensors(
     modules: list[str],
     model: nn.Module,
     layers: dict[str, SMoRALinear],
-    rank: int,
+    config: SMoRAConfig,
 ) -> None:
     expected: dict[str, tuple[int, ...]] = {}
     for n in modules:
         if n in layers:
-            shapes = _expected_shapes(layers[n].rank, layers[n])
+            shapes = _expected_shapes(layers[n].rank, layers[n].n_blocks, layers[n])
         else:
-            shapes = _expected_shapes(rank, model.get_submodule(n))
+            shapes = _expected_shapes(config.rank, config.n_blocks, model.get_submodule(n))
         expected.update({f"{n}.{p}": s for p, s in shapes.items()})
     for key in expected:
         if key not in tensors:

@@ -1,20 +1,21 @@
 """SMoRALinear: a frozen ``nn.Linear`` plus a rank-r LoRA whose r ranks are routed experts.
 
 Math (arXiv 2501.15103 §3 and the authors' public SRMoLE code, as summarised in PAPERS.md §2),
-per token x:
-    s = sigmoid(router(x))                       router: Linear(d_in, r, bias=False)
-    S = top-k indices of (s + beta)              beta: balance bias, a buffer, never trained
-    g_i = k * (s_i + beta_i) / sum_{j in S}(s_j + beta_j)     for i in S (the gates sum to k)
-    y = W0 x + (lora_alpha / k) * sum_{i in S} g_i * b_i * (a_i . dropout(x))
-With a zero router every s_i = 0.5, and with top_k = rank every gate is exactly 1: the layer is
-then a plain LoRA of scale lora_alpha / k (the identity the tests check against PEFT).
+per token x, with the r ranks grouped in E = r / block_size blocks of consecutive ranks:
+    s = sigmoid(router(x))                       router: Linear(d_in, E, bias=False)
+    S = top-k blocks of (s + beta)               beta: balance bias, a buffer, never trained
+    g_e = k * (s_e + beta_e) / sum_{j in S}(s_j + beta_j)     for e in S (the gates sum to k)
+    y = W0 x + (lora_alpha / (k * block_size)) * sum_{e in S} g_e * sum_{i in e} b_i (a_i . dropout(x))
+block_size 1 is SMoRA (every rank an expert); block_size b > 1 is a multi-LoRA MoE of E experts
+of rank b. With a zero router every s_e = 0.5, and with top_k = E every gate is exactly 1: the
+layer is then a plain LoRA of scale lora_alpha / r (the identity the tests check against PEFT).
 
 Two compute paths, same results up to float rounding (tested to 1e-5 in f32, fwd and bwd):
 - dense: ((x A^T) * G) B^T with G the (tokens x r) gate matrix, zero off the top-k. At r = 64 it
   costs what a rank-64 LoRA costs, plus the router GEMM (fused with x A^T when dropout is off);
-- gathered: only the k selected rows of A and columns of B, gathered per token and contracted
-  with batched matmuls. Saves FLOPs but moves tokens x k x (d_in + d_out) gathered weights
-  through memory; see ``choose_path`` for when that wins.
+- gathered: only the k * block_size selected rows of A and columns of B, gathered per token and
+  contracted with batched matmuls. Saves FLOPs but moves tokens x k x block_size x (d_in + d_out)
+  gathered weights through memory; see ``choose_path`` for when that wins.
 Gradients reach only the selected ranks' rows of A / columns of B (exact zeros elsewhere in both
 paths) and the router (through the gate values; the top-k choice itself has no gradient).
 
@@ -42,22 +43,18 @@ from torch import nn
 from ..errors import MergeConfigError
 from .config import SMoRAConfig
 
-# Rule for path="auto" (benches/bench_smora.py, "paths" table in RESULTS.md). The router GEMM is
-# tokens x d_in x r on both paths, so gathering saves at most the A and B products, and it moves
-# tokens x k x (d_in + d_out) gathered weights through memory (forward and backward). Measured on
-# CPU (d = 1024, top-8, fwd+bwd): dense is 3-6x faster at r/k <= 32 and still ~1.2x faster at
-# r/k = 128; gathered wins from r/k = 256 (r = 2048). CUDA is not measured here (no GPU lent):
-# a GEMM there does ~200 FLOPs per byte of memory traffic (H100 bf16: ~1e15 FLOP/s vs ~3e12 B/s)
-# against ~4 on this CPU, so a roofline estimate puts the crossover at r/k ~ 500 even before
-# the gather overheads that pushed the CPU crossover ~10x beyond its own estimate: dense below
-# r/k = 1024. Both constants are a measured (CPU) or reasoned (CUDA) rule, not a tuned one.
+# Rule for path="auto": gather only when the active ranks are a small share of the rank, since
+# gathering saves at most the A and B products (the router GEMM is on both paths) and moves
+# the gathered weights through memory. The CPU constant is measured and the CUDA one reasoned
+# from the GEMM-to-bandwidth ratio (RESULTS.md, SMoRA "Dense vs gathered" and "Measured once by
+# hand"); neither is tuned.
 GATHER_MIN_RATIO_CPU = 256
 GATHER_MIN_RATIO_CUDA = 1024
 
 
-def choose_path(device: torch.device, rank: int, top_k: int) -> str:
-    """The compute path ``path="auto"`` uses for a layer on ``device``."""
-    ratio = rank / top_k
+def choose_path(device: torch.device, rank: int, top_k: int, block_size: int = 1) -> str:
+    """The compute path ``path="auto"`` uses for a layer on ``device``: rank over active ranks."""
+    ratio = rank / (top_k * block_size)
     limit = GATHER_MIN_RATIO_CPU if device.type == "cpu" else GATHER_MIN_RATIO_CUDA
     return "gathered" if ratio >= limit else "dense"
 
@@ -93,8 +90,9 @@ def _autocast_on(device: torch.device) -> bool:
 class SMoRALinear(nn.Module):
     """A frozen ``nn.Linear`` with a routed rank-wise LoRA (SMoRA). See the module docstring.
 
-    Trainable: ``lora_A`` (rank x in), ``lora_B`` (out x rank), ``router.weight`` (rank x in).
-    Buffers: ``balance_bias`` (rank, float32, saved), and non-persistent token counters.
+    Trainable: ``lora_A`` (rank x in), ``lora_B`` (out x rank), ``router.weight`` (E x in), with
+    E = rank / block_size blocks. Buffers: ``balance_bias`` (E, float32, saved), and
+    non-persistent token counters (per block).
     """
 
     def __init__(self, base_layer: nn.Linear, config: SMoRAConfig | None = None) -> None:
@@ -110,6 +108,8 @@ class SMoRALinear(nn.Module):
         self.out_features = base_layer.out_features
         self.rank = cfg.rank
         self.top_k = cfg.top_k
+        self.block_size = cfg.block_size
+        self.n_blocks = cfg.n_blocks
         self.lora_alpha = float(cfg.lora_alpha)
         self.scale = cfg.scale
         self.balance = cfg.balance
@@ -121,10 +121,10 @@ class SMoRALinear(nn.Module):
         kw = {"device": w.device, "dtype": w.dtype}
         self.lora_A = nn.Parameter(torch.empty(self.rank, self.in_features, **kw))
         self.lora_B = nn.Parameter(torch.empty(self.out_features, self.rank, **kw))
-        self.router = nn.Linear(self.in_features, self.rank, bias=False, **kw)
-        self.register_buffer("balance_bias", torch.zeros(self.rank, device=w.device))
-        zeros = torch.zeros(self.rank, dtype=torch.int64, device=w.device)
-        # Tokens per rank since the last balance step (training forwards only) ...
+        self.router = nn.Linear(self.in_features, self.n_blocks, bias=False, **kw)
+        self.register_buffer("balance_bias", torch.zeros(self.n_blocks, device=w.device))
+        zeros = torch.zeros(self.n_blocks, dtype=torch.int64, device=w.device)
+        # Tokens per block since the last balance step (training forwards only) ...
         self.register_buffer("balance_counts", zeros.clone(), persistent=False)
         # ... and since the last reset_routing_stats (every counted forward), for routing_stats.
         self.register_buffer("usage_counts", zeros.clone(), persistent=False)
@@ -165,7 +165,7 @@ class SMoRALinear(nn.Module):
     # -- routing ----------------------------------------------------------------------------
 
     def route(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Router logits (tokens x r) -> (indices, gates), both (tokens x k); gates in float32,
+        """Router logits (tokens x E) -> (block indices, gates), both (tokens x k); gates in float32,
         summing to k per token. Routing math runs in float32 whatever the compute dtype, so
         the bias's small steps and near-ties are resolved the same way under autocast."""
         s = torch.sigmoid(logits.float())
@@ -176,7 +176,7 @@ class SMoRALinear(nn.Module):
     def _resolve_path(self, device: torch.device) -> str:
         if self.path != "auto":
             return self.path
-        return choose_path(device, self.rank, self.top_k)
+        return choose_path(device, self.rank, self.top_k, self.block_size)
 
     # -- forward ----------------------------------------------------------------------------
 
@@ -192,7 +192,7 @@ class SMoRALinear(nn.Module):
         if path == "dense" and isinstance(self.dropout, nn.Identity):
             # One GEMM for the router and the A projection: both read the same x.
             hr = F.linear(x2, torch.cat([self.lora_A, self.router.weight], dim=0))
-            h, logits = hr.split(self.rank, dim=-1)
+            h, logits = hr.split([self.rank, self.n_blocks], dim=-1)
         else:
             logits = self.router(x2)
         idx, gates = self.route(logits)
@@ -201,11 +201,17 @@ class SMoRALinear(nn.Module):
         if path == "dense":
             if h is None:
                 h = F.linear(xd, self.lora_A)
-            gate_mat = torch.zeros(idx.shape[0], self.rank, device=w.device, dtype=w.dtype).scatter(-1, idx, w)
+            gate_mat = torch.zeros(idx.shape[0], self.n_blocks, device=w.device, dtype=w.dtype).scatter(-1, idx, w)
+            if self.block_size > 1:
+                gate_mat = gate_mat.repeat_interleave(self.block_size, dim=-1)  # block gate -> its ranks
             delta = F.linear(h * gate_mat.to(h.dtype), self.lora_B)
         else:
             # F.embedding is a row gather whose backward is a dense, sorted scatter-add (faster
             # on CPU than index_select's index_add).
+            if self.block_size > 1:
+                offs = torch.arange(self.block_size, device=idx.device)
+                idx = (idx.unsqueeze(-1) * self.block_size + offs).flatten(1)  # ranks of the blocks
+                w = w.repeat_interleave(self.block_size, dim=-1)
             a_sel = F.embedding(idx, self.lora_A)  # (n, k, d_in)
             hk = torch.bmm(a_sel, xd.unsqueeze(-1)).squeeze(-1)  # (n, k)
             b_sel = F.embedding(idx, self.lora_B.t())  # (n, k, d_out)
@@ -240,7 +246,7 @@ class SMoRALinear(nn.Module):
         if wts is None:
             wts = torch.ones(n, dtype=torch.int64, device=idx.device)
         wts = wts.to(idx.device).view(n, 1).expand(n, k).reshape(-1)
-        cnt = torch.zeros(self.rank, dtype=torch.int64, device=idx.device)
+        cnt = torch.zeros(self.n_blocks, dtype=torch.int64, device=idx.device)
         cnt.index_add_(0, idx.reshape(-1), wts)
         self.usage_counts += cnt
         if self.training and self.balance:
@@ -259,6 +265,6 @@ class SMoRALinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"rank={self.rank}, top_k={self.top_k}, lora_alpha={self.lora_alpha}, "
+            f"rank={self.rank}, top_k={self.top_k}, block_size={self.block_size}, lora_alpha={self.lora_alpha}, "
             f"balance={self.balance}, path={self.path}"
         )

@@ -3,7 +3,7 @@
 LEGO clusters the pool's rank units (b_i, a_i) into k = rank centroids per module; each centroid
 becomes one rank expert of the SMoRA layer, so many adapters become one routed rank-wise mixture.
 The factors are placed so that with every rank active and unit gates the layer's update equals
-the merged ΔW = B A: lora_A = A, lora_B = B / (lora_alpha / top_k). With top-k routing a token
+the merged ΔW = B A: lora_A = A, lora_B = B / scale (config.scale). With top-k routing a token
 sees only its k selected experts, with gates summing to k.
 """
 

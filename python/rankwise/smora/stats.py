@@ -13,12 +13,14 @@ from .inject import smora_layers
 
 @dataclass(frozen=True)
 class RoutingStats:
-    """Rank usage of one layer over the forwards counted since the last reset.
+    """Expert usage of one layer over the forwards counted since the last reset; an expert is a
+    block of ``block_size`` ranks (a rank at block_size 1), E = rank / block_size of them.
 
-    ``usage[i]``: share of (token, selected rank) pairs that went to rank i (sums to 1; all
+    ``usage[e]``: share of (token, selected expert) pairs that went to expert e (sums to 1; all
     zeros before any forward). ``entropy``: Shannon entropy of ``usage`` in nats, at most
-    log(rank) (perfectly even use) and at least log(top_k) (every token picks the same ranks).
-    ``normalized_entropy`` = entropy / log(rank). ``max_load``: rank x max(usage), 1 if even.
+    log(E) (perfectly even use) and at least log(top_k) (every token picks the same experts).
+    ``normalized_entropy`` = entropy / log(E). ``max_load``: E x max(usage), 1 if even;
+    ``min_load``: E x min(usage).
     Padding tokens are excluded where the attention mask is known; checkpoint recomputes too.
     """
 
@@ -27,6 +29,7 @@ class RoutingStats:
     entropy: float
     normalized_entropy: float
     max_load: float
+    min_load: float
     balance_bias: list[float]
 
 
@@ -43,8 +46,9 @@ def routing_stats(model: nn.Module) -> dict[str, RoutingStats]:
             tokens=int(total) // m.top_k,
             usage=p.tolist(),
             entropy=ent,
-            normalized_entropy=ent / math.log(m.rank) if m.rank > 1 else 1.0,
-            max_load=float(p.max()) * m.rank if total > 0 else 0.0,
+            normalized_entropy=ent / math.log(m.n_blocks) if m.n_blocks > 1 else 1.0,
+            max_load=float(p.max()) * m.n_blocks if total > 0 else 0.0,
+            min_load=float(p.min()) * m.n_blocks if total > 0 else 0.0,
             balance_bias=m.balance_bias.detach().cpu().tolist(),
         )
     return out
