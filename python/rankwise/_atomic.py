@@ -72,3 +72,29 @@ def atomic_dir(target: str | os.PathLike[str], *, overwrite: bool = False) -> It
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_file(target: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
+    """Yields a temp file path beside ``target``; on success it is fsynced and renamed onto
+    ``target``. An existing ``target`` is refused (``OutputExistsError``) unless ``overwrite``."""
+    target = Path(target).absolute()
+    if target.exists() and (target.is_dir() or not overwrite):
+        what = "is a folder" if target.is_dir() else "exists; pass overwrite=True (CLI: --overwrite) to replace it"
+        raise OutputExistsError(f"{target}: {what}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}{_TMP_TAG}", dir=target.parent)
+        os.close(fd)
+    except OSError as e:
+        raise RankwiseError(f"{target}: cannot create the output file: {e.strerror or e}") from e
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

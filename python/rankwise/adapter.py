@@ -7,6 +7,7 @@ adapter reads its factors from its mapped file (``Adapter.source``) on demand.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import glob
 import json
 import os
@@ -18,8 +19,9 @@ from typing import Any, Literal
 import numpy as np
 
 from . import _core
+from . import formats as fm
 from . import peft_format as pf
-from ._atomic import atomic_dir
+from ._atomic import atomic_dir, atomic_file
 from .errors import OptionError, RankwiseError
 from .peft_format import DTYPES, ModuleInfo
 
@@ -102,8 +104,14 @@ class Adapter:
         path: Path | None = None,
         source: AdapterSource | None = None,
         factors: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+        format: str = "peft",
+        metadata: Mapping[str, str] | None = None,
     ) -> None:
         self.config: dict[str, Any] = dict(config)
+        #: The layout the modules' keys are in (``formats.FORMATS``), the default of ``save``.
+        self.format = format
+        #: The safetensors ``__metadata__`` of the file it was read from, written back on save.
+        self.metadata: dict[str, str] = dict(metadata or {})
         self.modules: dict[str, ModuleInfo] = dict(modules)
         self.path = path
         self._source = source
@@ -115,9 +123,10 @@ class Adapter:
 
     # ----------------------------------------------------------------------------- loading
     @classmethod
-    def load(cls, path: str | os.PathLike[str], *, check_finite: bool = True) -> Adapter:
-        """Loads a PEFT LoRA adapter folder (``adapter_config.json`` + safetensors)."""
-        return open_adapters([Path(path)], check_finite=check_finite)[0]
+    def load(cls, path: str | os.PathLike[str], *, check_finite: bool = True, format: str | None = None) -> Adapter:
+        """Loads a PEFT adapter folder, or a kohya / diffusers LoRA file or folder (the layout
+        read off the keys unless ``format`` forces it)."""
+        return open_adapters([Path(path)], check_finite=check_finite, format=format)[0]
 
     @classmethod
     def from_factors(
@@ -185,6 +194,8 @@ class Adapter:
         else:
             assert self._source is not None
             a, b = self._source.read(info.key_a), self._source.read(info.key_b)
+            if info.kernel is not None:  # conv LoRA: the down kernel's rows are the units' A
+                a, b = a.reshape(info.rank, info.d_in), b.reshape(info.d_out, info.rank)
         if folded and info.scaling != 1.0:
             b = b * np.float32(info.scaling)
         return a, b
@@ -210,10 +221,32 @@ class Adapter:
         return out
 
     # ----------------------------------------------------------------------------- saving
-    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False, dtype: str | None = None) -> Path:
-        """Writes a PEFT folder (``adapter_config.json`` + ``adapter_model.safetensors``)
-        atomically: into a temp folder beside ``path``, then renamed. Returns the path."""
+    def carry_layout(self, other: Adapter) -> Adapter:
+        """Takes ``other``'s layout, metadata, key names and conv kernels for the modules both
+        have (a merge's result keeps its pool's), so that ``save`` writes what ``other`` was."""
+        self.format, self.metadata = other.format, dict(other.metadata)
+        for name, info in self.modules.items():
+            o = other.modules.get(name)
+            if o is not None and (o.d_in, o.d_out) == (info.d_in, info.d_out):
+                self.modules[name] = dataclasses.replace(info, key_a=o.key_a, key_b=o.key_b, kernel=o.kernel)
+        return self
+
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        dtype: str | None = None,
+        format: str | None = None,
+    ) -> Path:
+        """Writes the adapter atomically (a temp file or folder beside ``path``, then renamed) in
+        layout ``format`` (default: the one it was read in): a PEFT folder
+        (``adapter_config.json`` + ``adapter_model.safetensors``), or a kohya / diffusers
+        safetensors file (``path`` ending in ``.safetensors``) or a folder holding one. Returns the path."""
         out_dtype = normalize_dtype(dtype) if dtype is not None else None
+        fmt = fm.check_format(format) or self.format
+        if fmt != "peft":
+            return self._save_file(Path(path), fmt, out_dtype, overwrite)
         tensors = []
         for name, info in self.modules.items():
             a, b = self.factors(name)
@@ -221,10 +254,30 @@ class Adapter:
             tensors.append((info.key_a, dt, np.ascontiguousarray(a, dtype=np.float32)))
             tensors.append((info.key_b, dt, np.ascontiguousarray(b, dtype=np.float32)))
         target = Path(path)
+        config = self.config if self.format == "peft" else fm.peft_config(self.modules)
         with atomic_dir(target, overwrite=overwrite) as tmp:
             _core.write_safetensors(str(tmp / pf.WEIGHTS_NAME), tensors, {"format": "pt"})
-            (tmp / pf.CONFIG_NAME).write_text(json.dumps(self.config, indent=2, sort_keys=True) + "\n")
+            (tmp / pf.CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         return target
+
+    def _save_file(self, path: Path, fmt: str, dtype: str | None, overwrite: bool) -> Path:
+        tensors, meta = fm.tensors_and_metadata(
+            self.modules,
+            self.factors,
+            fmt,
+            own_keys=fmt == self.format,
+            dtype=dtype,
+            metadata=self.metadata,
+            merge_info=self.merge_info,
+        )
+        folder, name = fm.weights_target(path, fmt)
+        if folder == path and path.suffix == ".safetensors":
+            with atomic_file(path, overwrite=overwrite) as tmp:
+                _core.write_safetensors(str(tmp), tensors, meta)
+            return path
+        with atomic_dir(folder, overwrite=overwrite) as tmp:
+            _core.write_safetensors(str(tmp / name), tensors, meta)
+        return folder
 
 
 def _merged_config(base: Mapping[str, Any], mods: Mapping[str, ModuleInfo]) -> dict[str, Any]:
@@ -257,9 +310,10 @@ def _to_framework(val: np.ndarray, dtype: str, framework: str) -> Any:
     return torch.from_numpy(np.ascontiguousarray(val)).to(tdt[dtype])
 
 
-def load_adapter(path: str | os.PathLike[str], *, check_finite: bool = True) -> Adapter:
-    """Loads a PEFT LoRA adapter folder. Factors stay in the mapped file until asked for."""
-    return Adapter.load(path, check_finite=check_finite)
+def load_adapter(path: str | os.PathLike[str], *, check_finite: bool = True, format: str | None = None) -> Adapter:
+    """Loads a PEFT adapter folder or a kohya / diffusers LoRA file or folder (``format``:
+    forces the layout). Factors stay in the mapped file until asked for."""
+    return Adapter.load(path, check_finite=check_finite, format=format)
 
 
 def expand_paths(paths_or_glob: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
@@ -278,15 +332,26 @@ def expand_paths(paths_or_glob: str | os.PathLike[str] | Sequence[str | os.PathL
     return out
 
 
-def open_adapters(folders: Sequence[Path], *, check_finite: bool = True) -> list[Adapter]:
+def open_adapters(folders: Sequence[Path], *, check_finite: bool = True, format: str | None = None) -> list[Adapter]:
     """Parses the configs, then maps every weights file in one parallel Rust call."""
-    specs = [pf.read_config(f) for f in folders]
-    weights = [pf.weights_path(f) for f in folders]
-    files = _core.MappedFiles.open([str(w) for w in weights])
+    located = [fm.locate(Path(f), format) for f in folders]
+    specs = {i: pf.read_config(loc.path) for i, loc in enumerate(located) if loc.format == "peft"}
+    files = _core.MappedFiles.open([str(loc.weights) for loc in located])
     adapters = []
-    for i, (folder, w, spec) in enumerate(zip(folders, weights, specs)):
-        mods = pf.modules_from_listing(folder, w, spec, files.tensors(i))
-        adapters.append(Adapter(spec.raw, mods, path=folder, source=AdapterSource(files, i)))
+    for i, loc in enumerate(located):
+        listing = files.tensors(i)
+        if i in specs:
+            mods = pf.modules_from_listing(loc.path, loc.weights, specs[i], listing)
+            adapters.append(Adapter(specs[i].raw, mods, path=loc.path, source=AdapterSource(files, i)))
+            continue
+        fmt = loc.format or fm.detect(loc.weights, list(listing))
+        meta = files.metadata(i)
+        mods = fm.read_modules(loc, fmt, listing, meta, lambda k, i=i: files.read(i, k))
+        adapters.append(
+            Adapter(
+                fm.peft_config(mods), mods, path=loc.path, source=AdapterSource(files, i), format=fmt, metadata=meta
+            )
+        )
     if check_finite:
         # Pages stay mapped for the merge that follows, unless the pool is too large for that.
         files.check_finite(

@@ -100,7 +100,7 @@ def merge(
             pool.release()
     if bar is not None:
         bar.close()
-    out = Adapter.from_factors(merged, base_config=pool[0].config, dtype=out_dtype)
+    out = Adapter.from_factors(merged, base_config=pool[0].config, dtype=out_dtype).carry_layout(pool[0])
     out.merge_info = {
         "method": method,
         "adapters": len(pool),

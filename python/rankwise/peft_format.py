@@ -214,6 +214,9 @@ class ModuleInfo:
     dtype: str
     key_a: str
     key_b: str
+    #: Conv LoRA (LoCon): the (kh, kw) of the down kernel, whose rows (in·kh·kw = d_in) are the
+    #: units' A part; None for a linear module.
+    kernel: tuple[int, int] | None = None
 
     @property
     def num_params(self) -> int:
