@@ -11,12 +11,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("diffusers")
-from safetensors import safe_open  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
-
-import rankwise as rw  # noqa: E402
-
-from image_models import (  # noqa: E402
+from image_models import (
     diffusers_outputs,
     kohya_file,
     outputs,
@@ -24,6 +19,10 @@ from image_models import (  # noqa: E402
     tiny_text_encoder,
     tiny_unet,
 )
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+import rankwise as rw
 
 
 @pytest.fixture(scope="module")
@@ -81,15 +80,15 @@ METHOD_OPTIONS = {
     "cat": {},
     "linear": {},
     "lego": {"rank": 4},
-    "svd": {"rank": 4},
+    "svd": {"svd_rank": 4},
     "ties": {"density": 0.5},
     "dare_linear": {"density": 0.5},
     "dare_ties": {"density": 0.5},
     "magnitude_prune": {"density": 0.5},
-    "ties_svd": {"density": 0.5, "rank": 4},
-    "dare_linear_svd": {"density": 0.5, "rank": 4},
-    "dare_ties_svd": {"density": 0.5, "rank": 4},
-    "magnitude_prune_svd": {"density": 0.5, "rank": 4},
+    "ties_svd": {"density": 0.5, "svd_rank": 4},
+    "dare_linear_svd": {"density": 0.5, "svd_rank": 4},
+    "dare_ties_svd": {"density": 0.5, "svd_rank": 4},
+    "magnitude_prune_svd": {"density": 0.5, "svd_rank": 4},
 }
 
 
