@@ -102,13 +102,16 @@ def outputs(unet: torch.nn.Module, te: torch.nn.Module) -> tuple[np.ndarray, np.
 
 
 def diffusers_outputs(file: str | Path, unet: torch.nn.Module, te: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
-    """Loads a LoRA file with diffusers (lora_state_dict, load_lora_into_unet / _text_encoder)
-    into copies of the models and runs them."""
+    """Loads a LoRA file with diffusers into copies of the models and runs them: what
+    ``load_lora_weights`` does (lora_state_dict with its metadata, load_lora_into_unet /
+    _text_encoder), without a pipeline."""
     unet, te = copy.deepcopy(unet), copy.deepcopy(te)
-    state_dict, alphas = Loader.lora_state_dict(str(file))
-    Loader.load_lora_into_unet(state_dict, alphas, unet, adapter_name="x")
+    state_dict, alphas, meta = Loader.lora_state_dict(str(file), return_lora_metadata=True)
+    Loader.load_lora_into_unet(state_dict, alphas, unet, adapter_name="x", metadata=meta)
     if any(k.startswith("text_encoder.") for k in state_dict):
-        Loader.load_lora_into_text_encoder(state_dict, alphas, te, prefix="text_encoder", adapter_name="x")
+        Loader.load_lora_into_text_encoder(
+            state_dict, alphas, te, prefix="text_encoder", adapter_name="x", metadata=meta
+        )
     return outputs(unet, te)
 
 
@@ -124,3 +127,28 @@ def reference_outputs(
             w = models[comp].get_submodule(path).weight
             w += torch.from_numpy(d.astype(np.float32)).reshape(w.shape)
     return outputs(unet, te)
+
+
+def diffusers_folder(path: Path, unet: torch.nn.Module, te: torch.nn.Module, seed: int) -> Path:
+    """A LoRA folder written by diffusers' own ``save_lora_weights`` from PEFT adapters on copies
+    of the models (random B, alpha != r, a rank pattern on the convs), with their configs as
+    ``lora_adapter_metadata``."""
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    unet, te = copy.deepcopy(unet), copy.deepcopy(te)
+    torch.manual_seed(seed)
+    ucfg = LoraConfig(
+        r=4, lora_alpha=8, target_modules=UNET_TARGETS, rank_pattern={"conv1": 2}, init_lora_weights=False
+    )
+    tcfg = LoraConfig(r=4, lora_alpha=2, target_modules=TE_TARGETS, init_lora_weights=False)
+    unet.add_adapter(ucfg)
+    te = inject_adapter_in_model(tcfg, te)  # transformers' add_adapter wants a newer PEFT
+    Loader.save_lora_weights(
+        str(path),
+        unet_lora_layers=get_peft_model_state_dict(unet),
+        text_encoder_lora_layers=get_peft_model_state_dict(te),
+        unet_lora_adapter_metadata=ucfg.to_dict(),
+        text_encoder_lora_adapter_metadata=tcfg.to_dict(),
+    )
+    return path
