@@ -13,6 +13,7 @@ from . import __version__
 from .adapter import expand_paths, open_adapters
 from .demo import run_demo
 from .errors import RankwiseError
+from .formats import FORMATS
 from .merging import merge, merge_methods
 from .pool import AdapterPool
 from .threads import set_num_threads
@@ -39,16 +40,20 @@ def _fmt_params(n: int) -> str:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     folders = expand_paths(args.adapters)
-    adapters = open_adapters(folders, check_finite=not args.fast)
+    adapters = open_adapters(folders, check_finite=not args.fast, format=args.format)
     for adapter in adapters:
         print(
-            f"{adapter.path}  ({len(adapter.modules)} modules, {_fmt_params(adapter.num_params)} params, "
+            f"{adapter.path}  ({adapter.format} layout, {len(adapter.modules)} modules, "
+            f"{_fmt_params(adapter.num_params)} params, "
             f"{adapter.config.get('base_model_name_or_path') or 'base model not named'})"
         )
         groups: dict[tuple[Any, ...], list[Any]] = {}
         for m in adapter.modules.values():
             label = m.name if args.all else m.name.rsplit(".", 1)[-1]
-            groups.setdefault((label, m.rank, m.alpha, m.scaling, m.d_out, m.d_in, m.dtype), []).append(m)
+            # conv LoRA: out × in × kh × kw
+            shape = f"{m.d_out}×{m.d_in}" if m.kernel is None else f"{m.d_out}×{m.d_in // (m.kernel[0] * m.kernel[1])}"
+            shape += "".join(f"×{k}" for k in m.kernel or ())
+            groups.setdefault((label, m.rank, m.alpha, m.scaling, shape, m.dtype), []).append(m)
         rows = [
             [
                 label,
@@ -56,11 +61,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                 r,
                 _fmt_num(alpha),
                 _fmt_num(round(s, 6)),
-                f"{o}×{i}",
+                shape,
                 dt,
                 _fmt_params(sum(x.num_params for x in ms)),
             ]
-            for (label, r, alpha, s, o, i, dt), ms in groups.items()
+            for (label, r, alpha, s, shape, dt), ms in groups.items()
         ]
         print(_table(rows, ["module", "count", "rank", "alpha", "scaling", "out×in", "dtype", "params"]))
         print()
@@ -82,7 +87,7 @@ def _parse_options(items: Sequence[str]) -> dict[str, Any]:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    pool = AdapterPool.load(args.adapters)
+    pool = AdapterPool.load(args.adapters, format=args.format)
     t_load = time.perf_counter() - t0
     options = _parse_options(args.option or [])
     if args.rank is not None:
@@ -92,7 +97,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     weights = [float(w) for w in args.weights.split(",")] if args.weights else None
     merged = merge(pool, args.method, weights=weights, dtype=args.dtype, progress=not args.quiet, **options)
     t_merge = time.perf_counter() - t0 - t_load
-    out = merged.save(args.output, overwrite=args.overwrite)
+    out = merged.save(args.output, overwrite=args.overwrite, format=args.output_format)
     total = time.perf_counter() - t0
     ranks = sorted({m.rank for m in merged.modules.values()})
     src_ranks = sorted({m.rank for a in pool for m in a.modules.values()})
@@ -122,15 +127,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="threads for the Rust core (default: all cores)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("inspect", help="describe PEFT LoRA adapter folders")
-    s.add_argument("adapters", nargs="+", help="adapter folders or globs")
+    formats = ", ".join(FORMATS)
+    s = sub.add_parser("inspect", help="describe LoRA adapters (PEFT folders, kohya / diffusers files)")
+    s.add_argument("adapters", nargs="+", help="adapter folders, .safetensors files or globs")
+    s.add_argument("--format", choices=FORMATS, default=None, help=f"force the layout ({formats}; default: detected)")
     s.add_argument("--all", action="store_true", help="one row per module instead of per projection")
     s.add_argument("--fast", action="store_true", help="skip the NaN/Inf scan of the weights")
     s.set_defaults(func=cmd_inspect)
 
-    s = sub.add_parser("merge", help="merge adapter folders into one PEFT adapter")
-    s.add_argument("adapters", nargs="+", help="adapter folders or globs")
-    s.add_argument("-o", "--output", required=True, help="output folder (created atomically)")
+    s = sub.add_parser("merge", help="merge adapters into one, in their layout")
+    s.add_argument("adapters", nargs="+", help="adapter folders, .safetensors files or globs")
+    s.add_argument(
+        "-o", "--output", required=True, help="output folder, or .safetensors file for kohya/diffusers (atomic)"
+    )
+    s.add_argument("--format", choices=FORMATS, default=None, help=f"force the inputs' layout ({formats})")
+    s.add_argument("--output-format", choices=FORMATS, default=None, help="layout written (default: the inputs')")
     s.add_argument("--method", default="lego", help="merge method (default lego); see `rankwise methods`")
     s.add_argument("--rank", type=int, default=None, help="rank k of the merged adapter (lego)")
     s.add_argument("--weights", default=None, help="comma-separated per-adapter weights")

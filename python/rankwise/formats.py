@@ -46,23 +46,26 @@ def locate(path: Path, fmt: str | None = None) -> Located:
     """The weights file of ``path`` and its layout when the path alone tells it."""
     check_format(fmt)
     if not path.exists():
-        raise AdapterNotFoundError(f"{path}: does not exist")
+        raise AdapterNotFoundError(f"{path}: adapter folder does not exist (nor a LoRA file)")
     if path.is_dir():
-        if fmt == "peft" or (fmt is None and (path / pf.CONFIG_NAME).is_file()):
-            return Located(path, pf.weights_path(path), "peft")
+        peft_like = (path / pf.CONFIG_NAME).is_file() or any(
+            (path / n).is_file() for n in (pf.WEIGHTS_NAME, "adapter_model.bin")
+        )
         files = sorted(path.glob("*.safetensors"))
+        if fmt == "peft" or (fmt is None and (peft_like or not files)):
+            pf.read_config(path)  # the PEFT errors: a missing or bad config
+            return Located(path, pf.weights_path(path), "peft")
         preferred = [f for f in files if f.name == df.WEIGHTS_NAME]
         if preferred or len(files) == 1:
             return Located(path, (preferred or files)[0], fmt)
-        if not files:
-            raise AdapterNotFoundError(f"{path}: no {pf.CONFIG_NAME} and no .safetensors file: not an adapter")
         raise AdapterFormatError(
             f"{path}: holds {len(files)} .safetensors files and no {pf.CONFIG_NAME}; name the file to load"
         )
-    if fmt == "peft":
-        raise AdapterFormatError(f"{path}: is a file; a PEFT adapter is a folder with {pf.CONFIG_NAME}")
-    if path.suffix != ".safetensors":
-        raise AdapterFormatError(f"{path}: not a .safetensors file (pickled weights are not read: unsafe)")
+    if fmt == "peft" or path.suffix != ".safetensors":
+        raise AdapterFormatError(
+            f"{path}: is not a folder (expected a PEFT adapter folder) nor a .safetensors LoRA file "
+            "(kohya / diffusers; pickled weights are not read: unsafe)"
+        )
     return Located(path, path, fmt)
 
 
