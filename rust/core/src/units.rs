@@ -605,12 +605,14 @@ mod tests {
         let a: Vec<f32> = (0..r * d_in).map(|i| (i as f32 * 0.37).sin()).collect();
         let b: Vec<f32> = (0..d_out * r).map(|i| (i as f32 * 0.11).cos()).collect();
         let conv = dir.join("conv.st");
-        let t = |name, shape, data| TensorOut {
-            name,
-            dtype: DType::F32,
-            shape,
-            data,
-        };
+        fn t<'a>(name: &'a str, shape: &'a [usize], data: &'a [f32]) -> TensorOut<'a> {
+            TensorOut {
+                name,
+                dtype: DType::F32,
+                shape,
+                data,
+            }
+        }
         write(
             &conv,
             &[
