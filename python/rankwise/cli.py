@@ -15,6 +15,8 @@ from .demo import run_demo
 from .errors import RankwiseError
 from .formats import FORMATS
 from .merging import merge, merge_methods
+from .methods import METHODS
+from .methods.weighting import RULE, describe
 from .pool import AdapterPool
 from .threads import set_num_threads
 
@@ -94,8 +96,17 @@ def cmd_merge(args: argparse.Namespace) -> int:
         options["rank"] = args.rank
     if args.seed is not None:
         options["seed"] = args.seed
-    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
-    merged = merge(pool, args.method, weights=weights, dtype=args.dtype, progress=not args.quiet, **options)
+    weights = _parse_weights(args.weights, "--weights")
+    peft_weights = _parse_weights(args.peft_weights, "--peft-weights")
+    merged = merge(
+        pool,
+        args.method,
+        weights=weights,
+        peft_weights=peft_weights,
+        dtype=args.dtype,
+        progress=not args.quiet,
+        **options,
+    )
     t_merge = time.perf_counter() - t0 - t_load
     out = merged.save(args.output, overwrite=args.overwrite, format=args.output_format)
     total = time.perf_counter() - t0
@@ -104,14 +115,42 @@ def cmd_merge(args: argparse.Namespace) -> int:
     print(
         f"merged {len(pool)} adapters ({len(pool.modules)} modules, source ranks {src_ranks}) "
         f"with {args.method} -> rank {ranks[0] if len(ranks) == 1 else ranks}, {merged.dtype}\n"
+        f"{_target_line(merged.merge_info or {})}\n"
         f"wrote {out}\n"
         f"time: {total:.2f}s (load {t_load:.2f}s, merge {t_merge:.2f}s, write {total - t_load - t_merge:.2f}s)"
     )
     return 0
 
 
+def _parse_weights(text: str | None, flag: str) -> list[float] | None:
+    if not text:
+        return None
+    try:
+        return [float(w) for w in text.split(",")]
+    except ValueError:
+        raise RankwiseError(f"{flag} takes comma-separated numbers, got {text!r}") from None
+
+
+def _fmt_weights(w: Sequence[float]) -> str:
+    if len(set(w)) == 1:
+        return f"{w[0]:.6g} for each of the {len(w)}"
+    shown = ", ".join(f"{x:.6g}" for x in w[:8])
+    return f"[{shown}{', ...' if len(w) > 8 else ''}]"
+
+
+def _target_line(info: dict[str, Any]) -> str:
+    """The weights rule as this merge applied it (methods/weighting.py)."""
+    w, p = info.get("weights"), info.get("peft_weights")
+    rule = "Σ w_j ΔW_j with w = " + (_fmt_weights(w) if w is not None else "none (PEFT's scale cancels on copies)")
+    if p is not None and (w is None or any(abs(x - y) > 1e-12 * max(abs(x), abs(y)) for x, y in zip(p, w))):
+        return f"target: {rule} (PEFT's {info['method']} run with weights {_fmt_weights(p)})"
+    return f"target: {rule}"
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
-    print("\n".join(f"{k:22s} {v}" for k, v in merge_methods().items()))
+    print(f"{RULE}.\nPEFT's add_weighted_adapter weights: --peft-weights (rw.merge(..., peft_weights=...)).\n")
+    for k, v in merge_methods().items():
+        print(f"{k:22s} {v}\n{'':22s} weights: {describe(METHODS[k].peft_factor)}")
     return 0
 
 
@@ -144,7 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output-format", choices=FORMATS, default=None, help="layout written (default: the inputs')")
     s.add_argument("--method", default="lego", help="merge method (default lego); see `rankwise methods`")
     s.add_argument("--rank", type=int, default=None, help="rank k of the merged adapter (lego)")
-    s.add_argument("--weights", default=None, help="comma-separated per-adapter weights")
+    s.add_argument(
+        "--weights",
+        default=None,
+        help="comma-separated per-adapter task-arithmetic coefficients: the target is Σ w_j ΔW_j (default 1/N each)",
+    )
+    s.add_argument(
+        "--peft-weights",
+        default=None,
+        help="instead of --weights: the weights PEFT's add_weighted_adapter would get (PEFT's numerics)",
+    )
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--dtype", default=None, help="output dtype (default: the inputs')")
     s.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option, e.g. density=0.5")

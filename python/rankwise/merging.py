@@ -21,7 +21,8 @@ import numpy as np
 from . import _core
 from .adapter import Adapter, normalize_dtype
 from .errors import OptionError
-from .methods import METHODS, Factors, MergeMethod, ModuleContext
+from .methods import METHODS, Factors, MergeMethod, ModuleContext, weighting
+from .methods.weighting import Weighting
 from .pool import AdapterPool
 
 __all__ = ["get_method", "merge", "merge_methods", "prune"]
@@ -44,14 +45,18 @@ def merge(
     method: str = "lego",
     *,
     weights: Sequence[float] | None = None,
+    peft_weights: Sequence[float] | None = None,
     dtype: str | None = None,
     progress: bool | Callable[[int, int, str], None] = False,
     **options: Any,
 ) -> Adapter:
     """Merges the adapters of ``pool`` with ``method`` into one Adapter.
 
-    ``pool``: an AdapterPool, or paths/a glob to load one. ``weights``: one per adapter
-    (default 1). ``dtype``: of the written factors (default: the pool's dtype when all
+    ``pool``: an AdapterPool, or paths/a glob to load one. ``weights``: one per adapter,
+    task-arithmetic coefficients: every method's target is Σ_j w_j·ΔW_j (default 1/N, the
+    mean; ``methods/weighting.py``). ``peft_weights``: instead of ``weights``, for a method of
+    PEFT's ``add_weighted_adapter``: the weights PEFT would be given, for PEFT's numerics.
+    ``dtype``: of the written factors (default: the pool's dtype when all
     adapters share one, else float32). ``progress``: True for a tqdm bar on stderr, or a
     callable ``(done, total, module)``. Other keywords are the method's options.
     """
@@ -61,7 +66,8 @@ def merge(
     unknown = sorted(set(options) - set(m.params))
     if unknown:
         raise OptionError(f"method {method!r} has no option(s) {', '.join(unknown)}; it takes: {', '.join(m.params)}")
-    w = pool.check_weights(weights)
+    wts = _weighting(pool, m, weights, peft_weights)
+    w = wts.run
     opts = m.prepare(pool, w, dict(options)) if m.prepare else dict(options)
     out_dtype = normalize_dtype(dtype) if dtype is not None else _pool_dtype(pool)
 
@@ -105,6 +111,7 @@ def merge(
         "method": method,
         "adapters": len(pool),
         "modules": len(modules),
+        **wts.info(),
         "seconds": time.perf_counter() - t0,
         "timings": timings,
         "options": {k: v for k, v in opts.items() if _jsonable(v)},
@@ -160,6 +167,17 @@ def _merge_parallel(
             for f in pending.values():
                 f.cancel()
             raise
+
+
+def _weighting(
+    pool: AdapterPool, m: MergeMethod, weights: Sequence[float] | None, peft_weights: Sequence[float] | None
+) -> Weighting:
+    if weights is not None and peft_weights is not None:
+        raise OptionError("pass weights= (the rule's coefficients) or peft_weights= (PEFT's), not both")
+    if peft_weights is not None:
+        return weighting.resolve(m.name, m.peft_factor, None, pool.check_weights(peft_weights))
+    w = pool.check_weights(weights) if weights is not None else np.full(len(pool), 1.0 / len(pool))
+    return weighting.resolve(m.name, m.peft_factor, w, None)
 
 
 def _pool_dtype(pool: AdapterPool) -> str:

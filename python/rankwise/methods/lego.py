@@ -11,9 +11,10 @@ variance expansion"):
 - output reweighting (``scale="union"``): the merged delta is multiplied by sqrt(r̄/k), r̄ the
   mean source rank of the module (k roughly independent units sum with k/r̄ times the variance).
 
-``scale="mass"`` is the alternative target: centroid c is weighted by n_c / Σ_j w_j (n_c the
-number of units in its cluster), so the merged delta approximates the weighted average
-Σ_j w_j·ΔW_j / Σ_j w_j instead of a union of units. Output reweighting does not apply there.
+``scale="mass"`` is the alternative target: centroid c is weighted by n_c (the number of units
+in its cluster), the sum of its members, so the merged delta approximates Σ_j w_j·ΔW_j (the
+mean for the default w = 1/N; methods/weighting.py) instead of a union of units.
+Output reweighting does not apply there.
 
 Identity (tested): with k = the number of units and no reweighting, every cluster is one unit
 and ``scale="union"`` reproduces Σ_j w_j·ΔW_j exactly (concatenation-summation equivalence).
@@ -68,8 +69,6 @@ def _prepare(pool: AdapterPool, weights: np.ndarray, opts: dict[str, Any]) -> di
         v = opts.get(name, 1)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise OptionError(f"{name} must be a positive int, got {v!r}")
-    if opts.get("scale", "mass") == "mass" and not weights.sum() > 0:
-        raise OptionError(f"scale='mass' needs weights with a positive sum, got {list(weights)}")
     return opts
 
 
@@ -146,7 +145,7 @@ def lego(
             b = _restore_norm(b, norm_b)
             a = _restore_norm(a, norm_a)
         if scale == "mass":
-            b = b * (counts / ctx.weights.sum())[:, None]
+            b = b * counts[:, None]
         elif reweight in (True, "output"):
             r_bar = float(np.mean(ctx.ranks))
             b = b * np.sqrt(r_bar / k)
