@@ -225,6 +225,8 @@ class Adapter:
         """Takes ``other``'s layout, metadata, key names and conv kernels for the modules both
         have (a merge's result keeps its pool's), so that ``save`` writes what ``other`` was."""
         self.format, self.metadata = other.format, dict(other.metadata)
+        if other.format == "peft":  # PEFT keys are rankwise's own (prefixed) names
+            return self
         for name, info in self.modules.items():
             o = other.modules.get(name)
             if o is not None and (o.d_in, o.d_out) == (info.d_in, info.d_out):
