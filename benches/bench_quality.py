@@ -35,6 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C
+from quality.assembly_table import assembly_table
 from quality.merging import (
     REFERENCES,
     Config,
@@ -86,7 +87,16 @@ def run_all(args: argparse.Namespace) -> tuple[list[Pool], dict[str, PoolRun], l
             f"{len(res)} merges+evals in {time.perf_counter() - t1:.1f} s",
             file=sys.stderr,
         )
-    return pools, runs, results, ws.trained
+    trained = ws.trained
+    if args.lm:
+        from quality.lm import run_lm_pool
+
+        t0 = time.perf_counter()
+        lm_results, lm_trained, args.lm_desc = run_lm_pool(args.cache, seeds)
+        results += lm_results
+        trained += lm_trained
+        print(f"lm: {len(lm_results)} merges+evals in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return pools, runs, results, trained
 
 
 # ---------------------------------------------------------------------------------- tables
@@ -260,6 +270,18 @@ def report(pools: list[Pool], runs: dict[str, PoolRun], results: list[Result], a
     recommended = [lego_label(f) for f in RECOMMENDED]
     chosen = [lb for lb in dict.fromkeys([default, *recommended, *top[:5], *top_rank[:3]]) if lb in sc.configs]
     out = []
+    out.append("### LEGO's default assembly against the baselines (issue 14)\n")
+    out.append(
+        'default: `assembly="projection-norm"` (weights 1/N: the target is the mean) at rank r, 2r, 4r; '
+        "svd and exact mean (cat) with weights 1/N; spread: max − min over the merge seeds; "
+        "‖merged‖/‖T‖: median over modules; LOPO: the LEGO setting with the best mean on the other "
+        "pools, scored on this one; legacy: the earlier default (mass+param, k = 2r).\n"
+    )
+    names = [p.name for p in pools] + (["lm"] if any(r.pool == "lm" for r in results) else [])
+    out.append(assembly_table(results, names, C.md_table))
+    if getattr(args, "lm_desc", None):
+        out.append("\n" + args.lm_desc + ".\n")
+    out.append("")
     out.append("### Summary: mean normalized accuracy per pool (± std over merge seeds)\n")
     out.append(
         "worst gap: the largest shortfall, over pools, from the best merge found for that pool "
@@ -270,7 +292,7 @@ def report(pools: list[Pool], runs: dict[str, PoolRun], results: list[Result], a
     out.append(
         f"\n`{default}` is the paper-literal setting (lego's first default); "
         + ", ".join(f"`{lb}`" for lb in recommended)
-        + " the recommended options, the second lego's default (see the notes above). "
+        + ' the earlier recommended options (now `assembly="legacy"`; the default is in the table above). '
         "Other LEGO rows: the five best by mean over pools, the three best by mean rank over pools "
         "(a configuration's rank among all LEGO configurations, averaged over pools: rewards "
         "consistency). A starred mean is over the pools the method could run on (n/a: it needs "
@@ -319,7 +341,8 @@ def dump(results: list[Result], path: Path) -> None:
     rows = [
         {"pool": r.pool, "label": r.config.label, "family": r.config.family, "method": r.config.method,
          "options": {k: v for k, v in r.config.options}, "weights": r.config.weights, "factors": r.config.fac(),
-         "seed": r.seed, "score": r.score, "acc": r.acc, "norm": r.norm, "seconds": r.seconds, "error": r.error}
+         "seed": r.seed, "score": r.score, "acc": r.acc, "norm": r.norm, "seconds": r.seconds, "error": r.error,
+         "norm_ratio": r.norm_ratio}
         for r in results
     ]  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -335,10 +358,12 @@ def main() -> None:
     p.add_argument("--fresh", action="store_true", help="retrain the base and the adapters")
     p.add_argument("--json", type=Path, default=None, help="write every result here (default: under --cache)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-lm", dest="lm", action="store_false", help="skip the language-model pool (quality/lm.py)")
     p.add_argument("--write", action="store_true", help="replace the bench_quality section of RESULTS.md")
     args = p.parse_args()
     if args.seeds is None:
-        args.seeds = 1 if args.quick else 3
+        args.seeds = 1 if args.quick else 5
+    args.lm = args.lm and not args.quick
     if args.fresh:
         import shutil
 
@@ -363,7 +388,8 @@ def main() -> None:
             "## Merge quality (bench_quality.py)\n\n"
             f"Command: `{C.command_line()}` ({wall:.0f} s; "
             + (f"{trained} models trained in the run" if trained else "base and adapters from the cache")
-            + "; from scratch it takes about 90 s on a quiet machine).\n\n"
+            + "; from scratch the digit pools take about 90 s on a quiet machine, the `lm` pool about "
+            "10 min on a loaded 2-core host).\n\n"
             f"{C.machine_info()}\n\n"
         )
         notes = Path(__file__).resolve().parent / "quality" / "NOTES.md"

@@ -264,7 +264,7 @@ def test_lego_with_aligned_init_recovers_scrambled_copies(tmp_path: Path) -> Non
         pytest.skip("the k-means binding is not built yet")
     ref = _random_adapter(0, rank=6)
     pool = _saved_pool(tmp_path, [ref] + [_scrambled(ref, s) for s in (1, 2, 3)])
-    merged = rw.merge(pool, "lego", init="aligned", canonicalize=True, scale="mass")
+    merged = rw.merge(pool, "lego", init="aligned", canonicalize=True, assembly="legacy", scale="mass")
     _assert_same_deltas(merged, ref, 1e-4)
     merged = rw.merge(pool, "lego", rank=3, init="aligned", canonicalize=True)  # falls back to k-means++
     assert all(m.rank == 3 for m in merged.modules.values())

@@ -10,7 +10,7 @@ import pytest
 
 import rankwise as rw
 from peft_factory import lora_layers, make_adapter, peft_model
-from precision import assert_centroids_match
+from precision import assert_centroids_match, assert_within, gamma
 from rankwise import _core
 from rankwise.adapter import Adapter
 
@@ -34,6 +34,7 @@ def test_k_equal_units_without_reweighting_is_the_concatenation(
         "lego",
         rank=k,
         weights=w,
+        assembly="legacy",
         reweight=False,
         scale="union",
         features=features,
@@ -48,7 +49,7 @@ def test_mass_scale_with_k_equal_units_is_the_weighted_sum(mixed_pool: rw.Adapte
     """The weights rule (methods/weighting.py): Σ_j w_j ΔW_j, the mean for the default 1/N."""
     k = {m: sum(mixed_pool.ranks(m)) for m in mixed_pool.modules}
     for w in ([0.5, 1.0, 2.0], None):
-        merged = rw.merge(mixed_pool, "lego", rank=k, weights=w, reweight=False, scale="mass")
+        merged = rw.merge(mixed_pool, "lego", rank=k, weights=w, assembly="legacy", reweight=False, scale="mass")
         coef = w or [1 / 3] * 3
         for name in mixed_pool.modules:
             want = weighted_sum(mixed_pool, name, coef)
@@ -82,52 +83,228 @@ def reference_lego(
     return delta
 
 
-@pytest.mark.parametrize(
-    ("reweight", "scale"),
-    [(True, "union"), ("param", "union"), ("output", "union"), (False, "union"), (True, "mass"), (False, "mass")],
-)
-def test_merged_delta_follows_the_formulas_and_loads_in_peft(tmp_path: Path, reweight: bool | str, scale: str) -> None:
-    """Adapters built from 3 well-separated prototype units per module (so the clusters are known
-    by construction), merged at k=3; the delta PEFT sees equals the numpy reference."""
+H = 32  # d_out = d_in of the prototype pools
+
+
+def prototype_pool(
+    tmp_path: Path, *, permute: bool = False, rescale: bool = False
+) -> tuple[rw.AdapterPool, dict[str, np.ndarray]]:
+    """4 rank-2 adapters of q_proj built from 3 well-separated prototype units per module (so the
+    clusters are known by construction), and the true cluster of each unit. ``permute`` reverses
+    each adapter's unit order, ``rescale`` replaces each unit (b, a) by (c·b, a/c): the same
+    adapters as rank-one updates (same rng draws either way)."""
     rng = np.random.default_rng(0)
-    h = 32
     ref = make_adapter(tmp_path / "shape", r=2, target_modules=["q_proj"])
     names = list(rw.load_adapter(ref).modules)
-    protos = {m: rng.standard_normal((3, 2 * h)) for m in names}
+    protos = {m: rng.standard_normal((3, 2 * H)) for m in names}
     truth: dict[str, list[int]] = {m: [] for m in names}
     dirs = []
     for j in range(4):
         factors = {}
         for m in names:
             pick = rng.choice(3, size=2, replace=False)
+            u = protos[m][pick] * rng.uniform(0.7, 1.3, size=(2, 1)) + 0.05 * rng.standard_normal((2, 2 * H))
+            c = rng.uniform(0.3, 3.0, size=(2, 1))
+            if rescale:
+                u = np.hstack([u[:, :H] * c, u[:, H:] / c])
+            if permute:
+                u, pick = u[::-1], pick[::-1]
             truth[m] += list(pick)
-            u = protos[m][pick] * rng.uniform(0.7, 1.3, size=(2, 1)) + 0.05 * rng.standard_normal((2, 2 * h))
-            factors[m] = (u[:, h:].astype(np.float32), np.ascontiguousarray(u[:, :h].T, dtype=np.float32))
+            factors[m] = (u[:, H:].astype(np.float32), np.ascontiguousarray(u[:, :H].T, dtype=np.float32))
         cfg = rw.load_adapter(ref).config
-        dirs.append(Adapter.from_factors(factors, base_config=cfg).save(tmp_path / f"p{j}"))
-    pool = rw.AdapterPool.load(dirs)
-    merged = rw.merge(pool, "lego", rank=3, reweight=reweight, scale=scale, seed=1, features="raw", canonicalize=False)
+        suffix = f"{int(permute)}{int(rescale)}"
+        dirs.append(Adapter.from_factors(factors, base_config=cfg).save(tmp_path / f"p{j}-{suffix}"))
+    return rw.AdapterPool.load(dirs), {m: np.array(t) for m, t in truth.items()}
+
+
+@pytest.mark.parametrize(
+    ("reweight", "scale"),
+    [(True, "union"), ("param", "union"), ("output", "union"), (False, "union"), (True, "mass"), (False, "mass")],
+)
+def test_legacy_delta_follows_the_old_formulas_and_loads_in_peft(
+    tmp_path: Path, reweight: bool | str, scale: str
+) -> None:
+    """assembly="legacy" reproduces the earlier default's formulas (reference_lego) at k=3 on a
+    pool whose clusters are known; the delta PEFT sees equals the numpy reference."""
+    pool, truth = prototype_pool(tmp_path)
+    merged = rw.merge(
+        pool,
+        "lego",
+        rank=3,
+        assembly="legacy",
+        reweight=reweight,
+        scale=scale,
+        seed=1,
+        features="raw",
+        canonicalize=False,
+    )
     out = merged.save(tmp_path / "merged")
     layers = lora_layers(peft_model(out))
     param = reweight in (True, "param")
     output = reweight in (True, "output")
-    for m in names:
-        units = pool.unit_matrix(m, [0.25] * 4)[0]  # the default weights, 1/N
-        labels = np.array(truth[m])
-        want = reference_lego(units, labels, 3, h, param=param, output=output, mass=scale == "mass", r_bar=2.0)
+    for m in pool.modules:
+        units = pool.unit_matrix(m, [1 / len(pool)] * len(pool))[0]  # the default weights, 1/N
+        want = reference_lego(units, truth[m], 3, H, param=param, output=output, mass=scale == "mass", r_bar=2.0)
         got = layers[m].get_delta_weight("a0").detach().numpy()
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_legacy_defaults_are_the_old_default(tmp_path: Path) -> None:
+    """assembly="legacy" alone is the earlier default: rank 2r, normalized canonical features,
+    parameter reweighting, mass scale (the same bytes as spelling those out)."""
+    pool, _ = prototype_pool(tmp_path)
+    short = rw.merge(pool, "lego", assembly="legacy", seed=3)
+    spelled = rw.merge(
+        pool,
+        "lego",
+        assembly="legacy",
+        rank=4,
+        features="normalized",
+        canonicalize=True,
+        reweight=True,
+        scale="mass",
+        seed=3,
+    )
+    for m in pool.modules:
+        assert short.modules[m].rank == 4
+        np.testing.assert_array_equal(short.delta(m), spelled.delta(m))
+
+
+def reference_paper(units: np.ndarray, labels: np.ndarray, k: int, d_out: int, r_bar: float) -> np.ndarray:
+    """assembly="paper" written out: centroid = mean unit, rescaled to its members' mean L∞ norm
+    (of the whole unit [b ; a]), and the delta × √(r̄/k)."""
+    delta = np.zeros((d_out, units.shape[1] - d_out))
+    for c in range(k):
+        members = units[labels == c].astype(np.float64)
+        cent = members.mean(axis=0)
+        cent *= np.mean([np.max(np.abs(u)) for u in members]) / np.max(np.abs(cent))
+        delta += np.outer(cent[:d_out], cent[d_out:])
+    return delta * np.sqrt(r_bar / k)
+
+
+def test_paper_assembly_against_numpy(tmp_path: Path) -> None:
+    pool, truth = prototype_pool(tmp_path)
+    merged = rw.merge(pool, "lego", rank=3, assembly="paper", seed=1, features="raw", canonicalize=False)
+    for m in pool.modules:
+        want = reference_paper(pool.unit_matrix(m, [0.25] * 4)[0], truth[m], 3, H, r_bar=2.0)
+        np.testing.assert_allclose(merged.delta(m), want, rtol=1e-4, atol=1e-5)
+
+
+def orth(rows: np.ndarray) -> np.ndarray:
+    """Orthonormal basis of the span of rows, by numpy's QR (columns)."""
+    q, _ = np.linalg.qr(rows.T)
+    return q
+
+
+def reference_projection(units: np.ndarray, labels: np.ndarray, k: int, d_out: int, *, norm: bool) -> np.ndarray:
+    """Dense: T = Σ units, U/V = orth(centroid b/a parts), U (UᵀTV) Vᵀ, rescaled to ‖T‖_F if norm."""
+    units = units.astype(np.float64)
+    t = units[:, :d_out].T @ units[:, d_out:]
+    cent = np.stack([units[labels == c].mean(axis=0) for c in range(k)])
+    u, v = orth(cent[:, :d_out]), orth(cent[:, d_out:])
+    proj = u @ (u.T @ t @ v) @ v.T
+    return proj * np.linalg.norm(t) / np.linalg.norm(proj) if norm else proj
+
+
+@pytest.mark.parametrize("assembly", ["projection", "projection-norm"])
+@pytest.mark.parametrize("features", ["raw", "normalized"])
+def test_projection_equals_the_dense_projection(tmp_path: Path, assembly: str, features: str) -> None:
+    """The core (X_b U)ᵀ (X_a V) gives the dense U UᵀTV Vᵀ; projection-norm has ‖T‖_F exactly
+    (Gram path) and loads in PEFT with that delta."""
+    pool, truth = prototype_pool(tmp_path)
+    merged = rw.merge(pool, "lego", rank=3, assembly=assembly, seed=1, features=features, canonicalize=False)
+    layers = lora_layers(peft_model(merged.save(tmp_path / "merged")))
+    for m in pool.modules:
+        units = pool.unit_matrix(m, [0.25] * 4)[0]
+        want = reference_projection(units, truth[m], 3, H, norm=assembly == "projection-norm")
+        got = layers[m].get_delta_weight("a0").detach().numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+        t = np.linalg.norm(weighted_sum(pool, m, [0.25] * 4))
+        ratio = np.linalg.norm(merged.delta(m)) / t
+        if assembly == "projection-norm":
+            assert abs(ratio - 1) < 1e-5
+        else:
+            assert ratio <= 1 + 1e-5  # a projection is never longer than its target
+
+
+def test_estimated_norm_is_close_and_deterministic(tmp_path: Path) -> None:
+    """norm="estimate" (the path for large modules): same direction as the exact path, ‖merged‖
+    within 5% of ‖T‖ at 64 probes here (the in-subspace part is exact, only the remainder
+    ‖T (I − VVᵀ)‖ is estimated), and the same bytes for the same seed."""
+    pool, _ = prototype_pool(tmp_path)
+    exact = rw.merge(pool, "lego", rank=2, seed=1, norm="exact")
+    est = rw.merge(pool, "lego", rank=2, seed=1, norm="estimate")
+    again = rw.merge(pool, "lego", rank=2, seed=1, norm="estimate")
+    for m in pool.modules:
+        t = np.linalg.norm(weighted_sum(pool, m, [0.25] * 4))
+        d_exact, d_est = exact.delta(m), est.delta(m)
+        proj = np.linalg.norm(rw.merge(pool, "lego", rank=2, seed=1, assembly="projection").delta(m))
+        assert proj < 0.97 * t  # rank 2 of 3 clusters: a remainder worth estimating
+        assert abs(np.linalg.norm(d_exact) / t - 1) < 1e-5
+        assert abs(np.linalg.norm(d_est) / t - 1) < 0.05
+        np.testing.assert_allclose(d_est / np.linalg.norm(d_est), d_exact / np.linalg.norm(d_exact), atol=1e-5)
+        np.testing.assert_array_equal(d_est, again.delta(m))
+
+
+def test_projection_is_invariant_to_unit_order_and_rescaling(tmp_path: Path) -> None:
+    """Reordering each adapter's units, or (b, a) -> (c·b, a/c), is the same pool of updates:
+    the default merge gives the same delta (up to float32 rounding)."""
+    base, _ = prototype_pool(tmp_path)
+    ref = rw.merge(base, "lego", rank=3, seed=2)
+    for kw in ({"permute": True}, {"rescale": True}, {"permute": True, "rescale": True}):
+        pool, _ = prototype_pool(tmp_path, **kw)
+        got = rw.merge(pool, "lego", rank=3, seed=2)
+        for m in base.modules:
+            np.testing.assert_allclose(got.delta(m), ref.delta(m), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("assembly", ["projection", "projection-norm"])
+def test_projection_with_k_equal_units_is_the_target(mixed_pool: rw.AdapterPool, assembly: str) -> None:
+    """At k = all units the centroids are the units, their spans contain T, so U UᵀTV Vᵀ = T
+    (with or without the rescale), within float32 product bounds."""
+    w = [0.5, 1.0, 2.0]
+    k = {m: sum(mixed_pool.ranks(m)) for m in mixed_pool.modules}
+    merged = rw.merge(mixed_pool, "lego", rank=k, weights=w, assembly=assembly)
+    for m in mixed_pool.modules:
+        units = mixed_pool.unit_matrix(m, w)[0].astype(np.float64)
+        xb, xa = units[:, : mixed_pool.shape(m)[0]], units[:, mixed_pool.shape(m)[0] :]
+        # float32 products of n·d terms through two bases: a few γ_(n+d) of |X_b|ᵀ|X_a|.
+        bound = 8 * gamma(units.shape[0] + units.shape[1]) * (np.abs(xb).T @ np.abs(xa)).max()
+        assert_within(merged.delta(m), xb.T @ xa, bound, m)
 
 
 def test_rank_mapping_and_default_rank(mixed_pool: rw.AdapterPool) -> None:
     merged = rw.merge(mixed_pool, "lego", rank={"q_proj": 3, "v_proj": 2})
     assert {n: m.rank for n, m in merged.modules.items()} == {n: 3 if "q_proj" in n else 2 for n in mixed_pool.modules}
-    # Default: 2 × the most common source rank (ties: the larger), capped at the units available.
-    # q_proj: ranks 2, 4, 3 -> 8 (9 units); v_proj: ranks 2, 4, 1 -> 8 capped at 7 units.
+    # Default: 4 × the most common source rank (ties: the larger), capped at the units available
+    # (legacy: 2 ×). q_proj: ranks 2, 4, 3 -> 16 capped at 9 units, legacy 8; v_proj: ranks
+    # 2, 4, 1 -> 16 and 8 capped at 7 units.
     default = rw.merge(mixed_pool, "lego")
-    assert {n: m.rank for n, m in default.modules.items()} == {n: 8 if "q_proj" in n else 7 for n in mixed_pool.modules}
+    assert {n: m.rank for n, m in default.modules.items()} == {n: 9 if "q_proj" in n else 7 for n in mixed_pool.modules}
+    legacy = rw.merge(mixed_pool, "lego", assembly="legacy")
+    assert {n: m.rank for n, m in legacy.modules.items()} == {n: 8 if "q_proj" in n else 7 for n in mixed_pool.modules}
     with pytest.raises(rw.OptionError, match="gives no rank for module"):
         rw.merge(mixed_pool, "lego", rank={"q_proj": 3})
+
+
+@pytest.mark.parametrize("assembly", ["projection-norm", "projection", "paper", "legacy"])
+def test_zero_b_parts_merge_to_zero(tmp_path: Path, assembly: str) -> None:
+    """Freshly initialized LoRAs (B = 0) merge to a zero update of rank k, finite, no error."""
+    ref = make_adapter(tmp_path / "shape", r=2, target_modules=["q_proj"])
+    cfg = rw.load_adapter(ref).config
+    rng = np.random.default_rng(0)
+    names = list(rw.load_adapter(ref).modules)
+    dirs = [
+        Adapter.from_factors(
+            {m: (rng.standard_normal((2, H)).astype(np.float32), np.zeros((H, 2), np.float32)) for m in names},
+            base_config=cfg,
+        ).save(tmp_path / f"z{j}")
+        for j in range(3)
+    ]
+    merged = rw.merge(rw.AdapterPool.load(dirs), "lego", rank=3, assembly=assembly)
+    for m in names:
+        assert merged.modules[m].rank == 3
+        np.testing.assert_array_equal(merged.delta(m), 0.0)
 
 
 def test_same_seed_same_bytes_and_progress(mixed_pool: rw.AdapterPool, tmp_path: Path) -> None:
@@ -148,7 +325,15 @@ def test_bad_merge_input(mixed_pool: rw.AdapterPool) -> None:
         with pytest.raises(rw.OptionError, match="rank k must be a positive int"):
             rw.merge(mixed_pool, "lego", rank=bad)
     with pytest.raises(rw.OptionError, match="scale must be one of"):
-        rw.merge(mixed_pool, "lego", scale="big")
+        rw.merge(mixed_pool, "lego", assembly="legacy", scale="big")
+    with pytest.raises(rw.OptionError, match="assembly must be one of"):
+        rw.merge(mixed_pool, "lego", assembly="centroids")
+    with pytest.raises(rw.OptionError, match=r"scale and reweight apply to assembly='legacy' only"):
+        rw.merge(mixed_pool, "lego", scale="mass", reweight=False)
+    with pytest.raises(rw.OptionError, match="norm must be one of"):
+        rw.merge(mixed_pool, "lego", norm="approx")
+    with pytest.raises(rw.OptionError, match="norm_probes must be a positive int"):
+        rw.merge(mixed_pool, "lego", norm_probes=0)
 
 
 def test_kmeans_on_real_units_matches_sklearn(mixed_pool: rw.AdapterPool) -> None:

@@ -42,9 +42,9 @@ def test_output_dtype_follows_inputs_or_request(tmp_path: Path) -> None:
 
 def test_prune_one_adapter(tmp_path: Path) -> None:
     folder = make_adapter(tmp_path / "a", r=6, target_modules=QV)
-    pruned = rw.prune(rw.load_adapter(folder), rank=2, reweight=False)
+    pruned = rw.prune(rw.load_adapter(folder), rank=2, assembly="legacy", reweight=False)
     assert {m.rank for m in pruned.modules.values()} == {2}
-    full = rw.prune(folder, rank=6, reweight=False)  # k = r: the adapter itself
+    full = rw.prune(folder, rank=6)  # k = r: the adapter itself (projection onto its own spans)
     src = rw.load_adapter(folder)
     for name in src.modules:
         np.testing.assert_allclose(full.delta(name), src.delta(name), rtol=1e-4, atol=1e-5)

@@ -80,7 +80,16 @@ def test_mixed_sign_and_unequal_weights(pool: rw.AdapterPool, method: str) -> No
     _assert_scaled_copy(_deltas(merged), _deltas(pool[0]), sum(w), method)
 
 
-@pytest.mark.parametrize("options", [{}, {"features": "raw"}, {"canonicalize": False}, {"reweight": False}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"features": "raw"},
+        {"canonicalize": False},
+        {"assembly": "legacy"},
+        {"assembly": "legacy", "reweight": False},
+    ],
+)
 def test_lego_unequal_weights_on_copies(pool: rw.AdapterPool, options: dict[str, object]) -> None:
     """Canonical units carry the relative weight on b (ModuleContext._canonical_weights): had
     each weight been balanced as √w_j into both parts, copies would merge to (Σ √w_j)²/N·ΔW."""

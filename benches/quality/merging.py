@@ -16,13 +16,13 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .tasks import DOMAINS, AdapterSpec, Workspace, accuracy
+from .tasks import DOMAINS, GEOMETRIC, AdapterSpec, Workspace, accuracy
 
 # ------------------------------------------------------------------------------------- pools
 ALL_DOMAINS = list(DOMAINS)
@@ -76,6 +76,10 @@ def make_pools(quick: bool) -> list[Pool]:
              tuple(AdapterSpec(d, 0, 7) for d in doms)),
         Pool("no-replay", f"{len(doms)} domains × 1 seed, r=8, independent inits, trained on the domain only",
              tuple(AdapterSpec(d, 0, 400 + i, replay=False) for i, d in enumerate(doms))),
+        Pool("one-layer", f"{len(doms)} domains × 1 seed, r=8, fc2 only, trained on the domain only",
+             tuple(AdapterSpec(d, 0, 500 + i, replay=False, targets=("fc2",)) for i, d in enumerate(doms))),
+        Pool("geometric", f"{len(GEOMETRIC)} geometric transforms × 2 seeds, r=8 (conflicting tasks)",
+             tuple(AdapterSpec(d, s, 600 + 10 * i + s) for i, d in enumerate(GEOMETRIC) for s in range(2))),
     ]  # fmt: skip
     return [p for p in out if not quick or p.name in ("domains", "hetero", "shared-init")]
 
@@ -130,7 +134,8 @@ def lego_configs(pool: Pool, *, quick: bool) -> list[Config]:
                         label = f"lego {feat[:4]} {'canon' if canon else 'plain'} {mode} k={kname}" + (
                             " aligned" if init else ""
                         )
-                        opts = {"rank": k, "features": feat, "canonicalize": canon, "scale": scale, "reweight": rw_}
+                        opts = {"rank": k, "features": feat, "canonicalize": canon, "assembly": "legacy"}
+                        opts |= {"scale": scale, "reweight": rw_}
                         if init:
                             opts["init"] = init
                         seeded = init is None  # the aligned init is deterministic
@@ -139,8 +144,27 @@ def lego_configs(pool: Pool, *, quick: bool) -> list[Config]:
     # exact mean, union+output the sum times sqrt(r̄/k) = 1/sqrt(N) (the variance argument).
     for mode, what in (("union+none", "exact sum"), ("mass+none", "exact mean"), ("union+output", "sum/√N")):
         scale, rw_ = MODES[mode]
-        opts = {"rank": pool.total_units, "scale": scale, "reweight": rw_}
+        opts = {"rank": pool.total_units, "assembly": "legacy", "scale": scale, "reweight": rw_}
         out.append(Config(f"lego {mode} k=all ({what})", "lego-all", "lego", tuple(opts.items()), "1", False))
+    return out + assembly_configs(pool)
+
+
+# The assemblies beside legacy (docs/ALGORITHMS.md §1.4), on the default features; projection
+# targets the mean (weights 1/N), paper is a union of units (weights 1).
+ASSEMBLY_WEIGHTS = {"projection-norm": "1/N", "projection": "1/N", "paper": "1"}
+
+
+def assembly_configs(pool: Pool) -> list[Config]:
+    r = pool.r_ref
+    out = []
+    for assembly, w in ASSEMBLY_WEIGHTS.items():
+        for kname, k in (("r", r), ("2r", 2 * r), ("4r", 4 * r)):
+            k = min(k, pool.total_units)
+            fac = {"features": "normalized", "canon": True, "mode": assembly, "k": kname, "init": "k-means++"}
+            opts = {"rank": k, "assembly": assembly}
+            out.append(
+                Config(f"lego {assembly} k={kname}", "lego", "lego", tuple(opts.items()), w, True, tuple(fac.items()))
+            )
     return out
 
 
@@ -232,6 +256,7 @@ class Result:
     norm: dict[str, float]  # per task, acc / individual acc
     seconds: float
     error: str | None = None
+    norm_ratio: float | None = None  # LEGO: median over modules of ‖merged‖ / ‖its target‖
 
     @property
     def score(self) -> float:
@@ -266,15 +291,7 @@ class PoolRun:
         return {"1": [1.0] * n, "1/N": [1.0 / n] * n, "1/√N": [n**-0.5] * n}[kind]
 
     def _rw_weights(self, cfg: Config) -> dict[str, list[float]]:
-        """The bench's weights as its labels mean them (README "Weights"): PEFT's for the
-        baselines; for lego's mass scale and aligned, which normalised by Σw before the one
-        weights rule, the weights over their sum; lego's union scale takes them as they are."""
-        w = self.weights(cfg.weights)
-        if cfg.method in PEFT_TYPES:
-            return {"peft_weights": w}
-        if cfg.method == "aligned" or cfg.opts().get("scale", "mass") == "mass":
-            return {"weights": [x / sum(w) for x in w]}
-        return {"weights": w}
+        return rw_weights(cfg, self.weights(cfg.weights))
 
     def evaluate(self, model) -> dict[str, float]:
         return {t: accuracy(model, x, y) for t, (x, y) in self.tests.items()}
@@ -287,7 +304,8 @@ class PoolRun:
         t0 = time.perf_counter()
         try:
             if cfg.family in ("lego", "lego-all", "rw"):
-                acc = self._run_rw(cfg, seed)
+                acc, ratio = self._run_rw(cfg, seed)
+                return replace(self._result(cfg, seed, acc, t0), norm_ratio=ratio)
             elif cfg.family == "peft":
                 acc = self._run_peft(cfg, seed)
             else:
@@ -297,7 +315,7 @@ class PoolRun:
         return self._result(cfg, seed, acc, t0)
 
     # rankwise ----------------------------------------------------------------------------
-    def _run_rw(self, cfg: Config, seed: int) -> dict[str, float]:
+    def _run_rw(self, cfg: Config, seed: int) -> tuple[dict[str, float], float | None]:
         from peft import PeftModel
 
         import rankwise as rw
@@ -307,14 +325,16 @@ class PoolRun:
         opts = cfg.opts()
         if cfg.seeded:
             opts["seed"] = seed
-        merged = rw.merge(self._rw_pool, method=cfg.method, **self._rw_weights(cfg), **opts)
+        kw = self._rw_weights(cfg)
+        merged = rw.merge(self._rw_pool, method=cfg.method, **kw, **opts)
+        ratio = norm_ratio(self._rw_pool, merged, kw["weights"]) if cfg.method == "lego" else None
         self._n += 1
         out = merged.save(self.tmp / f"m{self._n}")
         model = PeftModel.from_pretrained(self.ws.base(), str(out))
         model.eval()
         acc = self.evaluate(model)
         shutil.rmtree(out, ignore_errors=True)
-        return acc
+        return acc, ratio
 
     # PEFT --------------------------------------------------------------------------------
     def _peft_model(self):
@@ -365,3 +385,24 @@ def run_pool(run: PoolRun, configs: list[Config], seeds: list[int]) -> Iterator[
     for cfg in configs:
         for s in seeds if cfg.seeded else [0]:
             yield run.run(cfg, s)
+
+
+def rw_weights(cfg: Config, w: list[float]) -> dict[str, list[float]]:
+    """The bench's weights as its labels mean them (README "Weights"): PEFT's for the
+    baselines; for lego's mass scale and aligned, which normalised by Σw before the one
+    weights rule, the weights over their sum; lego's union scale takes them as they are."""
+    if cfg.method in PEFT_TYPES:
+        return {"peft_weights": w}
+    if cfg.method == "aligned" or cfg.opts().get("scale", "mass") == "mass":
+        return {"weights": [x / sum(w) for x in w]}
+    return {"weights": w}
+
+
+def norm_ratio(pool, merged, w: list[float]) -> float:
+    """Median over modules of ‖merged‖_F / ‖target‖_F, the target Σ_j w_j·ΔW_j (the weights
+    rule; for every assembly)."""
+    ratios = []
+    for m in pool.modules:
+        target = sum(wj * a.delta(m) for wj, a in zip(w, pool))
+        ratios.append(float(np.linalg.norm(merged.delta(m)) / np.linalg.norm(target)))
+    return float(np.median(ratios))

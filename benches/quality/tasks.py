@@ -62,6 +62,14 @@ DOMAINS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "erode": lambda x: np.min(_windows(x)[3:6], axis=0),  # horizontal 1×3 erosion
     "contrast": lambda x: 0.3 + 0.4 * x,
 }
+# Strongly conflicting domains, for one pool only (issue 14): merges of them may not beat the
+# base, and a merge that makes the model worse than the base shows there.
+GEOMETRIC: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "flip_h": lambda x: x[:, :, ::-1],
+    "flip_v": lambda x: x[:, ::-1, :],
+    "transpose": lambda x: x.transpose(0, 2, 1),
+    "rot90": lambda x: np.rot90(x, 1, axes=(1, 2)),
+}
 
 
 @dataclass(frozen=True)
@@ -73,7 +81,7 @@ class Data:
 
     def domain(self, name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
         x, y = (self.x_train, self.y_train) if split == "train" else (self.x_test, self.y_test)
-        x = x if name == "plain" else DOMAINS[name](x)
+        x = x if name == "plain" else (DOMAINS.get(name) or GEOMETRIC[name])(x)
         return np.ascontiguousarray(x.reshape(len(x), 64), dtype=np.float32), y
 
 
@@ -138,10 +146,12 @@ class AdapterSpec:
     init_seed: int
     rank: int = 8
     replay: bool = True  # mix plain images into the training data (Recipe.replay of them)
+    targets: tuple[str, ...] = tuple(TARGETS)  # the layers the LoRA adapts
 
     @property
     def name(self) -> str:
-        return f"{self.domain}-s{self.seed}-i{self.init_seed}-r{self.rank}" + ("" if self.replay else "-norep")
+        layers = "" if self.targets == tuple(TARGETS) else "-" + "+".join(self.targets)
+        return f"{self.domain}-s{self.seed}-i{self.init_seed}-r{self.rank}" + ("" if self.replay else "-norep") + layers
 
 
 @dataclass(frozen=True)
@@ -212,7 +222,7 @@ class Workspace:
         base = self.base()
         torch.manual_seed(spec.init_seed)  # PEFT draws A (kaiming-uniform) from the global RNG
         cfg = LoraConfig(
-            r=spec.rank, lora_alpha=r.alpha_per_rank * spec.rank, lora_dropout=0.0, target_modules=list(TARGETS)
+            r=spec.rank, lora_alpha=r.alpha_per_rank * spec.rank, lora_dropout=0.0, target_modules=list(spec.targets)
         )
         model = get_peft_model(base, cfg)
         x, y = self.data.domain(spec.domain, "train")

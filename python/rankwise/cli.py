@@ -10,9 +10,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
+from ._atomic import check_file_target, check_target
 from .adapter import expand_paths, open_adapters
 from .demo import run_demo
-from .errors import RankwiseError
+from .errors import OptionError, RankwiseError
 from .formats import FORMATS
 from .merging import merge, merge_methods
 from .methods import METHODS
@@ -27,6 +28,13 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
     lines += [fmt.format(*map(str, r)) for r in rows]
     return "\n".join(lines)
+
+
+def _safe(x: object) -> str:
+    """Text from a file (tensor keys, paths) with control characters escaped as repr does, so
+    that no terminal escape sequence reaches the terminal raw."""
+    s = str(x)
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
 
 
 def _fmt_num(x: float) -> str:
@@ -45,13 +53,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     adapters = open_adapters(folders, check_finite=not args.fast, format=args.format)
     for adapter in adapters:
         print(
-            f"{adapter.path}  ({adapter.format} layout, {len(adapter.modules)} modules, "
+            f"{_safe(adapter.path)}  ({adapter.format} layout, {len(adapter.modules)} modules, "
             f"{_fmt_params(adapter.num_params)} params, "
-            f"{adapter.config.get('base_model_name_or_path') or 'base model not named'})"
+            f"{_safe(adapter.config.get('base_model_name_or_path') or 'base model not named')})"
         )
         groups: dict[tuple[Any, ...], list[Any]] = {}
         for m in adapter.modules.values():
-            label = m.name if args.all else m.name.rsplit(".", 1)[-1]
+            label = _safe(m.name if args.all else m.name.rsplit(".", 1)[-1])
             # conv LoRA: out × in × kh × kw
             shape = f"{m.d_out}×{m.d_in}" if m.kernel is None else f"{m.d_out}×{m.d_in // (m.kernel[0] * m.kernel[1])}"
             shape += "".join(f"×{k}" for k in m.kernel or ())
@@ -78,19 +86,17 @@ def _parse_options(items: Sequence[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise RankwiseError(f"--option takes key=value, got {item!r}")
+        if not sep or not key:
+            raise OptionError(f"--option takes key=value, got {item!r}")
         try:
             out[key] = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             out[key] = value
     return out
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    pool = AdapterPool.load(args.adapters, format=args.format)
-    t_load = time.perf_counter() - t0
     options = _parse_options(args.option or [])
     if args.rank is not None:
         options["rank"] = args.rank
@@ -98,6 +104,12 @@ def cmd_merge(args: argparse.Namespace) -> int:
         options["seed"] = args.seed
     weights = _parse_weights(args.weights, "--weights")
     peft_weights = _parse_weights(args.peft_weights, "--peft-weights")
+    folders = expand_paths(args.adapters)
+    # Before any work: an output that is (or holds, or lies in) an input would destroy it.
+    check = check_file_target if args.output.endswith(".safetensors") else check_target
+    check(args.output, overwrite=args.overwrite, inputs=folders)
+    pool = AdapterPool.load(folders, format=args.format)
+    t_load = time.perf_counter() - t0
     merged = merge(
         pool,
         args.method,
@@ -128,7 +140,7 @@ def _parse_weights(text: str | None, flag: str) -> list[float] | None:
     try:
         return [float(w) for w in text.split(",")]
     except ValueError:
-        raise RankwiseError(f"{flag} takes comma-separated numbers, got {text!r}") from None
+        raise OptionError(f"{flag} takes comma-separated numbers, got {text!r}") from None
 
 
 def _fmt_weights(w: Sequence[float]) -> str:
@@ -159,11 +171,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count(text: str) -> int:
+    """argparse type: an int >= 0 (a usage error, exit 2, otherwise)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {n}")
+    return n
+
+
+def _positive(text: str) -> int:
+    n = _count(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {n}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rankwise", description="Every rank of a LoRA is a building block.")
     p.add_argument("--version", action="version", version=f"rankwise {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    p.add_argument("--threads", type=int, default=None, help="threads for the Rust core (default: all cores)")
+    p.add_argument("--threads", type=_count, default=None, help="threads for the Rust core (default: all cores)")
     sub = p.add_subparsers(dest="command", required=True)
 
     formats = ", ".join(FORMATS)
@@ -182,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=FORMATS, default=None, help=f"force the inputs' layout ({formats})")
     s.add_argument("--output-format", choices=FORMATS, default=None, help="layout written (default: the inputs')")
     s.add_argument("--method", default="lego", help="merge method (default lego); see `rankwise methods`")
-    s.add_argument("--rank", type=int, default=None, help="rank k of the merged adapter (lego)")
+    s.add_argument("--rank", type=_positive, default=None, help="rank k of the merged adapter (lego)")
     s.add_argument(
         "--weights",
         default=None,
@@ -193,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="instead of --weights: the weights PEFT's add_weighted_adapter would get (PEFT's numerics)",
     )
-    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--seed", type=_count, default=None)
     s.add_argument("--dtype", default=None, help="output dtype (default: the inputs')")
     s.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option, e.g. density=0.5")
     s.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
@@ -204,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_methods)
 
     s = sub.add_parser("demo", help="make a small pool with numpy, merge it with LEGO, explain")
-    s.add_argument("-n", type=int, default=12, help="number of adapters (default 12)")
+    s.add_argument("-n", type=_positive, default=12, help="number of adapters (default 12)")
     s.add_argument("-o", "--output", default=None, help="keep the merged adapter here")
     s.set_defaults(func=cmd_demo)
     return p
@@ -219,7 +249,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RankwiseError, OSError) as e:
         if args.debug:
             raise
-        print(f"rankwise: error: {e}", file=sys.stderr)
+        print(f"rankwise: error: {_safe(e)}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError, OverflowError, RecursionError, MemoryError) as e:
+        # Not a rankwise error: a bug or an input no check caught. One line, and how to see more.
+        if args.debug:
+            raise
+        print(f"rankwise: error: {type(e).__name__}: {_safe(e)} (rerun with --debug for a traceback)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("rankwise: interrupted", file=sys.stderr)

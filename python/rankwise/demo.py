@@ -68,7 +68,9 @@ def run_demo(n_adapters: int = 12, out: str | None = None) -> None:
         pool = AdapterPool.load(paths)
         n_skills = next(iter(skills.values())).shape[0]
         t1 = time.perf_counter()
-        merged = merge(pool, "lego", rank=n_skills, seed=0, canonicalize=True)
+        # legacy keeps each centroid as one unit, so the units themselves can be compared with the
+        # skills; the default projection returns the same span as balanced singular factors.
+        merged = merge(pool, "lego", rank=n_skills, seed=0, canonicalize=True, assembly="legacy")
         t_merge = time.perf_counter() - t1
         n_units = sum(pool.ranks(MODULES[0]))
         print(

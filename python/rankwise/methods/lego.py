@@ -1,33 +1,34 @@
 """LoRA-LEGO (Zhao et al., ICLR 2025, arXiv 2409.16167): merge by clustering rank units.
 
 Per module: pool the units ``u = [w·s·b_i ; a_i]`` of every adapter (the paper's Minimal
-Semantic Units), cluster them into k groups with k-means, and use each centroid as one unit of
-the merged rank-k LoRA. Then the dual reweighting (docs/ALGORITHMS.md §1.3: the formulas are our
-reading of the paper's "parameter reweighting for norm decay and output reweighting for
-variance expansion"):
+Semantic Units) and cluster them into k groups with k-means. The raw units sum to the target
+T = Σ_j w_j·ΔW_j. How the k centroids become the merged rank-k LoRA is ``assembly``
+(docs/ALGORITHMS.md §1.3-1.4):
 
-- parameter reweighting: each centroid's b part and a part are rescaled to the mean norm of
-  their members' b and a parts (a mean of non-parallel vectors is shorter than they are);
-- output reweighting (``scale="union"``): the merged delta is multiplied by sqrt(r̄/k), r̄ the
-  mean source rank of the module (k roughly independent units sum with k/r̄ times the variance).
+- ``"projection-norm"`` (default): T projected onto the span of the centroids' b parts (columns)
+  and a parts (rows), U Uᵀ T V Vᵀ, rescaled to ‖T‖_F (``lego_projection.py``);
+- ``"projection"``: the same without the rescale;
+- ``"legacy"``: each centroid is one unit, with the dual reweighting of our earlier reading and
+  ``scale``/``reweight`` as before (parameter reweighting: each centroid part rescaled to its
+  members' mean norm; ``scale="mass"``: centroid c weighted by n_c; ``scale="union"``
+  with output reweighting: the delta × √(r̄/k)), and the default rank 2r: old results by name;
+- ``"paper"``: each centroid unit rescaled to its members' mean L∞ norm, B × √(r̄/k): the
+  reading of one third-party implementation.
 
-``scale="mass"`` is the alternative target: centroid c is weighted by n_c (the number of units
-in its cluster), the sum of its members, so the merged delta approximates Σ_j w_j·ΔW_j (the
-mean for the default w = 1/N; methods/weighting.py) instead of a union of units.
-Output reweighting does not apply there.
+Identities (tested): with k = the number of units every cluster is one unit, so projection(-norm)
+and legacy without reweighting reproduce T exactly, ``scale="union"`` and ``scale="mass"`` alike
+(under the weights rule, methods/weighting.py, mass weights centroid c by its member count n_c:
+the sum of its members).
 
-Identity (tested): with k = the number of units and no reweighting, every cluster is one unit
-and ``scale="union"`` reproduces Σ_j w_j·ΔW_j exactly (concatenation-summation equivalence).
-
-Defaults, chosen on benches/bench_quality.py (five pools; RESULTS.md): ``features="normalized"``
-(cluster on cat(b/‖b‖, a/‖a‖), centroids the means of the raw members), ``canonicalize=True``
-(scale-balanced units clustered modulo sign), ``scale="mass"`` with parameter reweighting, and
-``rank`` = 2 × the sources' rank: the best fixed choice across pools, beside the paper-literal
-raw/union/k=r setting ("Merge quality" in benches/RESULTS.md; docs/ALGORITHMS.md §1.4).
+Defaults: ``features="normalized"`` (cluster on cat(b/‖b‖, a/‖a‖), centroids the means of the
+raw members), ``canonicalize=True`` (scale-balanced units clustered modulo sign),
+``assembly="projection-norm"`` and ``rank`` = 4 × the sources' rank, chosen leave-one-pool-out
+("Merge quality" in benches/RESULTS.md; docs/ALGORITHMS.md §1.4).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,8 +41,10 @@ from ..kmeans import kmeans
 from ..pool import AdapterPool
 from .aligned import aligned_init
 from .contract import Factors, ModuleContext, register_method
+from .lego_projection import NORMS, project
 
 FEATURES = ("raw", "normalized")
+ASSEMBLIES = ("projection-norm", "projection", "legacy", "paper")
 SCALES = ("union", "mass")
 REWEIGHTS = (True, False, "param", "output")
 
@@ -50,7 +53,7 @@ def _prepare(pool: AdapterPool, weights: np.ndarray, opts: dict[str, Any]) -> di
     rank = opts.get("rank")
     ranks: dict[str, int] = {}
     for m in pool.modules:
-        k = _rank_for(rank, m, pool)
+        k = _rank_for(rank, m, pool, 2 if opts.get("assembly") == "legacy" else 4)
         n_units = sum(pool.ranks(m))
         if k > n_units:
             raise OptionError(
@@ -59,27 +62,56 @@ def _prepare(pool: AdapterPool, weights: np.ndarray, opts: dict[str, Any]) -> di
             )
         ranks[m] = k
     opts["rank"] = ranks
+    assembly = opts.get("assembly", "projection-norm")
+    if assembly not in ASSEMBLIES:
+        raise OptionError(f"assembly must be one of {ASSEMBLIES}, got {assembly!r}")
+    if assembly != "legacy":
+        given = [name for name in ("scale", "reweight") if opts.get(name) is not None]
+        if given:
+            verb = "apply" if len(given) > 1 else "applies"
+            raise OptionError(
+                f"{' and '.join(given)} {verb} to assembly='legacy' only (assembly is {assembly!r}); "
+                "pass assembly='legacy' for today's reweighting and scale rules"
+            )
+    else:
+        opts.setdefault("scale", "mass")
+        opts.setdefault("reweight", True)
+    if opts.get("norm", "auto") not in NORMS:
+        raise OptionError(f"norm must be one of {NORMS}, got {opts['norm']!r}")
     if opts.get("features", "normalized") not in FEATURES:
         raise OptionError(f"features must be one of {FEATURES}, got {opts['features']!r}")
     if opts.get("scale", "mass") not in SCALES:
         raise OptionError(f"scale must be one of {SCALES}, got {opts['scale']!r}")
     if opts.get("reweight", True) not in REWEIGHTS:
         raise OptionError(f"reweight must be True, False, 'param' or 'output', got {opts['reweight']!r}")
-    for name in ("n_init", "max_iter"):
+    if not isinstance(opts.get("canonicalize", True), bool):
+        raise OptionError(f"canonicalize must be true or false, got {opts['canonicalize']!r}")
+    seed = opts.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
+        raise OptionError(f"seed must be an int in [0, 2**64), got {seed!r}")
+    tol = opts.get("tol", 1e-4)
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
+        raise OptionError(f"tol must be a finite number >= 0, got {tol!r}")
+    if opts.get("init") not in (None, "aligned"):
+        raise OptionError(f"init must be None or 'aligned', got {opts['init']!r}")
+    for name in ("n_init", "max_iter", "norm_probes"):
         v = opts.get(name, 1)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise OptionError(f"{name} must be a positive int, got {v!r}")
     return opts
 
 
-def _rank_for(rank: Any, module: str, pool: AdapterPool) -> int:
+def _rank_for(rank: Any, module: str, pool: AdapterPool, times: int) -> int:
     if rank is None:
-        # 2 × the sources' most common rank (ties: the larger), capped at the units available:
-        # best fixed choice across the pools of benches/bench_quality.py (RESULTS.md).
+        # `times` × the sources' most common rank (ties: the larger), capped at the units
+        # available: 4 for the projection assemblies (stable over seeds only there, and more rank
+        # never scored lower), 2 for legacy, as it was chosen (benches/RESULTS.md).
         rs = pool.ranks(module)
         common = max(set(rs), key=lambda r: (rs.count(r), r))
-        return min(2 * common, sum(rs))
+        return min(times * common, sum(rs))
     if isinstance(rank, Mapping):
+        for key in rank:
+            pf.check_pattern(key, "option rank", OptionError)
         key = pf.pattern_key(rank, module)
         if key not in rank:
             raise OptionError(f"rank mapping gives no rank for module '{module}'")
@@ -96,15 +128,18 @@ def lego(
     rank: Any = None,
     features: str = "normalized",
     canonicalize: bool = True,
-    reweight: bool | str = True,
-    scale: str = "mass",
+    assembly: str = "projection-norm",
+    reweight: bool | str | None = None,
+    scale: str | None = None,
+    norm: str = "auto",
+    norm_probes: int = 64,
     n_init: int = 3,
     max_iter: int = 100,
     tol: float = 1e-4,
     seed: int = 0,
     init: str | None = None,
 ) -> Factors:
-    """LoRA-LEGO: k-means over the pool's rank units, dual reweighting (arXiv 2409.16167)."""
+    """LoRA-LEGO: k-means over the pool's rank units, the target projected on the centroids' span (arXiv 2409.16167)."""
     k = rank[ctx.module] if isinstance(rank, Mapping) else int(rank)
     d_out, _ = ctx.shape
     # One matrix holds both what is clustered and the raw units: with normalized features the
@@ -139,7 +174,22 @@ def lego(
     with ctx.timed("assemble"):
         # Centroids are the means of the raw member units (whatever features were clustered).
         cent, counts, norm_b, norm_a = _core.cluster_means(x, r.labels, r.signs, k, d_out, norms)
+        if assembly in ("projection", "projection-norm"):
+            probe_seed = np.random.SeedSequence([seed, ctx.index])
+            return project(
+                x,
+                norms,
+                cent,
+                k,
+                d_out,
+                restore_norm=assembly == "projection-norm",
+                norm=norm,
+                probes=norm_probes,
+                seed=int(probe_seed.generate_state(1)[0]),
+            )
         del x
+        if assembly == "paper":
+            return _paper(ctx, cent, r.labels, k, d_out, canonicalize)
         b, a = cent[:, :d_out], cent[:, d_out:]
         if reweight in (True, "param"):
             b = _restore_norm(b, norm_b)
@@ -150,6 +200,26 @@ def lego(
             r_bar = float(np.mean(ctx.ranks))
             b = b * np.sqrt(r_bar / k)
         return a.astype(np.float32), np.ascontiguousarray(b.T, dtype=np.float32)
+
+
+def _paper(
+    ctx: ModuleContext,
+    cent: np.ndarray,
+    labels: np.ndarray,
+    k: int,
+    d_out: int,
+    canonicalize: bool,
+) -> Factors:
+    """The third-party reading of the paper's dual reweighting (docs/ALGORITHMS.md §1.3): each
+    centroid unit [b ; a] rescaled to its members' mean L∞ norm, then B × √(r̄/k)."""
+    units = ctx.units(canonical=canonicalize)  # the raw rows (the buffer held the features)
+    peak = np.abs(units).max(axis=1).astype(np.float64)
+    mean_peak = np.bincount(labels, weights=peak, minlength=k) / np.maximum(np.bincount(labels, minlength=k), 1)
+    cur = np.abs(cent).max(axis=1).astype(np.float64)
+    factor = np.where(cur > 0, mean_peak / np.where(cur > 0, cur, 1.0), 1.0)
+    unit = cent * factor[:, None]
+    b = unit[:, :d_out] * np.sqrt(float(np.mean(ctx.ranks)) / k)
+    return unit[:, d_out:].astype(np.float32), np.ascontiguousarray(b.T, dtype=np.float32)
 
 
 def _scaled(x: np.ndarray, norms: np.ndarray, d_out: int) -> np.ndarray:
