@@ -46,6 +46,7 @@ def locate(path: Path, fmt: str | None = None) -> Located:
     """The weights file of ``path`` and its layout when the path alone tells it."""
     check_format(fmt)
     if not path.exists():
+        pf.read_config(path)  # PEFT's missing-folder error, with its hints (a hub id, ...)
         raise AdapterNotFoundError(f"{path}: adapter folder does not exist (nor a LoRA file)")
     if path.is_dir():
         peft_like = (path / pf.CONFIG_NAME).is_file() or any(
