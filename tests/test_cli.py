@@ -108,3 +108,43 @@ def test_same_command_at_one_and_two_threads_gives_identical_folders(tmp_path: P
         assert res.returncode == 0, res.stderr
         outs.append({p.name: p.read_bytes() for p in out.iterdir()})
     assert outs[0] == outs[1] == outs[2]
+
+
+def test_inspect_reports_every_folder_and_fails_at_the_end(
+    two: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    assert main(["inspect", str(two[0]), str(bad), str(two[1])]) == 1
+    out, err = capsys.readouterr()
+    assert out.count("4 modules") == 2 and f"{bad}  FAILED: " in out
+    assert "adapter_config.json: missing" in err and "1 adapter folder(s) could not be read" in err
+
+
+def test_merge_heads_option(tmp_path: Path) -> None:
+    from raw_adapter import CONFIG, good_header, write_raw
+
+    header, data = good_header()
+    n = len(data)
+    header["base_model.model.classifier.weight"] = {"dtype": "F32", "shape": [2], "data_offsets": [n, n + 8]}
+    folders = [
+        str(write_raw(tmp_path / f"h{j}", header, data + bytes(8), config=dict(CONFIG, modules_to_save=["classifier"])))
+        for j in range(2)
+    ]
+    res = run("merge", *folders, "-o", str(tmp_path / "m"), "--method", "linear", "-q")
+    assert res.returncode == 1 and "full-copy heads (classifier.weight)" in res.stderr and "--heads" in res.stderr
+    res = run("merge", *folders, "-o", str(tmp_path / "m"), "--method", "linear", "-q", "--heads", "1")
+    assert res.returncode == 0, res.stderr
+    assert "heads (1): classifier.weight" in res.stdout
+    cfg = json.loads((tmp_path / "m" / "adapter_config.json").read_text())
+    assert cfg["modules_to_save"] == ["classifier"]
+
+
+def test_merge_checks_the_output_folder_before_merging(two: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "full"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    # rank 100 would fail in the merge: the folder's error shows the merge never ran
+    res = run("merge", *map(str, two), "-o", str(out), "--rank", "100", "-q")
+    assert res.returncode == 1 and "folder is not empty" in res.stderr and "rank units" not in res.stderr
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import rankwise as rw
@@ -92,9 +93,88 @@ def test_unsupported_features_are_named(tmp_path: Path) -> None:
     folder = write_raw(tmp_path / "bias", *good_header(), config=dict(CONFIG, bias="all"))
     with pytest.raises(rw.AdapterFormatError, match=r"bias='all'"):
         rw.load_adapter(folder)
-    folder = write_raw(tmp_path / "mts", *good_header(), config=dict(CONFIG, modules_to_save=["lm_head"]))
-    with pytest.raises(rw.AdapterFormatError, match=r"modules_to_save"):
-        rw.load_adapter(folder)
     folder = write_raw(tmp_path / "ia3", *good_header(), config=dict(CONFIG, peft_type="IA3"))
     with pytest.raises(rw.AdapterFormatError, match=r"peft_type is IA3"):
+        rw.load_adapter(folder)
+
+
+def test_git_lfs_pointer_is_named(tmp_path: Path) -> None:
+    folder = write_raw(tmp_path / "lfs", *good_header())
+    (folder / "adapter_model.safetensors").write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 1048576\n"
+    )
+    with pytest.raises(
+        rw.AdapterFormatError,
+        match=r"adapter_model.safetensors: a Git LFS pointer, not the weights: run `git lfs pull`",
+    ):
+        rw.load_adapter(folder)
+
+
+def test_folder_of_adapter_folders_suggests_the_glob(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        write_raw(tmp_path / "runs" / name, *good_header())
+    with pytest.raises(
+        rw.AdapterNotFoundError,
+        match=r"holds 2 adapter folder\(s\) \(a, b\): to use them all, pass the glob '.*runs/\*'",
+    ):
+        rw.load_adapter(tmp_path / "runs")
+    assert len(rw.AdapterPool.load(str(tmp_path / "runs" / "*"))) == 2  # the suggested glob works
+
+
+def test_hub_id_says_rankwise_reads_local_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        rw.AdapterNotFoundError,
+        match=r"user/some-lora: adapter folder does not exist; it looks like a Hugging Face Hub id, but rankwise "
+        r"reads local files only: download it first "
+        r"\(`huggingface-cli download user/some-lora --local-dir some-lora`\)",
+    ):
+        rw.load_adapter("user/some-lora")
+    with pytest.raises(rw.AdapterNotFoundError, match=r"nope/a/b: adapter folder does not exist$"):
+        rw.load_adapter("nope/a/b")
+
+
+def test_dora_and_target_parameters_refusals_say_why(tmp_path: Path) -> None:
+    folder = write_raw(tmp_path / "dora", *good_header(), config=dict(CONFIG, use_dora=True))
+    with pytest.raises(
+        rw.AdapterFormatError, match=r"DoRA \(use_dora=true\) is not supported by rankwise: .*base model's weights"
+    ):
+        rw.load_adapter(folder)
+    folder = write_raw(
+        tmp_path / "moe", *good_header(), config=dict(CONFIG, target_parameters=["experts.gate_up_proj"])
+    )
+    with pytest.raises(
+        rw.AdapterFormatError,
+        match=r"target_parameters \(LoRA on parameters such as MoE expert tensors\) is not supported by rankwise yet",
+    ):
+        rw.load_adapter(folder)
+
+
+def test_unlisted_known_head_and_listed_head(tmp_path: Path) -> None:
+    """Older PEFT saved a ``classifier`` without listing it; a listed module of any name is a head too."""
+    header, data = good_header()
+    n = len(data)
+    header["base_model.model.classifier.out_proj.weight"] = {
+        "dtype": "F32",
+        "shape": [2, 4],
+        "data_offsets": [n, n + 32],
+    }
+    header["base_model.model.my_head.bias"] = {"dtype": "F32", "shape": [2], "data_offsets": [n + 32, n + 40]}
+    values = np.arange(10, dtype=np.float32)
+    folder = write_raw(
+        tmp_path / "h", header, data + values.tobytes(), config=dict(CONFIG, modules_to_save=["my_head"])
+    )
+    adapter = rw.load_adapter(folder)
+    assert {n: t.module for n, t in adapter.heads.items()} == {
+        "classifier.out_proj.weight": "classifier",
+        "my_head.bias": "my_head",
+    }
+    np.testing.assert_array_equal(adapter.head("classifier.out_proj.weight"), values[:8].reshape(2, 4))
+    np.testing.assert_array_equal(adapter.head("my_head.bias"), values[8:])
+    folder = write_raw(tmp_path / "h2", header, data + values.tobytes())  # my_head not listed now
+    with pytest.raises(
+        rw.AdapterFormatError,
+        match=r"tensor 'base_model.model.my_head.bias' \(F32, shape \[2\]\) "
+        r"is neither a LoRA factor.*no modules_to_save",
+    ):
         rw.load_adapter(folder)

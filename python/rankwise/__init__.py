@@ -14,6 +14,7 @@ from .adapter import Adapter, ModuleInfo, load_adapter
 from .errors import (
     AdapterFormatError,
     AdapterNotFoundError,
+    BaseModelWarning,
     IncompatibleAdaptersError,
     InternalError,
     MergeConfigError,
@@ -37,6 +38,7 @@ __all__ = [
     "AdapterFormatError",
     "AdapterNotFoundError",
     "AdapterPool",
+    "BaseModelWarning",
     "IncompatibleAdaptersError",
     "InternalError",
     "KMeansResult",

@@ -11,7 +11,7 @@ import dataclasses
 import glob
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -20,9 +20,11 @@ import numpy as np
 
 from . import _core
 from . import formats as fm
+from . import heads as hd
 from . import peft_format as pf
 from ._atomic import atomic_dir, atomic_file
 from .errors import AdapterFormatError, NonFiniteError, OptionError, OutputWriteError, RankwiseError
+from .heads import HeadTensor
 from .peft_format import DTYPES, ModuleInfo
 
 __all__ = [
@@ -90,7 +92,8 @@ class AdapterSource:
 
 
 class Adapter:
-    """A LoRA adapter: a config and, per module, factors A (rank × d_in) and B (d_out × rank).
+    """A LoRA adapter: a config and, per module, factors A (rank × d_in) and B (d_out × rank);
+    ``heads``: the full-copy tensors it carries (``heads.py``), by name, carried unchanged.
 
     Loaded adapters read their factors from the memory-mapped file on demand; merged adapters
     hold them in memory. ``factors(name, folded=True)`` gives ``(A, scaling·B)``.
@@ -106,6 +109,8 @@ class Adapter:
         factors: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
         format: str = "peft",
         metadata: Mapping[str, str] | None = None,
+        heads: Mapping[str, HeadTensor] | None = None,
+        head_values: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         self.config: dict[str, Any] = dict(config)
         #: The layout the modules' keys are in (``formats.FORMATS``), the default of ``save``.
@@ -113,6 +118,8 @@ class Adapter:
         #: The safetensors ``__metadata__`` of the file it was read from, written back on save.
         self.metadata: dict[str, str] = dict(metadata or {})
         self.modules: dict[str, ModuleInfo] = dict(modules)
+        self.heads: dict[str, HeadTensor] = dict(heads or {})
+        self._head_values = dict(head_values) if head_values is not None else None
         self.path = path
         self._source = source
         self._factors = dict(factors) if factors is not None else None
@@ -139,12 +146,16 @@ class Adapter:
         *,
         base_config: Mapping[str, Any] | None = None,
         dtype: str = "F32",
+        heads: Mapping[str, tuple[HeadTensor, np.ndarray]] | None = None,
+        embeddings: Collection[str] = (),
     ) -> Adapter:
         """An in-memory adapter from folded factors ``{module: (A, B)}`` with delta = B @ A.
 
         The written config uses scaling 1 for every module (lora_alpha = r, per-module ranks in
         rank_pattern/alpha_pattern), and keeps the other fields of ``base_config``
-        (base model, target modules, task type, fan_in_fan_out).
+        (base model, target modules, task type, fan_in_fan_out, modules_to_save while heads are
+        kept). ``heads``: full-copy tensors to carry, ``{name: (HeadTensor, value)}``;
+        ``embeddings``: the modules that are embedding LoRA (saved as lora_embedding_A/B).
         """
         dtype = normalize_dtype(dtype)
         mods: dict[str, ModuleInfo] = {}
@@ -154,13 +165,19 @@ class Adapter:
             b = np.ascontiguousarray(b, dtype=np.float32)
             if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
                 raise OptionError(f"module '{name}': A {a.shape} and B {b.shape} are not rank-compatible")
-            key_a, key_b = pf.factor_keys(name)
+            emb = name in embeddings
+            key_a, key_b = pf.factor_keys(name, emb)
             r = int(a.shape[0])
-            mods[name] = ModuleInfo(name, r, float(r), 1.0, a.shape[1], b.shape[0], dtype, key_a, key_b)
+            mods[name] = ModuleInfo(name, r, float(r), 1.0, a.shape[1], b.shape[0], dtype, key_a, key_b, emb)
             clean[name] = (a, b)
         if not mods:
             raise OptionError("an adapter needs at least one module")
-        return cls(_merged_config(base_config or {}, mods), mods, factors=clean)
+        heads = heads or {}
+        config = _merged_config(base_config or {}, mods)
+        if not heads:
+            config.pop("modules_to_save", None)
+        values = {n: np.ascontiguousarray(v, dtype=np.float32).reshape(t.shape) for n, (t, v) in heads.items()}
+        return cls(config, mods, factors=clean, heads={n: t for n, (t, _) in heads.items()}, head_values=values)
 
     # ----------------------------------------------------------------------------- access
     @property
@@ -171,7 +188,8 @@ class Adapter:
     def __repr__(self) -> str:
         ranks = sorted({m.rank for m in self.modules.values()})
         where = f" from {self.path}" if self.path else ""
-        return f"<rankwise.Adapter{where}: {len(self.modules)} modules, rank {ranks}>"
+        heads = f", heads {sorted(self.heads)}" if self.heads else ""
+        return f"<rankwise.Adapter{where}: {len(self.modules)} modules, rank {ranks}{heads}>"
 
     @property
     def num_params(self) -> int:
@@ -204,6 +222,14 @@ class Adapter:
             b = b * np.float32(info.scaling)
         return a, b
 
+    def head(self, name: str) -> np.ndarray:
+        """Full-copy tensor ``name`` (a key of ``heads``) as float32 (exact for F16/BF16/F32)."""
+        t = self.heads[name]
+        if self._head_values is not None:
+            return self._head_values[name]
+        assert self._source is not None
+        return self._source.read(t.key)
+
     def delta(self, name: str) -> np.ndarray:
         """The module's weight update ``scaling · B @ A`` (out × in, float32).
 
@@ -222,6 +248,8 @@ class Adapter:
             a, b = self.factors(name)
             for key, val in ((info.key_a, a), (info.key_b, b)):
                 out[key] = _to_framework(val, info.dtype, framework)
+        for name, t in self.heads.items():
+            out[t.key] = _to_framework(self.head(name), t.dtype, framework)
         return out
 
     # ----------------------------------------------------------------------------- saving
@@ -263,6 +291,10 @@ class Adapter:
                 if not (self.checked_finite and dt in ("F32", "F64")):
                     check_castable(x, dt, f"{target}: module '{name}': tensor '{key}'{self._merged_from()}")
                 tensors.append((key, dt, x))
+        for name, t in self.heads.items():
+            x = np.ascontiguousarray(self.head(name), dtype=np.float32)
+            check_castable(x, t.dtype, f"{target}: head '{name}': tensor '{t.key}'")
+            tensors.append((t.key, t.dtype, x))
         config = self.config if self.format == "peft" else fm.peft_config(self.modules)
         weights = None
         try:
@@ -399,11 +431,12 @@ def open_adapters(folders: Sequence[Path], *, check_finite: bool = True, format:
     files = _core.MappedFiles.open([str(loc.weights) for loc in located])
     adapters = []
     for i, loc in enumerate(located):
-        listing = files.tensors(i)
         if i in specs:
+            heads, listing = hd.split_listing(loc.weights, files.tensors(i), specs[i].modules_to_save)
             mods = pf.modules_from_listing(loc.path, loc.weights, specs[i], listing)
-            adapters.append(Adapter(specs[i].raw, mods, path=loc.path, source=AdapterSource(files, i)))
+            adapters.append(Adapter(specs[i].raw, mods, path=loc.path, source=AdapterSource(files, i), heads=heads))
             continue
+        listing = files.tensors(i)
         fmt = loc.format or fm.detect(loc.weights, list(listing))
         meta = files.metadata(i)
         mods = fm.read_modules(loc, fmt, listing, meta, lambda k, i=i: files.read(i, k))
@@ -415,7 +448,8 @@ def open_adapters(folders: Sequence[Path], *, check_finite: bool = True, format:
     if check_finite:
         # Pages stay mapped for the merge that follows, unless the pool is too large for that.
         files.check_finite(
-            [(i, k) for i, a in enumerate(adapters) for m in a.modules.values() for k in (m.key_a, m.key_b)],
+            [(i, k) for i, a in enumerate(adapters) for m in a.modules.values() for k in (m.key_a, m.key_b)]
+            + [(i, t.key) for i, a in enumerate(adapters) for t in a.heads.values()],
             release=mapped_bytes(adapters) > RESIDENT_BYTES,
         )
     return adapters

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -11,7 +12,7 @@ from typing import Any
 
 from . import __version__
 from ._atomic import check_file_target, check_target
-from .adapter import expand_paths, open_adapters
+from .adapter import Adapter, expand_paths, open_adapters
 from .demo import run_demo
 from .errors import OptionError, RankwiseError
 from .formats import FORMATS
@@ -48,38 +49,73 @@ def _fmt_params(n: int) -> str:
     return str(n)
 
 
+def _labels(names: Sequence[str], full: bool) -> dict[str, str]:
+    """Row labels: the short name (``q_proj``), unless modules of different kinds share it
+    (GPT-2's ``attn.c_proj`` and ``mlp.c_proj``): then the full name, layer indices as ``*``."""
+    if full:
+        return {n: n for n in names}
+    kinds: dict[str, set[str]] = {}
+    for n in names:
+        kinds.setdefault(n.rsplit(".", 1)[-1], set()).add(re.sub(r"\.\d+\.", ".*.", n))
+    return {
+        n: n.rsplit(".", 1)[-1] if len(kinds[n.rsplit(".", 1)[-1]]) == 1 else re.sub(r"\.\d+\.", ".*.", n)
+        for n in names
+    }
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
-    folders = expand_paths(args.adapters)
-    adapters = open_adapters(folders, check_finite=not args.fast, format=args.format)
-    for adapter in adapters:
-        print(
-            f"{_safe(adapter.path)}  ({adapter.format} layout, {len(adapter.modules)} modules, "
-            f"{_fmt_params(adapter.num_params)} params, "
-            f"{_safe(adapter.config.get('base_model_name_or_path') or 'base model not named')})"
-        )
-        groups: dict[tuple[Any, ...], list[Any]] = {}
-        for m in adapter.modules.values():
-            label = _safe(m.name if args.all else m.name.rsplit(".", 1)[-1])
-            # conv LoRA: out × in × kh × kw
-            shape = f"{m.d_out}×{m.d_in}" if m.kernel is None else f"{m.d_out}×{m.d_in // (m.kernel[0] * m.kernel[1])}"
-            shape += "".join(f"×{k}" for k in m.kernel or ())
-            groups.setdefault((label, m.rank, m.alpha, m.scaling, shape, m.dtype), []).append(m)
-        rows = [
-            [
-                label,
-                len(ms),
-                r,
-                _fmt_num(alpha),
-                _fmt_num(round(s, 6)),
-                shape,
-                dt,
-                _fmt_params(sum(x.num_params for x in ms)),
-            ]
-            for (label, r, alpha, s, shape, dt), ms in groups.items()
+    """Every folder is reported; one that fails is shown with its error and the exit code is 1."""
+    failed = 0
+    for folder in expand_paths(args.adapters):
+        try:
+            (adapter,) = open_adapters([folder], check_finite=not args.fast, format=args.format)
+        except RankwiseError as e:
+            print(f"{_safe(folder)}  FAILED: {_safe(e)}\n")
+            print(f"rankwise: error: {_safe(e)}", file=sys.stderr)
+            failed += 1
+            continue
+        _print_adapter(adapter, args.all)
+    if failed:
+        print(f"rankwise: {failed} adapter folder(s) could not be read", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _print_adapter(adapter: Adapter, full: bool) -> None:
+    print(
+        f"{_safe(adapter.path)}  ({adapter.format} layout, {len(adapter.modules)} modules, "
+        f"{_fmt_params(adapter.num_params)} params, "
+        f"{_safe(adapter.config.get('base_model_name_or_path') or 'base model not named')})"
+    )
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    labels = _labels(list(adapter.modules), full)
+    for m in adapter.modules.values():
+        label = _safe(labels[m.name]) + (" (embedding)" if m.embedding else "")
+        # conv LoRA: out × in × kh × kw
+        shape = f"{m.d_out}×{m.d_in}" if m.kernel is None else f"{m.d_out}×{m.d_in // (m.kernel[0] * m.kernel[1])}"
+        shape += "".join(f"×{k}" for k in m.kernel or ())
+        groups.setdefault((label, m.rank, m.alpha, m.scaling, shape, m.dtype), []).append(m)
+    rows = [
+        [
+            label,
+            len(ms),
+            r,
+            _fmt_num(alpha),
+            _fmt_num(round(s, 6)),
+            shape,
+            dt,
+            _fmt_params(sum(x.num_params for x in ms)),
         ]
-        print(_table(rows, ["module", "count", "rank", "alpha", "scaling", "out×in", "dtype", "params"]))
+        for (label, r, alpha, s, shape, dt), ms in groups.items()
+    ]
+    print(_table(rows, ["module", "count", "rank", "alpha", "scaling", "out×in", "dtype", "params"]))
+    if adapter.heads:
+        heads = [
+            [_safe(t.name), "×".join(map(str, t.shape)), t.dtype, "full copy", _fmt_params(t.num_params)]
+            for t in adapter.heads.values()
+        ]
         print()
-    return 0
+        print(_table(heads, ["head", "shape", "dtype", "kind", "params"]))
+    print()
 
 
 def _parse_options(items: Sequence[str]) -> dict[str, Any]:
@@ -117,6 +153,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         peft_weights=peft_weights,
         dtype=args.dtype,
         progress=not args.quiet,
+        heads=args.heads,
         **options,
     )
     t_merge = time.perf_counter() - t0 - t_load
@@ -128,7 +165,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
         f"merged {len(pool)} adapters ({len(pool.modules)} modules, source ranks {src_ranks}) "
         f"with {args.method} -> rank {ranks[0] if len(ranks) == 1 else ranks}, {merged.dtype}\n"
         f"{_target_line(merged.merge_info or {})}\n"
-        f"wrote {out}\n"
+        + (f"heads ({args.heads or 'kept'}): {', '.join(merged.heads)}\n" if merged.heads else "")
+        + f"wrote {out}\n"
         f"time: {total:.2f}s (load {t_load:.2f}s, merge {t_merge:.2f}s, write {total - t_load - t_merge:.2f}s)"
     )
     return 0
@@ -226,6 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=_count, default=None)
     s.add_argument("--dtype", default=None, help="output dtype (default: the inputs')")
     s.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option, e.g. density=0.5")
+    s.add_argument(
+        "--heads",
+        default=None,
+        help="full-copy heads (modules_to_save): mean (Σ w_j·head_j, w_j = 1/N by default), first, drop, "
+        "or an adapter index; required when the adapters carry heads",
+    )
     s.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_merge)

@@ -27,6 +27,10 @@ class OptionError(RankwiseError, ValueError):
     wrong number of weights, an unknown method or dtype, ...). The message names the option."""
 
 
+class BaseModelWarning(UserWarning):
+    """Adapters of a pool name different base models (their shapes agree, so they are merged)."""
+
+
 #: The former name, kept for code that catches it: the same class.
 MergeConfigError = OptionError
 
@@ -53,6 +57,7 @@ class InternalError(RankwiseError, RuntimeError):
 __all__ = [
     "AdapterFormatError",
     "AdapterNotFoundError",
+    "BaseModelWarning",
     "IncompatibleAdaptersError",
     "InternalError",
     "MergeConfigError",

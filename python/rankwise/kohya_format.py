@@ -199,7 +199,7 @@ def factor_info(
     kernel = (int(a_shape[2]), int(a_shape[3])) if conv else None
     d_in = math.prod(a_shape[1:])
     dtype = a_dt if a_dt == b_dt else "F32"
-    return ModuleInfo(name, r, float(r), 1.0, d_in, int(b_shape[0]), dtype, key_a, key_b, kernel)
+    return ModuleInfo(name, r, float(r), 1.0, d_in, int(b_shape[0]), dtype, key_a, key_b, kernel=kernel)
 
 
 def _with_alpha(info: ModuleInfo, alpha: float) -> ModuleInfo:

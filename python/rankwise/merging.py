@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
+from . import heads as hd
 from .adapter import Adapter, normalize_dtype
 from .errors import AdapterFormatError, NonFiniteError, OptionError
 from .methods import METHODS, Factors, MergeMethod, ModuleContext, weighting
@@ -50,6 +51,7 @@ def merge(
     peft_weights: Sequence[float] | None = None,
     dtype: str | None = None,
     progress: bool | Callable[[int, int, str], None] = False,
+    heads: str | int | None = None,
     **options: Any,
 ) -> Adapter:
     """Merges the adapters of ``pool`` with ``method`` into one Adapter.
@@ -60,7 +62,10 @@ def merge(
     PEFT's ``add_weighted_adapter``: the weights PEFT would be given, for PEFT's numerics.
     ``dtype``: of the written factors (default: the pool's dtype when all
     adapters share one, else float32). ``progress``: True for a tqdm bar on stderr, or a
-    callable ``(done, total, module)``. Other keywords are the method's options.
+    callable ``(done, total, module)``. ``heads``: what to do with full-copy heads
+    (``modules_to_save``) when the adapters carry any: ``"mean"`` (Σ w_j·head_j, w_j = 1/N by
+    default), ``"first"``, ``"drop"`` or an adapter index; required then (a pool of one keeps
+    its heads). Other keywords are the method's options.
     """
     if not isinstance(pool, AdapterPool):
         pool = AdapterPool.load(pool)
@@ -71,6 +76,12 @@ def merge(
     wts = _weighting(pool, m, weights, peft_weights)
     w = wts.run
     _check_weight_range(pool, w)
+    # Heads are decided before the (long) merge runs, so a missing choice fails fast; a mean of
+    # heads follows the weights rule (Σ w_j·head_j, the rule's w: 1/N by default).
+    head_w = wts.rule if wts.rule is not None else np.full(len(pool), 1.0 / len(pool))
+    names = [str(a.path or f"adapter {j}") for j, a in enumerate(pool)]
+    if any(a.heads for a in pool):
+        hd.combine([a.heads for a in pool], lambda j, t: np.zeros(0, np.float32), heads, head_w, names, dry_run=True)
     opts = m.prepare(pool, w, dict(options)) if m.prepare else dict(options)
     out_dtype = normalize_dtype(dtype) if dtype is not None else _pool_dtype(pool)
 
@@ -114,7 +125,12 @@ def merge(
             pool.release()
     if bar is not None:
         bar.close()
-    out = Adapter.from_factors(merged, base_config=pool[0].config, dtype=out_dtype).carry_layout(pool[0])
+    merged_heads = hd.combine([a.heads for a in pool], lambda j, t: pool[j].head(t.name), heads, head_w, names)
+    base_config = dict(pool[0].config, base_model_name_or_path=pool.base_model)
+    embeddings = {n for n, info in pool[0].modules.items() if info.embedding}
+    out = Adapter.from_factors(
+        merged, base_config=base_config, dtype=out_dtype, heads=merged_heads, embeddings=embeddings
+    ).carry_layout(pool[0])
     out.inputs = [p for a in pool for p in a.inputs]
     out.checked_finite = True  # _check_merged saw every factor
     out.merge_info = {
@@ -125,6 +141,7 @@ def merge(
         "seconds": time.perf_counter() - t0,
         "timings": timings,
         "options": {k: v for k, v in opts.items() if _jsonable(v)},
+        "heads": sorted(merged_heads) if merged_heads else None,
     }
     return out
 

@@ -8,8 +8,12 @@ What PEFT writes, and how it reads it back (peft/tuners/lora, peft/utils/save_an
   name (``re.match(rf"(.*\\.)?({key})$", module)``, first match wins), else ``r`` / ``lora_alpha``;
 - ``fan_in_fan_out`` transposes only the base weight (GPT-2's Conv1D): the factors keep the
   nn.Linear layout, and the delta PEFT adds is ``(B @ A).T * scaling``.
-Features whose tensors rankwise would have to drop to merge (DoRA, LoRA bias, modules_to_save,
-embedding or conv LoRA, ...) are refused with an error naming the feature, never dropped.
+- embedding LoRA: ``lora_embedding_A`` (rank × num_embeddings) and ``lora_embedding_B``
+  (dim × rank), no ``.weight``; PEFT adds ``(B @ A).T * scaling`` to the (num_embeddings × dim)
+  weight, so they are units like fan_in_fan_out factors (d_in = num_embeddings, d_out = dim);
+- full copies (``modules_to_save`` heads, saved base embeddings) are ``heads.py``'s.
+Features whose tensors rankwise would have to drop to merge (DoRA, LoRA bias, conv LoRA,
+``target_parameters``, ...) are refused with an error naming the feature, never dropped.
 
 Here: the config (``read_config`` -> ``LoraSpec``), the key names and their pairing into modules,
 and the module table of one adapter (``ModuleInfo`` per module) built from its file's tensor
@@ -50,23 +54,42 @@ DTYPES = ("F32", "F16", "BF16", "F64")
 
 _A_SUFFIX = ".lora_A.weight"
 _B_SUFFIX = ".lora_B.weight"
+_EMB_A_SUFFIX = ".lora_embedding_A"
+_EMB_B_SUFFIX = ".lora_embedding_B"
+
+#: Substrings of the keys of LoRA's own tensors (never a full-copy head).
+LORA_MARKERS = ("lora_A", "lora_B", "lora_embedding_", "lora_magnitude_vector", "trainable_tokens")
+
+#: The first bytes of a Git LFS pointer file (a clone without ``git lfs pull``).
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+# ``user/repo``: what a Hugging Face Hub id looks like.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 # Config switches that change what the adapter computes in ways a (B, A) merge cannot keep.
 _UNSUPPORTED_FLAGS = {
-    "use_dora": "DoRA (use_dora=true)",
-    "use_qalora": "QALoRA (use_qalora=true)",
-    "layer_replication": "layer_replication",
-    "trainable_token_indices": "trainable_token_indices",
-    "lora_bias": "LoRA bias on lora_B (lora_bias=true)",
+    "use_dora": (
+        "DoRA (use_dora=true)",
+        ": its magnitude vector rescales each column by the norm of the base weight plus the update, "
+        "so a merge needs the base model's weights, which rankwise does not read",
+    ),
+    "use_qalora": ("QALoRA (use_qalora=true)", ""),
+    "layer_replication": ("layer_replication", ""),
+    "trainable_token_indices": ("trainable_token_indices", ""),
+    "lora_bias": ("LoRA bias on lora_B (lora_bias=true)", ""),
+    "target_parameters": (
+        "target_parameters (LoRA on parameters such as MoE expert tensors)",
+        " yet: it merges LoRA on modules (target_modules)",
+    ),
+    "enable_lora": (
+        "enable_lora (old PEFT's merged LoRA on slices of a fused projection)",
+        ": its factors are grouped by slice; re-train or convert it with a current PEFT",
+    ),
 }
 
 # Tensor-name markers of the same features, for adapters whose config does not say.
 _UNSUPPORTED_KEYS = [
-    ("lora_magnitude_vector", "DoRA"),
-    ("lora_embedding_A", "LoRA on embedding layers"),
-    ("lora_embedding_B", "LoRA on embedding layers"),
-    ("modules_to_save", "modules_to_save"),
-    ("trainable_tokens", "trainable_token_indices"),
+    ("lora_magnitude_vector", "DoRA", _UNSUPPORTED_FLAGS["use_dora"][1]),
+    ("trainable_tokens", "trainable_token_indices", ""),
 ]
 
 
@@ -82,6 +105,7 @@ class LoraSpec:
     fan_in_fan_out: bool
     target_modules: Any
     raw: dict[str, Any]
+    modules_to_save: tuple[str, ...] = ()
 
     def rank_and_alpha(self, module: str) -> tuple[int, float]:
         r = self.rank_pattern.get(pattern_key(self.rank_pattern, module), self.r)
@@ -184,19 +208,28 @@ def check_pattern(key: object, where: str, error: type[Exception] = AdapterForma
 def read_config(folder: Path) -> LoraSpec:
     """Reads and validates ``folder/adapter_config.json``."""
     if not folder.exists():
-        hint = ""
-        s = str(folder)
-        if s.count("/") == 1 and not s.startswith((".", "/", "~")) and not folder.parent.exists():
-            hint = " (rankwise reads local folders, not Hugging Face Hub ids: download it first, e.g. `hf download`)"
-        raise AdapterNotFoundError(f"{folder}: adapter folder does not exist{hint}")
+        if _HUB_ID.fullmatch(str(folder)):
+            raise AdapterNotFoundError(
+                f"{folder}: adapter folder does not exist; it looks like a Hugging Face Hub id, but rankwise "
+                f"reads local files only: download it first (`huggingface-cli download {folder} --local-dir "
+                f"{folder.name}`) and pass that folder"
+            )
+        raise AdapterNotFoundError(f"{folder}: adapter folder does not exist")
     if not folder.is_dir():
         raise AdapterFormatError(f"{folder}: is not a folder (expected a PEFT adapter folder)")
     path = folder / CONFIG_NAME
     if not path.is_file():
+        inner = sorted(p.name for p in folder.iterdir() if (p / CONFIG_NAME).is_file())
+        if inner:
+            raise AdapterNotFoundError(
+                f"{path}: missing; {folder} holds {len(inner)} adapter folder(s) ({', '.join(inner[:3])}"
+                f"{', ...' if len(inner) > 3 else ''}): to use them all, pass the glob '{folder / '*'}'"
+            )
         raise AdapterNotFoundError(f"{path}: missing; {folder} is not a PEFT adapter folder")
     size = path.stat().st_size
     if size > MAX_CONFIG_BYTES:
         raise AdapterFormatError(f"{path}: {size} bytes; an adapter config is at most {MAX_CONFIG_BYTES} bytes")
+    check_not_lfs_pointer(path)
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -208,16 +241,17 @@ def read_config(folder: Path) -> LoraSpec:
     peft_type = str(raw.get("peft_type", "LORA")).upper()
     if peft_type != "LORA":
         raise AdapterFormatError(f"{path}: peft_type is {peft_type}; rankwise reads LoRA adapters")
-    for flag, feature in _UNSUPPORTED_FLAGS.items():
+    for flag, (feature, why) in _UNSUPPORTED_FLAGS.items():
         if raw.get(flag):
-            raise AdapterFormatError(f"{path}: {feature} is not supported by rankwise")
+            raise AdapterFormatError(f"{path}: {feature} is not supported by rankwise{why}")
+    mts = raw.get("modules_to_save") or []
+    if isinstance(mts, str):
+        mts = [mts]
+    if not isinstance(mts, list) or not all(isinstance(m, str) for m in mts):
+        raise AdapterFormatError(f"{path}: 'modules_to_save' must be a list of module names, got {mts!r}")
     bias = raw.get("bias", "none")
     if bias not in (None, "none"):
         raise AdapterFormatError(f"{path}: bias={bias!r} trains base-layer biases; rankwise supports bias='none' only")
-    if raw.get("modules_to_save"):
-        raise AdapterFormatError(
-            f"{path}: modules_to_save={raw['modules_to_save']} (full copies of modules) is not supported by rankwise"
-        )
 
     def check(what: str, v: Any, kind: type) -> Any:
         # Ranks are integers below 2**31, alphas finite float32 numbers: the scaling alpha / r
@@ -248,7 +282,17 @@ def read_config(folder: Path) -> LoraSpec:
         fan_in_fan_out=bool(raw.get("fan_in_fan_out", False)),
         target_modules=raw.get("target_modules"),
         raw=raw,
+        modules_to_save=tuple(mts),
     )
+
+
+def check_not_lfs_pointer(path: Path) -> None:
+    """A Git LFS pointer (a clone without ``git lfs pull``) is named as such, not as corrupt."""
+    with open(path, "rb") as f:
+        if f.read(len(_LFS_POINTER)) == _LFS_POINTER:
+            raise AdapterFormatError(
+                f"{path}: a Git LFS pointer, not the weights: run `git lfs pull` in its repository"
+            )
 
 
 @dataclass(frozen=True)
@@ -258,19 +302,29 @@ class ModuleKeys:
     name: str  # module name in the base model, e.g. "model.layers.0.self_attn.q_proj"
     key_a: str
     key_b: str
+    embedding: bool = False
 
 
-def module_keys(weights: Path, tensor_names: list[str]) -> dict[str, ModuleKeys]:
-    """Pairs the lora_A/lora_B keys of a file into modules; anything else is an error."""
+def module_keys(
+    weights: Path, listing: Mapping[str, tuple[str, list[int]]], listed: tuple[str, ...] = ()
+) -> dict[str, ModuleKeys]:
+    """Pairs the lora_A/lora_B (lora_embedding_A/B) keys of a file into modules; anything else
+    (heads are split off before) is an error naming what was found."""
     a_keys: dict[str, str] = {}
     b_keys: dict[str, str] = {}
-    for key in tensor_names:
-        for marker, feature in _UNSUPPORTED_KEYS:
+    embedding: set[str] = set()
+    for key in listing:
+        for marker, feature, why in _UNSUPPORTED_KEYS:
             if marker in key:
-                raise AdapterFormatError(f"{weights}: tensor '{key}': {feature} is not supported by rankwise")
-        if key.endswith(_A_SUFFIX) or key.endswith(_B_SUFFIX):
-            table = a_keys if key.endswith(_A_SUFFIX) else b_keys
-            name = _module_name(key[: -len(_A_SUFFIX)])
+                raise AdapterFormatError(f"{weights}: tensor '{key}': {feature} is not supported by rankwise{why}")
+        found = [
+            (a_keys if key.endswith(a_sfx) else b_keys, key[: -len(a_sfx if key.endswith(a_sfx) else b_sfx)], emb)
+            for a_sfx, b_sfx, emb in ((_A_SUFFIX, _B_SUFFIX, False), (_EMB_A_SUFFIX, _EMB_B_SUFFIX, True))
+            if key.endswith(a_sfx) or key.endswith(b_sfx)
+        ]
+        if found:
+            table, stem, emb = found[0]
+            name = _module_name(stem)
             if name in table:
                 # PEFT loads the prefixed key; taking either would be a guess.
                 raise AdapterFormatError(
@@ -278,14 +332,19 @@ def module_keys(weights: Path, tensor_names: list[str]) -> dict[str, ModuleKeys]
                     f"'{name}' (with and without the '{KEY_PREFIX}' prefix): ambiguous file"
                 )
             table[name] = key
+            if emb:
+                embedding.add(name)
         elif key.endswith(".lora_B.bias"):
             raise AdapterFormatError(
                 f"{weights}: tensor '{key}': LoRA bias (lora_bias=true) is not supported by rankwise"
             )
         else:
+            dtype, shape = listing[key]
+            heads = f"modules_to_save {list(listed)}" if listed else "no modules_to_save in the config"
             raise AdapterFormatError(
-                f"{weights}: tensor '{key}' is not a LoRA factor "
-                f"(expected keys ending in '{_A_SUFFIX}' or '{_B_SUFFIX}')"
+                f"{weights}: tensor '{key}' ({dtype}, shape {list(shape)}) is neither a LoRA factor (keys "
+                f"ending in '{_A_SUFFIX}', '{_B_SUFFIX}', '{_EMB_A_SUFFIX}', '{_EMB_B_SUFFIX}') nor a "
+                f"full-copy head ({heads})"
             )
     for name in sorted(a_keys.keys() - b_keys.keys()):
         raise AdapterFormatError(f"{weights}: tensor '{a_keys[name]}' has no matching lora_B")
@@ -293,15 +352,22 @@ def module_keys(weights: Path, tensor_names: list[str]) -> dict[str, ModuleKeys]
         raise AdapterFormatError(f"{weights}: tensor '{b_keys[name]}' has no matching lora_A")
     if not a_keys:
         raise AdapterFormatError(f"{weights}: holds no LoRA factors")
-    return {n: ModuleKeys(n, a_keys[n], b_keys[n]) for n in sorted(a_keys, key=natural_key)}
+    for name in sorted(embedding):
+        if a_keys[name].endswith(_EMB_A_SUFFIX) != b_keys[name].endswith(_EMB_B_SUFFIX):
+            raise AdapterFormatError(
+                f"{weights}: tensors '{a_keys[name]}' and '{b_keys[name]}': one embedding and one linear LoRA factor"
+            )
+    return {n: ModuleKeys(n, a_keys[n], b_keys[n], n in embedding) for n in sorted(a_keys, key=natural_key)}
 
 
 def _module_name(stem: str) -> str:
     return stem[len(KEY_PREFIX) :] if stem.startswith(KEY_PREFIX) else stem
 
 
-def factor_keys(module: str) -> tuple[str, str]:
+def factor_keys(module: str, embedding: bool = False) -> tuple[str, str]:
     """The PEFT keys under which a module's factors are saved."""
+    if embedding:
+        return f"{KEY_PREFIX}{module}{_EMB_A_SUFFIX}", f"{KEY_PREFIX}{module}{_EMB_B_SUFFIX}"
     return f"{KEY_PREFIX}{module}{_A_SUFFIX}", f"{KEY_PREFIX}{module}{_B_SUFFIX}"
 
 
@@ -313,7 +379,8 @@ def natural_key(name: str) -> list[Any]:
 @dataclass(frozen=True)
 class ModuleInfo:
     """One adapted module: its shape, rank and scaling (delta = scaling · B @ A), the dtype and
-    the keys of its factors."""
+    the keys of its factors; ``embedding``: an embedding LoRA (d_in = num_embeddings, d_out = dim;
+    PEFT adds the transpose of the delta)."""
 
     name: str
     rank: int
@@ -324,6 +391,7 @@ class ModuleInfo:
     dtype: str
     key_a: str
     key_b: str
+    embedding: bool = False
     #: Conv LoRA (LoCon): the (kh, kw) of the down kernel, whose rows (in·kh·kw = d_in) are the
     #: units' A part; None for a linear module.
     kernel: tuple[int, int] | None = None
@@ -343,6 +411,7 @@ def weights_path(folder: Path) -> Path:
                 "the adapter with safe_serialization=True"
             )
         raise AdapterNotFoundError(f"{p}: missing; {folder} has no adapter weights")
+    check_not_lfs_pointer(p)
     return p
 
 
@@ -353,8 +422,9 @@ def modules_from_listing(
     listing: Mapping[str, tuple[str, list[int]]],
 ) -> dict[str, ModuleInfo]:
     """The module table of one adapter from its parsed config and its file's tensor listing
-    (``{key: (dtype, shape)}``): keys paired, dtypes, shapes and ranks checked against the config."""
-    keys = module_keys(weights, list(listing))
+    (``{key: (dtype, shape)}``, heads taken out): keys paired, dtypes, shapes and ranks checked
+    against the config."""
+    keys = module_keys(weights, listing, spec.modules_to_save)
     mods: dict[str, ModuleInfo] = {}
     for name, k in keys.items():
         a_dt, a_shape = listing[k.key_a]
@@ -396,5 +466,7 @@ def modules_from_listing(
                 "float32's normal range: the folded factors would overflow or vanish"
             )
         dtype = a_dt if a_dt == b_dt else "F32"
-        mods[name] = ModuleInfo(name, rank, alpha, scaling, a_shape[1], b_shape[0], dtype, k.key_a, k.key_b)
+        mods[name] = ModuleInfo(
+            name, rank, alpha, scaling, a_shape[1], b_shape[0], dtype, k.key_a, k.key_b, k.embedding
+        )
     return mods

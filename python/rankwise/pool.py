@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -10,7 +11,7 @@ import numpy as np
 from . import _core
 from . import adapter as _adapter
 from .adapter import Adapter, distinct_sources, expand_paths, mapped_bytes, open_adapters
-from .errors import IncompatibleAdaptersError, OptionError, RankwiseError
+from .errors import BaseModelWarning, IncompatibleAdaptersError, OptionError, RankwiseError
 
 #: Per adapter, the file index and the keys of one module's factors in the pool's mapped files.
 FileSources = list[tuple[int, str, str]]
@@ -29,6 +30,21 @@ class AdapterPool:
         self.adapters = list(adapters)
         _check_compatible(self.adapters)
         self.mapped_bytes = mapped_bytes(self.adapters)
+        bases = {a.config.get("base_model_name_or_path") for a in self.adapters}
+        if len(bases) > 1:
+            warnings.warn(
+                f"the adapters name {len(bases)} base models ({', '.join(sorted(map(str, bases)))}); their "
+                "shapes agree, so they are merged, but check that they share one base model (the merged "
+                "config names none)",
+                BaseModelWarning,
+                stacklevel=2,
+            )
+
+    @property
+    def base_model(self) -> str | None:
+        """The ``base_model_name_or_path`` every adapter names, or None when they differ."""
+        bases = {a.config.get("base_model_name_or_path") for a in self.adapters}
+        return bases.pop() if len(bases) == 1 else None
 
     @classmethod
     def load(

@@ -56,7 +56,7 @@ rw.AdapterPool.load([Path(os.fsdecode(raw))])
 @pytest.mark.parametrize("name", ["meta-llama/Llama-2-7b", "user/repo"])
 def test_hub_id_is_not_a_path(name: str, tmp_path: Path) -> None:
     expect_error(
-        case(f"rw.AdapterPool.load([{name!r}])"), "AdapterNotFoundError", r"rankwise reads local folders", cwd=tmp_path
+        case(f"rw.AdapterPool.load([{name!r}])"), "AdapterNotFoundError", r"reads local files only", cwd=tmp_path
     )
 
 
