@@ -127,3 +127,41 @@ def atomic_dir(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_file_target(
+    target: str | os.PathLike[str], *, overwrite: bool = False, inputs: Iterable[str | os.PathLike[str]] = ()
+) -> Path:
+    """What ``atomic_file`` refuses about ``target``, checked without writing; the absolute target."""
+    check_disjoint(target, inputs)
+    target = Path(target).absolute()
+    if target.exists() and (target.is_dir() or not overwrite):
+        what = "is a folder" if target.is_dir() else "exists; pass overwrite=True (CLI: --overwrite) to replace it"
+        raise OutputExistsError(f"{target}: {what}")
+    return target
+
+
+@contextlib.contextmanager
+def atomic_file(
+    target: str | os.PathLike[str], *, overwrite: bool = False, inputs: Iterable[str | os.PathLike[str]] = ()
+) -> Iterator[Path]:
+    """Yields a temp file path beside ``target``; on success it is fsynced and renamed onto
+    ``target``. An existing ``target`` is refused (``OutputExistsError``) unless ``overwrite``,
+    and so is one of ``inputs`` (the files the content was read from)."""
+    target = check_file_target(target, overwrite=overwrite, inputs=inputs)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}{_TMP_TAG}", dir=target.parent)
+        os.close(fd)
+    except OSError as e:
+        raise RankwiseError(f"{target}: cannot create the output file: {e.strerror or e}") from e
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -7,6 +7,7 @@ adapter reads its factors from its mapped file (``Adapter.source``) on demand.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import glob
 import json
 import os
@@ -18,9 +19,10 @@ from typing import Any, Literal
 import numpy as np
 
 from . import _core, card
+from . import formats as fm
 from . import heads as hd
 from . import peft_format as pf
-from ._atomic import atomic_dir
+from ._atomic import atomic_dir, atomic_file
 from .errors import AdapterFormatError, NonFiniteError, OptionError, OutputWriteError, RankwiseError
 from .heads import HeadTensor
 from .peft_format import DTYPES, ModuleInfo
@@ -105,10 +107,16 @@ class Adapter:
         path: Path | None = None,
         source: AdapterSource | None = None,
         factors: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+        format: str = "peft",
+        metadata: Mapping[str, str] | None = None,
         heads: Mapping[str, HeadTensor] | None = None,
         head_values: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         self.config: dict[str, Any] = dict(config)
+        #: The layout the modules' keys are in (``formats.FORMATS``), the default of ``save``.
+        self.format = format
+        #: The safetensors ``__metadata__`` of the file it was read from, written back on save.
+        self.metadata: dict[str, str] = dict(metadata or {})
         self.modules: dict[str, ModuleInfo] = dict(modules)
         self.heads: dict[str, HeadTensor] = dict(heads or {})
         self._head_values = dict(head_values) if head_values is not None else None
@@ -126,9 +134,10 @@ class Adapter:
 
     # ----------------------------------------------------------------------------- loading
     @classmethod
-    def load(cls, path: str | os.PathLike[str], *, check_finite: bool = True) -> Adapter:
-        """Loads a PEFT LoRA adapter folder (``adapter_config.json`` + safetensors)."""
-        return open_adapters([Path(path)], check_finite=check_finite)[0]
+    def load(cls, path: str | os.PathLike[str], *, check_finite: bool = True, format: str | None = None) -> Adapter:
+        """Loads a PEFT adapter folder, or a kohya / diffusers LoRA file or folder (the layout
+        read off the keys unless ``format`` forces it)."""
+        return open_adapters([Path(path)], check_finite=check_finite, format=format)[0]
 
     @classmethod
     def from_factors(
@@ -207,6 +216,8 @@ class Adapter:
         else:
             assert self._source is not None
             a, b = self._source.read(info.key_a), self._source.read(info.key_b)
+            if info.kernel is not None:  # conv LoRA: the down kernel's rows are the units' A
+                a, b = a.reshape(info.rank, info.d_in), b.reshape(info.d_out, info.rank)
         if folded and info.scaling != 1.0:
             b = b * np.float32(info.scaling)
         return a, b
@@ -242,12 +253,36 @@ class Adapter:
         return out
 
     # ----------------------------------------------------------------------------- saving
-    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False, dtype: str | None = None) -> Path:
-        """Writes a PEFT folder (``adapter_config.json`` + ``adapter_model.safetensors``, and for a
-        merge its model card ``README.md``, ``rankwise.card``) atomically: into a temp folder
-        beside ``path``, then renamed. Returns the path. ``dtype`` converts the LoRA factors;
-        heads keep their own dtype (carried unchanged)."""
+    def carry_layout(self, other: Adapter) -> Adapter:
+        """Takes ``other``'s layout, metadata, key names and conv kernels for the modules both
+        have (a merge's result keeps its pool's), so that ``save`` writes what ``other`` was."""
+        self.format, self.metadata = other.format, dict(other.metadata)
+        if other.format == "peft":  # PEFT keys are rankwise's own (prefixed) names
+            return self
+        for name, info in self.modules.items():
+            o = other.modules.get(name)
+            if o is not None and (o.d_in, o.d_out) == (info.d_in, info.d_out):
+                self.modules[name] = dataclasses.replace(info, key_a=o.key_a, key_b=o.key_b, kernel=o.kernel)
+        return self
+
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        dtype: str | None = None,
+        format: str | None = None,
+    ) -> Path:
+        """Writes the adapter atomically (a temp file or folder beside ``path``, then renamed) in
+        layout ``format`` (default: the one it was read in): a PEFT folder
+        (``adapter_config.json`` + ``adapter_model.safetensors``), or a kohya / diffusers
+        safetensors file (``path`` ending in ``.safetensors``) or a folder holding one; a
+        merge's PEFT folder also gets its model card ``README.md`` (``rankwise.card``).
+        Returns the path."""
         out_dtype = normalize_dtype(dtype) if dtype is not None else None
+        fmt = fm.check_format(format) or self.format
+        if fmt != "peft":
+            return self._save_file(Path(path), fmt, out_dtype, overwrite)
         target = Path(path)
         tensors = []
         for name, info in self.modules.items():
@@ -262,20 +297,43 @@ class Adapter:
             x = np.ascontiguousarray(self.head(name), dtype=np.float32)
             check_castable(x, t.dtype, f"{target}: head '{name}': tensor '{t.key}'")
             tensors.append((t.key, t.dtype, x))
+        config = self.config if self.format == "peft" else fm.peft_config(self.modules)
         weights = None
         try:
             with atomic_dir(target, overwrite=overwrite, inputs=self.inputs) as tmp:
                 weights = tmp / pf.WEIGHTS_NAME
                 _core.write_safetensors(str(weights), tensors, {"format": "pt"})
-                (tmp / pf.CONFIG_NAME).write_text(json.dumps(self.config, indent=2, sort_keys=True) + "\n")
+                (tmp / pf.CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
                 if self.merge_info is not None and "method" in self.merge_info:
-                    (tmp / card.CARD_NAME).write_text(card.render(self.config, self.merge_info), encoding="utf-8")
+                    (tmp / card.CARD_NAME).write_text(card.render(config, self.merge_info), encoding="utf-8")
         except RankwiseError as e:
             # The core reports a failed write (disk full, ...) as a format error naming the temp file.
             if weights is None or isinstance(e, OSError) or str(weights) not in str(e):
                 raise
             raise OutputWriteError(f"{target}: writing the output failed: {e}; nothing was written") from e
         return target
+
+    def _save_file(self, path: Path, fmt: str, dtype: str | None, overwrite: bool) -> Path:
+        tensors, meta = fm.tensors_and_metadata(
+            self.modules,
+            self.factors,
+            fmt,
+            own_keys=fmt == self.format,
+            dtype=dtype,
+            metadata=self.metadata,
+            merge_info=self.merge_info,
+        )
+        for key, dt, x in tensors:
+            if not (self.checked_finite and dt in ("F32", "F64")):
+                check_castable(x, dt, f"{path}: tensor '{key}'{self._merged_from()}")
+        folder, name = fm.weights_target(path, fmt)
+        if path.suffix == ".safetensors":
+            with atomic_file(path, overwrite=overwrite, inputs=self.inputs) as tmp:
+                _core.write_safetensors(str(tmp), tensors, meta)
+            return path
+        with atomic_dir(folder, overwrite=overwrite, inputs=self.inputs) as tmp:
+            _core.write_safetensors(str(tmp / name), tensors, meta)
+        return folder
 
     def _merged_from(self) -> str:
         if self.merge_info:
@@ -339,9 +397,10 @@ def _to_framework(val: np.ndarray, dtype: str, framework: str) -> Any:
     return torch.from_numpy(np.ascontiguousarray(val)).to(tdt[dtype])
 
 
-def load_adapter(path: str | os.PathLike[str], *, check_finite: bool = True) -> Adapter:
-    """Loads a PEFT LoRA adapter folder. Factors stay in the mapped file until asked for."""
-    return Adapter.load(path, check_finite=check_finite)
+def load_adapter(path: str | os.PathLike[str], *, check_finite: bool = True, format: str | None = None) -> Adapter:
+    """Loads a PEFT adapter folder or a kohya / diffusers LoRA file or folder (``format``:
+    forces the layout). Factors stay in the mapped file until asked for."""
+    return Adapter.load(path, check_finite=check_finite, format=format)
 
 
 def expand_paths(paths_or_glob: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
@@ -361,24 +420,35 @@ def expand_paths(paths_or_glob: str | os.PathLike[str] | Sequence[str | os.PathL
     return out
 
 
-def open_adapters(folders: Sequence[Path], *, check_finite: bool = True) -> list[Adapter]:
+def open_adapters(folders: Sequence[Path], *, check_finite: bool = True, format: str | None = None) -> list[Adapter]:
     """Parses the configs, then maps every weights file in one parallel Rust call."""
-    specs = [pf.read_config(f) for f in folders]
-    weights = [pf.weights_path(f) for f in folders]
-    for w in weights:
+    located = [fm.locate(Path(f), format) for f in folders]
+    specs = {i: pf.read_config(loc.path) for i, loc in enumerate(located) if loc.format == "peft"}
+    for loc in located:
         try:
-            os.fspath(w).encode("utf-8")
+            os.fspath(loc.weights).encode("utf-8")
         except UnicodeEncodeError:
             raise AdapterFormatError(
-                f"{os.fsencode(w)!r}: the path is not valid UTF-8; rankwise's reader takes UTF-8 "
+                f"{os.fsencode(loc.weights)!r}: the path is not valid UTF-8; rankwise's reader takes UTF-8 "
                 "paths: rename the folder"
             ) from None
-    files = _core.MappedFiles.open([str(w) for w in weights])
+    files = _core.MappedFiles.open([str(loc.weights) for loc in located])
     adapters = []
-    for i, (folder, w, spec) in enumerate(zip(folders, weights, specs)):
-        heads, listing = hd.split_listing(w, files.tensors(i), spec.modules_to_save)
-        mods = pf.modules_from_listing(folder, w, spec, listing)
-        adapters.append(Adapter(spec.raw, mods, path=folder, source=AdapterSource(files, i), heads=heads))
+    for i, loc in enumerate(located):
+        if i in specs:
+            heads, listing = hd.split_listing(loc.weights, files.tensors(i), specs[i].modules_to_save)
+            mods = pf.modules_from_listing(loc.path, loc.weights, specs[i], listing)
+            adapters.append(Adapter(specs[i].raw, mods, path=loc.path, source=AdapterSource(files, i), heads=heads))
+            continue
+        listing = files.tensors(i)
+        fmt = loc.format or fm.detect(loc.weights, list(listing))
+        meta = files.metadata(i)
+        mods = fm.read_modules(loc, fmt, listing, meta, lambda k, i=i: files.read(i, k))
+        adapters.append(
+            Adapter(
+                fm.peft_config(mods), mods, path=loc.path, source=AdapterSource(files, i), format=fmt, metadata=meta
+            )
+        )
     if check_finite:
         # Pages stay mapped for the merge that follows, unless the pool is too large for that.
         files.check_finite(

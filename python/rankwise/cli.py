@@ -13,12 +13,13 @@ from typing import Any
 
 from . import __version__
 from . import recipe as _recipe
-from ._atomic import check_target
+from ._atomic import check_file_target, check_target
 from .adapter import Adapter, expand_paths, open_adapters
 from .analyze import analyze
 from .compare import compare, table
 from .demo import run_demo
 from .errors import OptionError, RankwiseError
+from .formats import FORMATS
 from .merging import merge, merge_methods
 from .methods import METHODS
 from .methods.weighting import RULE, describe
@@ -73,7 +74,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     failed = 0
     for folder in expand_paths(args.adapters):
         try:
-            (adapter,) = open_adapters([folder], check_finite=not args.fast)
+            (adapter,) = open_adapters([folder], check_finite=not args.fast, format=args.format)
         except RankwiseError as e:
             print(f"{_safe(folder)}  FAILED: {_safe(e)}\n")
             print(f"rankwise: error: {_safe(e)}", file=sys.stderr)
@@ -87,14 +88,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def _print_adapter(adapter: Adapter, full: bool) -> None:
     print(
-        f"{_safe(adapter.path)}  ({len(adapter.modules)} modules, {_fmt_params(adapter.num_params)} params, "
+        f"{_safe(adapter.path)}  ({adapter.format} layout, {len(adapter.modules)} modules, "
+        f"{_fmt_params(adapter.num_params)} params, "
         f"{_safe(adapter.config.get('base_model_name_or_path') or 'base model not named')})"
     )
     groups: dict[tuple[Any, ...], list[Any]] = {}
     labels = _labels(list(adapter.modules), full)
     for m in adapter.modules.values():
         label = _safe(labels[m.name]) + (" (embedding)" if m.embedding else "")
-        groups.setdefault((label, m.rank, m.alpha, m.scaling, m.d_out, m.d_in, m.dtype), []).append(m)
+        # conv LoRA: out × in × kh × kw
+        shape = f"{m.d_out}×{m.d_in}" if m.kernel is None else f"{m.d_out}×{m.d_in // (m.kernel[0] * m.kernel[1])}"
+        shape += "".join(f"×{k}" for k in m.kernel or ())
+        groups.setdefault((label, m.rank, m.alpha, m.scaling, shape, m.dtype), []).append(m)
     rows = [
         [
             label,
@@ -102,11 +107,11 @@ def _print_adapter(adapter: Adapter, full: bool) -> None:
             r,
             _fmt_num(alpha),
             _fmt_num(round(s, 6)),
-            f"{o}×{i}",
+            shape,
             dt,
             _fmt_params(sum(x.num_params for x in ms)),
         ]
-        for (label, r, alpha, s, o, i, dt), ms in groups.items()
+        for (label, r, alpha, s, shape, dt), ms in groups.items()
     ]
     print(_table(rows, ["module", "count", "rank", "alpha", "scaling", "out×in", "dtype", "params"]))
     if adapter.heads:
@@ -168,8 +173,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
     if args.output is None:
         raise RankwiseError("merge needs -o/--output (or --dump-config)")
     # Before any work: an output that is (or holds, or lies in) an input would destroy it.
-    check_target(args.output, overwrite=args.overwrite, inputs=rec.paths)
-    pool = AdapterPool.load(rec.paths)
+    check = check_file_target if args.output.endswith(".safetensors") else check_target
+    check(args.output, overwrite=args.overwrite, inputs=rec.paths)
+    pool = AdapterPool.load(rec.paths, format=args.format)
     t_load = time.perf_counter() - t0
     merged = merge(
         pool,
@@ -183,7 +189,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         **rec.options,
     )
     t_merge = time.perf_counter() - t0 - t_load
-    out = merged.save(args.output, overwrite=args.overwrite)
+    out = merged.save(args.output, overwrite=args.overwrite, format=args.output_format)
     total = time.perf_counter() - t0
     ranks = sorted({m.rank for m in merged.modules.values()})
     src_ranks = sorted({m.rank for a in pool for m in a.modules.values()})
@@ -281,15 +287,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_count, default=None, help="threads for the Rust core (default: all cores)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("inspect", help="describe PEFT LoRA adapter folders")
-    s.add_argument("adapters", nargs="+", help="adapter folders or globs")
+    formats = ", ".join(FORMATS)
+    s = sub.add_parser("inspect", help="describe LoRA adapters (PEFT folders, kohya / diffusers files)")
+    s.add_argument("adapters", nargs="+", help="adapter folders, .safetensors files or globs")
+    s.add_argument("--format", choices=FORMATS, default=None, help=f"force the layout ({formats}; default: detected)")
     s.add_argument("--all", action="store_true", help="one row per module instead of per projection")
     s.add_argument("--fast", action="store_true", help="skip the NaN/Inf scan of the weights")
     s.set_defaults(func=cmd_inspect)
 
-    s = sub.add_parser("merge", help="merge adapter folders into one PEFT adapter")
-    s.add_argument("adapters", nargs="*", help="adapter folders or globs")
-    s.add_argument("-o", "--output", default=None, help="output folder (created atomically)")
+    s = sub.add_parser("merge", help="merge adapters into one, in their layout")
+    s.add_argument("adapters", nargs="*", help="adapter folders, .safetensors files or globs")
+    s.add_argument(
+        "-o", "--output", default=None, help="output folder, or .safetensors file for kohya/diffusers (atomic)"
+    )
+    s.add_argument("--format", choices=FORMATS, default=None, help=f"force the inputs' layout ({formats})")
+    s.add_argument("--output-format", choices=FORMATS, default=None, help="layout written (default: the inputs')")
     s.add_argument("--config", default=None, help="a recipe.yaml to merge (instead of folders and options)")
     s.add_argument(
         "--dump-config",

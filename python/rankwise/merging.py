@@ -134,7 +134,7 @@ def merge(
     embeddings = {n for n, info in pool[0].modules.items() if info.embedding}
     out = Adapter.from_factors(
         merged, base_config=base_config, dtype=out_dtype, heads=merged_heads, embeddings=embeddings
-    )
+    ).carry_layout(pool[0])
     out.inputs = [p for a in pool for p in a.inputs]
     out.checked_finite = True  # _check_merged saw every factor
     out.merge_info = {

@@ -392,6 +392,9 @@ class ModuleInfo:
     key_a: str
     key_b: str
     embedding: bool = False
+    #: Conv LoRA (LoCon): the (kh, kw) of the down kernel, whose rows (in·kh·kw = d_in) are the
+    #: units' A part; None for a linear module.
+    kernel: tuple[int, int] | None = None
 
     @property
     def num_params(self) -> int:

@@ -52,12 +52,14 @@ class AdapterPool:
         paths_or_glob: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
         *,
         check_finite: bool = True,
+        format: str | None = None,
     ) -> AdapterPool:
-        """Loads PEFT adapter folders (a list, or a glob such as ``"runs/*/"``)."""
+        """Loads adapters (a list, or a glob such as ``"runs/*/"``): PEFT folders, kohya or
+        diffusers LoRA files or folders (``format`` forces the layout)."""
         folders = expand_paths(paths_or_glob)
         if not folders:
             raise OptionError("no adapter folders given")
-        return cls(open_adapters(folders, check_finite=check_finite))
+        return cls(open_adapters(folders, check_finite=check_finite, format=format))
 
     def __len__(self) -> int:
         return len(self.adapters)

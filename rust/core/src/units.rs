@@ -35,26 +35,29 @@ pub struct UnitMatrix {
 }
 
 /// Checks the factor shapes of one source: returns (rank, d_out, d_in).
+///
+/// Conv LoRA (LoCon) factors are units too: lora_A `(r, in, kh, kw)` is read as
+/// `(r, in·kh·kw)` (its row-major bytes already are), lora_B `(out, r, 1, 1)` as `(out, r)`.
 pub fn factor_dims(src: &UnitSource) -> Result<(usize, usize, usize)> {
     let path = src.file.path();
     let a = src.file.info(src.key_a)?;
     let b = src.file.info(src.key_b)?;
-    if a.shape.len() != 2 {
+    if a.shape.len() < 2 {
         return Err(Error::tensor(
             path,
             src.key_a,
             format!(
-                "lora_A must be 2-D (rank × in_features), got shape {:?}",
+                "lora_A must be 2-D (rank × in_features) or a conv kernel (rank × in × kh × kw), got shape {:?}",
                 a.shape
             ),
         ));
     }
-    if b.shape.len() != 2 {
+    if b.shape.len() < 2 || b.shape[2..].iter().any(|&d| d != 1) {
         return Err(Error::tensor(
             path,
             src.key_b,
             format!(
-                "lora_B must be 2-D (out_features × rank), got shape {:?}",
+                "lora_B must be 2-D (out_features × rank) or a 1×1 conv (out × rank × 1 × 1), got shape {:?}",
                 b.shape
             ),
         ));
@@ -69,7 +72,7 @@ pub fn factor_dims(src: &UnitSource) -> Result<(usize, usize, usize)> {
             ),
         ));
     }
-    Ok((a.shape[0], b.shape[0], a.shape[1]))
+    Ok((a.shape[0], b.shape[0], a.shape[1..].iter().product()))
 }
 
 /// Builds the unit matrix of one module. All sources must share d_out and d_in; ranks may differ.
@@ -588,6 +591,85 @@ mod tests {
             .unwrap()
             .to_string()
             .contains("rank mismatch"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Conv LoRA factors, A (r, in, kh, kw) and B (out, r, 1, 1), give the units of the same
+    /// values read as 2-D (r, in·kh·kw) and (out, r); a B with a kernel is refused.
+    #[test]
+    fn conv_factors_are_flattened_kernels() {
+        let dir = std::env::temp_dir().join(format!("rw-units-conv-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (r, d_out, c_in, kh, kw) = (2usize, 3usize, 4usize, 3usize, 2usize);
+        let d_in = c_in * kh * kw;
+        let a: Vec<f32> = (0..r * d_in).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..d_out * r).map(|i| (i as f32 * 0.11).cos()).collect();
+        let conv = dir.join("conv.st");
+        fn t<'a>(name: &'a str, shape: &'a [usize], data: &'a [f32]) -> TensorOut<'a> {
+            TensorOut {
+                name,
+                dtype: DType::F32,
+                shape,
+                data,
+            }
+        }
+        write(
+            &conv,
+            &[
+                t("m.lora_A.weight", &[r, c_in, kh, kw], &a),
+                t("m.lora_B.weight", &[d_out, r, 1, 1], &b),
+                t("k.lora_A.weight", &[r, c_in, kh, kw], &a),
+                t("k.lora_B.weight", &[d_out, r, 3, 1], &[0.0; 18]),
+            ],
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        let flat = dir.join("flat.st");
+        write(
+            &flat,
+            &[
+                t("m.lora_A.weight", &[r, d_in], &a),
+                t("m.lora_B.weight", &[d_out, r], &b),
+            ],
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        let (fc, ff) = (
+            MappedFile::open(&conv).unwrap(),
+            MappedFile::open(&flat).unwrap(),
+        );
+        let src = |file, key_a, key_b| UnitSource {
+            file,
+            key_a,
+            key_b,
+            b_scale: 0.5,
+        };
+        let u_conv = unit_matrix(
+            &[src(&fc, "m.lora_A.weight", "m.lora_B.weight")],
+            false,
+            false,
+        )
+        .unwrap();
+        let u_flat = unit_matrix(
+            &[src(&ff, "m.lora_A.weight", "m.lora_B.weight")],
+            false,
+            false,
+        )
+        .unwrap();
+        assert_eq!((u_conv.d_out, u_conv.d_in), (d_out, d_in));
+        assert_eq!(u_conv.data, u_flat.data);
+        let e = unit_matrix(
+            &[src(&fc, "k.lora_A.weight", "k.lora_B.weight")],
+            false,
+            false,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            e.contains("1×1 conv") && e.contains("k.lora_B.weight"),
+            "{e}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
