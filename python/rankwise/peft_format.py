@@ -264,6 +264,11 @@ def modules_from_listing(
                 f"{weights}: tensor '{k.key_b}': rank mismatch: lora_B has shape {b_shape} but "
                 f"'{k.key_a}' has rank {a_shape[0]} (shape {a_shape})"
             )
+        if a_shape[1] == 0 or b_shape[0] == 0:
+            raise AdapterFormatError(
+                f"{weights}: module '{name}' has out_features {b_shape[0]} and in_features {a_shape[1]} "
+                f"('{k.key_b}' {b_shape}, '{k.key_a}' {a_shape}): an empty module has nothing to merge"
+            )
         rank = a_shape[0]
         cfg_rank, alpha = spec.rank_and_alpha(name)
         if rank != cfg_rank:
