@@ -283,15 +283,17 @@ def test_subnormal_factors_are_finite(tmp_path: Path, method: str) -> None:
     expect_ok(code)
 
 
-@pytest.mark.parametrize("method", ["lego", "svd"])
-def test_fold_overflow_names_file_module_and_stage(tmp_path: Path, method: str) -> None:
-    """The methods whose fold runs in the core (unit matrix, svd's stacked factors): finite B
-    entries times a huge weight overflow float32 and are refused, not merged as inf."""
+@pytest.mark.parametrize(("method", "dtype"), [("lego", "float32"), ("svd", "float16")])
+def test_fold_overflow_names_file_module_and_stage(tmp_path: Path, method: str, dtype: str) -> None:
+    """The folds the core computes in float32 (the unit matrix; svd's stacked factors for a
+    half-precision output): finite B entries times a huge weight overflow and are refused, not
+    merged as inf. (svd's float64 path folds without overflow; the output cast is checked on
+    write, in Python.)"""
     folder = _values_file(tmp_path, np.ones((2, 16)), np.full((16, 2), 1e10))
     shutil.copytree(folder, tmp_path / "b")
     code = (
         "import rankwise as rw\n"
-        f"rw.merge([{str(folder)!r}, {str(tmp_path / 'b')!r}], {method!r}, weights=[1e30, 1.0])\n"
+        f"rw.merge([{str(folder)!r}, {str(tmp_path / 'b')!r}], {method!r}, weights=[1e30, 1.0], dtype={dtype!r})\n"
     )
     expect_error(code, "RankwiseError", rf"{WEIGHTS}: tensor '{B_KEY}': fold: .*overflows float32")
 

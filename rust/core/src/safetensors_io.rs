@@ -502,7 +502,7 @@ pub fn parse_header(path: &Path, buf: &[u8]) -> Result<Header> {
                 path,
                 k,
                 format!(
-                    "data_offsets [{}, {}] {what} {other} (which ends at {})",
+                    "data {what} {other} (data_offsets [{}, {}]; it ends at {})",
                     t.begin - data_start,
                     t.end - data_start,
                     covered - data_start
@@ -713,7 +713,7 @@ mod tests {
     #[test]
     fn invalid_json_and_entries() {
         assert!(err_of(&header_file("{not json", &[])).contains("not valid JSON"));
-        assert!(err_of(&header_file("[1,2]", &[])).contains("not a JSON object"));
+        assert!(err_of(&header_file("[1,2]", &[])).contains("does not start with"));
         let e = err_of(&header_file(
             r#"{"k":{"dtype":"F32","shape":[2],"data_offsets":[0]}}"#,
             &[0; 8],
