@@ -134,7 +134,7 @@ def run_rankwise(folders: list[Path], method: str, weights: list[float], opts: d
     import rankwise as rw
 
     pool = rw.AdapterPool.load(folders)
-    merged = rw.merge(pool, method, weights=weights, **opts)
+    merged = rw.merge(pool, method, peft_weights=weights, **opts)  # PEFT's weights: PEFT's numerics
     merged.save(out, overwrite=True)
     return merged
 

@@ -54,16 +54,19 @@ def _delta64(x: Adapter, m: str) -> np.ndarray:
     return delta64(a, b, x.modules[m].scaling)
 
 
-def _assert_same_deltas(x: Adapter, y: Adapter, tol: float = 1e-5) -> None:
+def _assert_same_deltas(x: Adapter, y: Adapter, tol: float = 1e-5, scale: float = 1.0) -> None:
+    """x's deltas are ``scale`` × y's."""
     assert list(x.modules) == list(y.modules)
     for m in x.modules:
-        dx, dy = _delta64(x, m), _delta64(y, m)
+        dx, dy = _delta64(x, m), scale * _delta64(y, m)
         err = np.abs(dx - dy).max() / np.abs(dy).max()
         assert err < tol, f"{m}: relative error {err}"
 
 
-def _rel_err(x: Adapter, y: Adapter) -> float:
-    return max(float(np.abs(x.delta(m) - y.delta(m)).max() / np.abs(y.delta(m)).max()) for m in x.modules)
+def _rel_err(x: Adapter, y: Adapter, scale: float = 1.0) -> float:
+    return max(
+        float(np.abs(x.delta(m) - scale * y.delta(m)).max() / np.abs(scale * y.delta(m)).max()) for m in x.modules
+    )
 
 
 # ------------------------------------------------------------------------------- Hungarian
@@ -172,10 +175,10 @@ def test_align_errors() -> None:
 
 # ------------------------------------------------------------------------------- aligned merge
 def _linear_delta_error(pool: rw.AdapterPool, ref: Adapter, weights: list[float]) -> float:
-    """Relative delta error of the ``linear`` baseline, or (while it is missing) of the plain
-    weighted average of the factors it stands for."""
+    """Relative delta error of the ``linear`` baseline against Σw·ref (the weights rule), or
+    (while it is missing) of the plain weighted average of the factors it stands for."""
     if "linear" in rw.merge_methods():
-        return _rel_err(rw.merge(pool, "linear", weights=weights), ref)
+        return _rel_err(rw.merge(pool, "linear", weights=weights), ref, float(np.sum(weights)))
     w = np.asarray(weights) / np.sum(weights)
     errs = []
     for m in ref.modules:
@@ -192,11 +195,12 @@ def test_aligned_merge_of_scrambled_copies_is_exact_and_linear_is_not(tmp_path: 
     pool = _saved_pool(tmp_path, [ref] + [_scrambled(ref, s) for s in (1, 2, 3)])
     merged = rw.merge(pool, "aligned", weights=weights)
     assert merged.merge_info["options"]["reference"] in range(4)
-    _assert_same_deltas(merged, ref, 1e-5)
+    total = sum(weights) if weights else 1.0  # the weights rule: Σ w_j·ΔW_j, default w_j = 1/N
+    _assert_same_deltas(merged, ref, 1e-5, total)
     assert all(m.rank == 6 for m in merged.modules.values())
     # Any reference gives the same merge.
-    _assert_same_deltas(rw.merge(pool, "aligned", weights=weights, reference=2, similarity="units"), ref, 1e-5)
-    assert _linear_delta_error(pool, ref, weights or [1.0] * 4) > 0.1
+    _assert_same_deltas(rw.merge(pool, "aligned", weights=weights, reference=2, similarity="units"), ref, 1e-5, total)
+    assert _linear_delta_error(pool, ref, weights or [0.25] * 4) > 0.1
 
 
 def test_aligned_merge_works_on_in_memory_pools_and_weights_the_average() -> None:
@@ -205,7 +209,7 @@ def test_aligned_merge_works_on_in_memory_pools_and_weights_the_average() -> Non
     merged = rw.merge(pool, "aligned", weights=[1.0, 0.0, 0.0], reference=2)
     _assert_same_deltas(merged, x, 1e-5)  # only x counts; matched to y's units, then averaged
     merged = rw.merge(pool, "aligned", weights=[0.0, 1.0, 1.0], reference=0)
-    _assert_same_deltas(merged, y, 1e-5)
+    _assert_same_deltas(merged, y, 1e-5, 2.0)  # Σ w_j·ΔW_j of two copies of y
 
 
 def test_medoid_reference_is_the_numpy_medoid(tmp_path: Path) -> None:

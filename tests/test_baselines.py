@@ -65,7 +65,8 @@ def peft_merge(pm, n, weights, method, **kw):
 
 
 def ours(pool, method, weights, **kw):
-    merged = rw.merge(pool, method, weights=weights, **kw)
+    """Our merge given PEFT's weights (``peft_weights``: PEFT's numerics, methods/weighting.py)."""
+    merged = rw.merge(pool, method, peft_weights=weights, **kw)
     return {m: merged.factors(m) for m in merged.modules}
 
 
@@ -550,7 +551,7 @@ def test_saved_merge_loads_in_peft(pool3, pm3, tmp_path):
 
     from peft_factory import logits
 
-    merged = rw.merge(pool3, "ties", weights=W1, density=0.5)
+    merged = rw.merge(pool3, "ties", peft_weights=W1, density=0.5)
     out = merged.save(tmp_path / "ties")
     loaded = PeftModel.from_pretrained(tiny_llama(0), str(out)).eval()
     for m, layer in lora_layers(loaded).items():

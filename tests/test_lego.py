@@ -44,12 +44,15 @@ def test_k_equal_units_without_reweighting_is_the_concatenation(
         np.testing.assert_allclose(merged.delta(name), weighted_sum(mixed_pool, name, w), rtol=1e-4, atol=1e-5)
 
 
-def test_mass_scale_with_k_equal_units_is_the_weighted_average(mixed_pool: rw.AdapterPool) -> None:
-    w = [0.5, 1.0, 2.0]
+def test_mass_scale_with_k_equal_units_is_the_weighted_sum(mixed_pool: rw.AdapterPool) -> None:
+    """The weights rule (methods/weighting.py): Σ_j w_j ΔW_j, the mean for the default 1/N."""
     k = {m: sum(mixed_pool.ranks(m)) for m in mixed_pool.modules}
-    merged = rw.merge(mixed_pool, "lego", rank=k, weights=w, reweight=False, scale="mass")
-    for name in mixed_pool.modules:
-        np.testing.assert_allclose(merged.delta(name), weighted_sum(mixed_pool, name, w) / sum(w), rtol=1e-4, atol=1e-5)
+    for w in ([0.5, 1.0, 2.0], None):
+        merged = rw.merge(mixed_pool, "lego", rank=k, weights=w, reweight=False, scale="mass")
+        coef = w or [1 / 3] * 3
+        for name in mixed_pool.modules:
+            want = weighted_sum(mixed_pool, name, coef)
+            np.testing.assert_allclose(merged.delta(name), want, rtol=1e-4, atol=1e-5)
 
 
 def reference_lego(
@@ -62,7 +65,6 @@ def reference_lego(
     output: bool,
     mass: bool,
     r_bar: float,
-    w_sum: float,
 ) -> np.ndarray:
     """docs/ALGORITHMS.md §1.2-1.4 written out plainly with loops: returns the merged delta."""
     delta = np.zeros((d_out, units.shape[1] - d_out))
@@ -73,7 +75,7 @@ def reference_lego(
         if param:
             b = b * np.mean([np.linalg.norm(u[:d_out]) for u in members]) / np.linalg.norm(b)
             a = a * np.mean([np.linalg.norm(u[d_out:]) for u in members]) / np.linalg.norm(a)
-        weight = len(members) / w_sum if mass else 1.0
+        weight = len(members) if mass else 1.0
         delta += weight * np.outer(b, a)
     if output and not mass:
         delta *= np.sqrt(r_bar / k)
@@ -110,11 +112,9 @@ def test_merged_delta_follows_the_formulas_and_loads_in_peft(tmp_path: Path, rew
     param = reweight in (True, "param")
     output = reweight in (True, "output")
     for m in names:
-        units = pool.unit_matrix(m)[0]
+        units = pool.unit_matrix(m, [0.25] * 4)[0]  # the default weights, 1/N
         labels = np.array(truth[m])
-        want = reference_lego(
-            units, labels, 3, h, param=param, output=output, mass=scale == "mass", r_bar=2.0, w_sum=4.0
-        )
+        want = reference_lego(units, labels, 3, h, param=param, output=output, mass=scale == "mass", r_bar=2.0)
         got = layers[m].get_delta_weight("a0").detach().numpy()
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 

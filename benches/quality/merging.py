@@ -265,6 +265,17 @@ class PoolRun:
         n = len(self.paths)
         return {"1": [1.0] * n, "1/N": [1.0 / n] * n, "1/√N": [n**-0.5] * n}[kind]
 
+    def _rw_weights(self, cfg: Config) -> dict[str, list[float]]:
+        """The bench's weights as its labels mean them (README "Weights"): PEFT's for the
+        baselines; for lego's mass scale and aligned, which normalised by Σw before the one
+        weights rule, the weights over their sum; lego's union scale takes them as they are."""
+        w = self.weights(cfg.weights)
+        if cfg.method in PEFT_TYPES:
+            return {"peft_weights": w}
+        if cfg.method == "aligned" or cfg.opts().get("scale", "mass") == "mass":
+            return {"weights": [x / sum(w) for x in w]}
+        return {"weights": w}
+
     def evaluate(self, model) -> dict[str, float]:
         return {t: accuracy(model, x, y) for t, (x, y) in self.tests.items()}
 
@@ -296,7 +307,7 @@ class PoolRun:
         opts = cfg.opts()
         if cfg.seeded:
             opts["seed"] = seed
-        merged = rw.merge(self._rw_pool, method=cfg.method, weights=self.weights(cfg.weights), **opts)
+        merged = rw.merge(self._rw_pool, method=cfg.method, **self._rw_weights(cfg), **opts)
         self._n += 1
         out = merged.save(self.tmp / f"m{self._n}")
         model = PeftModel.from_pretrained(self.ws.base(), str(out))

@@ -17,8 +17,10 @@ from .errors import (
     IncompatibleAdaptersError,
     InternalError,
     MergeConfigError,
+    NonFiniteError,
     OptionError,
     OutputExistsError,
+    OutputWriteError,
     RankwiseError,
 )
 from .kmeans import KMeansResult, kmeans
@@ -40,8 +42,10 @@ __all__ = [
     "KMeansResult",
     "MergeConfigError",
     "ModuleInfo",
+    "NonFiniteError",
     "OptionError",
     "OutputExistsError",
+    "OutputWriteError",
     "RankwiseError",
     "__version__",
     "align",

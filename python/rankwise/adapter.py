@@ -20,7 +20,7 @@ import numpy as np
 from . import _core
 from . import peft_format as pf
 from ._atomic import atomic_dir
-from .errors import OptionError, RankwiseError
+from .errors import AdapterFormatError, NonFiniteError, OptionError, OutputWriteError, RankwiseError
 from .peft_format import DTYPES, ModuleInfo
 
 __all__ = [
@@ -110,6 +110,10 @@ class Adapter:
         self._factors = dict(factors) if factors is not None else None
         # Set by ``merge``: method, options, sizes and time, for summaries and logs.
         self.merge_info: dict[str, Any] | None = None
+        # The folders this adapter's factors come from: ``save`` never writes over one of them.
+        self.inputs: list[Path] = [path] if path is not None else []
+        # Set by ``merge``, which checked every merged factor: float32/float64 writes skip the check.
+        self.checked_finite = False
         if self._factors is None and source is None:
             raise ValueError("an Adapter needs either mapped files or in-memory factors")
 
@@ -214,17 +218,59 @@ class Adapter:
         """Writes a PEFT folder (``adapter_config.json`` + ``adapter_model.safetensors``)
         atomically: into a temp folder beside ``path``, then renamed. Returns the path."""
         out_dtype = normalize_dtype(dtype) if dtype is not None else None
+        target = Path(path)
         tensors = []
         for name, info in self.modules.items():
             a, b = self.factors(name)
             dt = out_dtype or info.dtype
-            tensors.append((info.key_a, dt, np.ascontiguousarray(a, dtype=np.float32)))
-            tensors.append((info.key_b, dt, np.ascontiguousarray(b, dtype=np.float32)))
-        target = Path(path)
-        with atomic_dir(target, overwrite=overwrite) as tmp:
-            _core.write_safetensors(str(tmp / pf.WEIGHTS_NAME), tensors, {"format": "pt"})
-            (tmp / pf.CONFIG_NAME).write_text(json.dumps(self.config, indent=2, sort_keys=True) + "\n")
+            for key, x in ((info.key_a, a), (info.key_b, b)):
+                x = np.ascontiguousarray(x, dtype=np.float32)
+                if not (self.checked_finite and dt in ("F32", "F64")):
+                    check_castable(x, dt, f"{target}: module '{name}': tensor '{key}'{self._merged_from()}")
+                tensors.append((key, dt, x))
+        weights = None
+        try:
+            with atomic_dir(target, overwrite=overwrite, inputs=self.inputs) as tmp:
+                weights = tmp / pf.WEIGHTS_NAME
+                _core.write_safetensors(str(weights), tensors, {"format": "pt"})
+                (tmp / pf.CONFIG_NAME).write_text(json.dumps(self.config, indent=2, sort_keys=True) + "\n")
+        except RankwiseError as e:
+            # The core reports a failed write (disk full, ...) as a format error naming the temp file.
+            if weights is None or isinstance(e, OSError) or str(weights) not in str(e):
+                raise
+            raise OutputWriteError(f"{target}: writing the output failed: {e}; nothing was written") from e
         return target
+
+    def _merged_from(self) -> str:
+        if self.merge_info:
+            return f" (merged by {self.merge_info.get('method')} from {len(self.inputs)} adapters)"
+        return f" (of {self.inputs[0]})" if self.inputs else ""
+
+
+#: Per output dtype, the smallest magnitude that rounds to inf in the cast (round to nearest
+#: even): float16's largest value is 65504, bfloat16's 0x7F7F; one comparison per value
+#: (NaN fails it too) is the whole check on the write path.
+_OVERFLOW = {"F16": 65520.0, "BF16": float(np.uint32(0x7F7F8000).view(np.float32)), "F32": np.inf, "F64": np.inf}
+
+
+def check_castable(x: np.ndarray, dtype: str, where: str) -> None:
+    """Raises ``NonFiniteError`` (naming ``where`` and the stage) unless every value of the
+    float32 array ``x`` stays finite when cast to ``dtype``: rankwise never writes a non-finite
+    value."""
+    with np.errstate(invalid="ignore"):
+        ok = np.abs(x) < np.float32(_OVERFLOW[dtype])
+    if ok.all():
+        return
+    bad = ~ok
+    i = int(np.flatnonzero(bad.reshape(-1))[0])
+    v = float(x.reshape(-1)[i])
+    cast = {"F16": "float16", "BF16": "bfloat16"}.get(dtype)
+    stage = f"after the cast to {cast}" if cast and np.isfinite(x).all() else "before any cast"
+    raise NonFiniteError(
+        f"{where}: value {v:g} at flat index {i} is not finite {stage} ({int(bad.sum())} such values); "
+        "rankwise never writes a non-finite value"
+        + ("; save with dtype='float32' to keep these values" if "cast to" in stage else "")
+    )
 
 
 def _merged_config(base: Mapping[str, Any], mods: Mapping[str, ModuleInfo]) -> dict[str, Any]:
@@ -267,8 +313,9 @@ def expand_paths(paths_or_glob: str | os.PathLike[str] | Sequence[str | os.PathL
     items = [paths_or_glob] if isinstance(paths_or_glob, (str, os.PathLike)) else list(paths_or_glob)
     out: list[Path] = []
     for item in items:
-        s = os.fspath(item)
-        if glob.has_magic(s):
+        s = os.fsdecode(os.fspath(item))
+        # A path that exists is taken literally (folder names may hold '[', '*', '?').
+        if not os.path.lexists(s) and glob.has_magic(s):
             hits = sorted(glob.glob(s))
             if not hits:
                 raise RankwiseError(f"{s}: the pattern matches no adapter folder")
@@ -282,6 +329,14 @@ def open_adapters(folders: Sequence[Path], *, check_finite: bool = True) -> list
     """Parses the configs, then maps every weights file in one parallel Rust call."""
     specs = [pf.read_config(f) for f in folders]
     weights = [pf.weights_path(f) for f in folders]
+    for w in weights:
+        try:
+            os.fspath(w).encode("utf-8")
+        except UnicodeEncodeError:
+            raise AdapterFormatError(
+                f"{os.fsencode(w)!r}: the path is not valid UTF-8; rankwise's reader takes UTF-8 "
+                "paths: rename the folder"
+            ) from None
     files = _core.MappedFiles.open([str(w) for w in weights])
     adapters = []
     for i, (folder, w, spec) in enumerate(zip(folders, weights, specs)):

@@ -35,6 +35,17 @@ class OutputExistsError(RankwiseError, FileExistsError):
     """The output folder exists and is not empty (pass ``overwrite=True`` to replace it)."""
 
 
+class OutputWriteError(RankwiseError, OSError):
+    """Writing the output failed (disk full, permissions, ...); the message names the output.
+    Nothing partial is left: the temp folder is removed and the target is as it was."""
+
+
+class NonFiniteError(RankwiseError, ValueError):
+    """A value to be written is not finite (NaN, or an overflow when folding, merging or casting
+    to the output dtype): rankwise never writes one. The message names the module, the
+    adapter(s) where known, and the stage."""
+
+
 class InternalError(RankwiseError, RuntimeError):
     """A bug in rankwise (a panic in the Rust core, caught at the boundary). Please report it."""
 
@@ -45,7 +56,9 @@ __all__ = [
     "IncompatibleAdaptersError",
     "InternalError",
     "MergeConfigError",
+    "NonFiniteError",
     "OptionError",
     "OutputExistsError",
+    "OutputWriteError",
     "RankwiseError",
 ]

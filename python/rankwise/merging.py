@@ -20,11 +20,14 @@ import numpy as np
 
 from . import _core
 from .adapter import Adapter, normalize_dtype
-from .errors import OptionError
-from .methods import METHODS, Factors, MergeMethod, ModuleContext
+from .errors import AdapterFormatError, NonFiniteError, OptionError
+from .methods import METHODS, Factors, MergeMethod, ModuleContext, weighting
+from .methods.weighting import Weighting
 from .pool import AdapterPool
 
 __all__ = ["get_method", "merge", "merge_methods", "prune"]
+
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 def merge_methods() -> dict[str, str]:
@@ -44,14 +47,18 @@ def merge(
     method: str = "lego",
     *,
     weights: Sequence[float] | None = None,
+    peft_weights: Sequence[float] | None = None,
     dtype: str | None = None,
     progress: bool | Callable[[int, int, str], None] = False,
     **options: Any,
 ) -> Adapter:
     """Merges the adapters of ``pool`` with ``method`` into one Adapter.
 
-    ``pool``: an AdapterPool, or paths/a glob to load one. ``weights``: one per adapter
-    (default 1). ``dtype``: of the written factors (default: the pool's dtype when all
+    ``pool``: an AdapterPool, or paths/a glob to load one. ``weights``: one per adapter,
+    task-arithmetic coefficients: every method's target is Σ_j w_j·ΔW_j (default 1/N, the
+    mean; ``methods/weighting.py``). ``peft_weights``: instead of ``weights``, for a method of
+    PEFT's ``add_weighted_adapter``: the weights PEFT would be given, for PEFT's numerics.
+    ``dtype``: of the written factors (default: the pool's dtype when all
     adapters share one, else float32). ``progress``: True for a tqdm bar on stderr, or a
     callable ``(done, total, module)``. Other keywords are the method's options.
     """
@@ -61,7 +68,9 @@ def merge(
     unknown = sorted(set(options) - set(m.params))
     if unknown:
         raise OptionError(f"method {method!r} has no option(s) {', '.join(unknown)}; it takes: {', '.join(m.params)}")
-    w = pool.check_weights(weights)
+    wts = _weighting(pool, m, weights, peft_weights)
+    w = wts.run
+    _check_weight_range(pool, w)
     opts = m.prepare(pool, w, dict(options)) if m.prepare else dict(options)
     out_dtype = normalize_dtype(dtype) if dtype is not None else _pool_dtype(pool)
 
@@ -77,6 +86,7 @@ def merge(
     t0 = time.perf_counter()
 
     def done(i: int, name: str, factors: Factors) -> None:
+        _check_merged(pool, w, method, name, factors)
         merged[name] = factors
         if workers <= 1 and pool.streams:
             pool.release()  # keep the resident set to one module's pages
@@ -93,7 +103,11 @@ def merge(
     if workers <= 1:
         scratch: dict[str, Any] = {}
         for i, name in enumerate(modules):
-            done(i, name, m.fn(ModuleContext(pool, name, i, w, timings, scratch, threads, out_dtype, lock), **opts))
+            done(
+                i,
+                name,
+                _run_module(m, ModuleContext(pool, name, i, w, timings, scratch, threads, out_dtype, lock), opts),
+            )
     else:
         _merge_parallel(m, pool, w, opts, timings, out_dtype, lock, workers, done)
         if pool.streams:
@@ -101,10 +115,13 @@ def merge(
     if bar is not None:
         bar.close()
     out = Adapter.from_factors(merged, base_config=pool[0].config, dtype=out_dtype)
+    out.inputs = [p for a in pool for p in a.inputs]
+    out.checked_finite = True  # _check_merged saw every factor
     out.merge_info = {
         "method": method,
         "adapters": len(pool),
         "modules": len(modules),
+        **wts.info(),
         "seconds": time.perf_counter() - t0,
         "timings": timings,
         "options": {k: v for k, v in opts.items() if _jsonable(v)},
@@ -145,7 +162,7 @@ def _merge_parallel(
         if not hasattr(local, "scratch"):
             local.scratch = {}
         ctx = ModuleContext(pool, modules[i], i, w, timings, local.scratch, 1, out_dtype, lock)
-        return m.fn(ctx, **opts)
+        return _run_module(m, ctx, opts)
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rankwise-merge") as ex:
         pending: dict[int, Future[Factors]] = {}
@@ -160,6 +177,82 @@ def _merge_parallel(
             for f in pending.values():
                 f.cancel()
             raise
+
+
+def _weighting(
+    pool: AdapterPool, m: MergeMethod, weights: Sequence[float] | None, peft_weights: Sequence[float] | None
+) -> Weighting:
+    if weights is not None and peft_weights is not None:
+        raise OptionError("pass weights= (the rule's coefficients) or peft_weights= (PEFT's), not both")
+    if peft_weights is not None:
+        return weighting.resolve(m.name, m.peft_factor, None, pool.check_weights(peft_weights))
+    w = pool.check_weights(weights) if weights is not None else np.full(len(pool), 1.0 / len(pool))
+    return weighting.resolve(m.name, m.peft_factor, w, None)
+
+
+def _check_merged(pool: AdapterPool, w: np.ndarray, method: str, module: str, factors: Factors) -> None:
+    """Raises ``NonFiniteError`` when the merged factors of ``module`` hold a non-finite value,
+    naming the adapters and the stage it came from: the read (a file changed after its load
+    check), the fold (scaling × weight × B overflows float32) or the merge itself."""
+    if all(np.isfinite(f).all() for f in factors):
+        return
+    err = _non_finite_inputs(pool, w, module)
+    if err is not None:
+        raise err
+    raise NonFiniteError(
+        f"module '{module}': the merge ({method}) stage gave a non-finite value from {len(pool)} adapters "
+        "whose folded factors are finite; rankwise never writes a non-finite value"
+    )
+
+
+def _non_finite_inputs(pool: AdapterPool, w: np.ndarray, module: str) -> NonFiniteError | None:
+    """The error naming the adapters whose factors of ``module`` are not finite as read now (the
+    file changed after the load check: stage "read") or once folded (stage "fold"); None if all are."""
+    culprits: list[str] = []
+    stage = "fold"
+    with np.errstate(over="ignore", invalid="ignore"):
+        for a, wj in zip(pool, w):
+            fa, fb = a.factors(module)
+            info = a.module(module)
+            name = str(a.path or "an in-memory adapter")
+            if not (np.isfinite(fa).all() and np.isfinite(fb).all()):
+                culprits.append(
+                    f"{name} (its factors hold NaN/inf: the file changed after the load check, "
+                    "or was loaded with check_finite=False)"
+                )
+                stage = "read"
+            elif not np.isfinite(fb * np.float32(info.scaling * wj)).all():
+                culprits.append(f"{name} (scaling {info.scaling:g} × weight {wj:g} × B overflows float32)")
+    if not culprits:
+        return None
+    return NonFiniteError(
+        f"module '{module}': the {stage} stage gives a non-finite value, from {', '.join(culprits)}; "
+        "rankwise never writes a non-finite value"
+    )
+
+
+def _check_weight_range(pool: AdapterPool, w: np.ndarray) -> None:
+    """A weight whose product with an adapter's scaling leaves float32 would fold into inf."""
+    for a, wj in zip(pool, w):
+        top = max(m.scaling for m in a.modules.values()) * abs(float(wj))
+        if top > _F32_MAX:
+            raise OptionError(
+                f"weight {wj:g} of {a.path or 'an in-memory adapter'}: weight × scaling = {top:g} overflows "
+                "float32 when folded into its factors"
+            )
+
+
+def _run_module(m: MergeMethod, ctx: ModuleContext, opts: dict[str, Any]) -> Factors:
+    """The method on one module; an error caused by non-finite folded inputs is reported as such."""
+    try:
+        return m.fn(ctx, **opts)
+    except (ValueError, ArithmeticError, np.linalg.LinAlgError) as e:
+        if isinstance(e, (NonFiniteError, AdapterFormatError)):
+            raise  # already names the file and tensor (the core's own finite checks)
+        err = _non_finite_inputs(ctx.pool, ctx.weights, ctx.module)
+        if err is None:
+            raise
+        raise err from e
 
 
 def _pool_dtype(pool: AdapterPool) -> str:

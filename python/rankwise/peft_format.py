@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,18 @@ from typing import Any
 
 from .errors import AdapterFormatError, AdapterNotFoundError
 
+if sys.version_info >= (3, 11):
+    import re._constants as _sre_constants  # type: ignore[import-not-found]
+    import re._parser as _sre_parser  # type: ignore[import-not-found]
+else:  # pragma: no cover
+    import sre_constants as _sre_constants
+    import sre_parse as _sre_parser
+
 CONFIG_NAME = "adapter_config.json"
+#: Larger configs are refused before reading (real ones are a few KiB).
+MAX_CONFIG_BYTES = 16 << 20
+_F32_MAX = 3.4028234663852886e38
+_F32_TINY = 1.1754943508222875e-38
 WEIGHTS_NAME = "adapter_model.safetensors"
 KEY_PREFIX = "base_model.model."
 
@@ -81,27 +93,116 @@ class LoraSpec:
         return alpha / math.sqrt(r) if self.use_rslora else alpha / r
 
 
-def pattern_key(patterns: dict[str, Any], module: str) -> str:
-    """PEFT's ``get_pattern_key``: the first pattern that matches the end of ``module``."""
+def pattern_key(patterns: Mapping[str, Any], module: str) -> str:
+    """PEFT's ``get_pattern_key``: the first pattern that matches the end of ``module``.
+
+    Keys are checked by ``check_pattern`` where they are read; here a key that is a plain name
+    (the usual case) matches by string comparison, the others by PEFT's regex.
+    """
     for key in patterns:
-        if re.match(rf"(.*\.)?({key})$", module):
+        if _PLAIN.fullmatch(key):
+            # PEFT's regex with a plain key: the key is the whole name or a dotted suffix of it
+            # ('.' in the key matches any character, as in the regex).
+            if _plain_match(key, module):
+                return key
+        elif re.match(rf"(.*\.)?({key})$", module):
             return key
     return module
+
+
+_PLAIN = re.compile(r"[\w.\-]*")
+#: Longest pattern key accepted: longer ones are not module names.
+MAX_PATTERN_LEN = 1000
+
+
+def _plain_match(key: str, module: str) -> bool:
+    if "." not in key:
+        return module == key or module.endswith("." + key)
+    n = len(key)
+    starts = [0] + [i + 1 for i, c in enumerate(module) if c == "."]
+    tail = module[-n:] if n <= len(module) else None
+    if tail is None or len(module) - n not in starts:
+        return False
+    return all(k == "." or k == c for k, c in zip(key, tail))
+
+
+def check_pattern(key: object, where: str, error: type[Exception] = AdapterFormatError) -> str:
+    """A ``rank_pattern``/``alpha_pattern`` key that matches in bounded time, or
+    ``AdapterFormatError``: an invalid regex, or one whose backtracking can blow up (a
+    quantifier over a group holding a quantifier or an alternation, a backreference, more than
+    one unbounded quantifier)."""
+    if not isinstance(key, str) or not key:
+        raise error(f"{where}: pattern key {key!r} must be a non-empty string")
+    if len(key) > MAX_PATTERN_LEN:
+        raise error(f"{where}: pattern key of {len(key)} characters (at most {MAX_PATTERN_LEN})")
+    if _PLAIN.fullmatch(key):
+        return key
+    try:
+        parsed = _sre_parser.parse(key)
+    except (re.error, RecursionError, OverflowError) as e:
+        raise error(f"{where}: pattern key {key!r} is not a valid regex ({e})") from None
+    unbounded = 0
+
+    def walk(items: Any, in_repeat: bool) -> None:
+        nonlocal unbounded
+        for op, arg in items:
+            name = str(op)
+            if name in ("GROUPREF", "GROUPREF_EXISTS"):
+                raise error(f"{where}: pattern key {key!r}: backreferences are not supported")
+            if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+                _lo, hi, sub = arg
+                if in_repeat:
+                    raise error(
+                        f"{where}: pattern key {key!r}: a quantifier inside a quantified group can take "
+                        "exponential time to match; use module names or a simpler regex"
+                    )
+                if hi == _sre_constants.MAXREPEAT or hi > 100:
+                    unbounded += 1
+                walk(sub, True)
+            elif name == "BRANCH":
+                if in_repeat:
+                    raise error(
+                        f"{where}: pattern key {key!r}: an alternation inside a quantified group can take "
+                        "exponential time to match; use module names or a simpler regex"
+                    )
+                for b in arg[1]:
+                    walk(b, in_repeat)
+            elif name in ("SUBPATTERN", "ATOMIC_GROUP"):
+                walk(arg[-1], in_repeat)
+            elif name in ("ASSERT", "ASSERT_NOT"):
+                walk(arg[1], True)
+
+    walk(parsed, False)
+    if unbounded > 1:
+        raise error(
+            f"{where}: pattern key {key!r} has {unbounded} unbounded quantifiers (at most 1): matching "
+            "can take polynomial time in the module name's length"
+        )
+    return key
 
 
 def read_config(folder: Path) -> LoraSpec:
     """Reads and validates ``folder/adapter_config.json``."""
     if not folder.exists():
-        raise AdapterNotFoundError(f"{folder}: adapter folder does not exist")
+        hint = ""
+        s = str(folder)
+        if s.count("/") == 1 and not s.startswith((".", "/", "~")) and not folder.parent.exists():
+            hint = " (rankwise reads local folders, not Hugging Face Hub ids: download it first, e.g. `hf download`)"
+        raise AdapterNotFoundError(f"{folder}: adapter folder does not exist{hint}")
     if not folder.is_dir():
         raise AdapterFormatError(f"{folder}: is not a folder (expected a PEFT adapter folder)")
     path = folder / CONFIG_NAME
     if not path.is_file():
         raise AdapterNotFoundError(f"{path}: missing; {folder} is not a PEFT adapter folder")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise AdapterFormatError(f"{path}: {size} bytes; an adapter config is at most {MAX_CONFIG_BYTES} bytes")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise AdapterFormatError(f"{path}: not valid JSON ({e})") from e
+    except RecursionError:
+        raise AdapterFormatError(f"{path}: JSON nested too deeply to be an adapter config") from None
     if not isinstance(raw, dict):
         raise AdapterFormatError(f"{path}: expected a JSON object, got {type(raw).__name__}")
     peft_type = str(raw.get("peft_type", "LORA")).upper()
@@ -118,26 +219,29 @@ def read_config(folder: Path) -> LoraSpec:
             f"{path}: modules_to_save={raw['modules_to_save']} (full copies of modules) is not supported by rankwise"
         )
 
-    def number(name: str, default: Any, kind: type) -> Any:
-        v = raw.get(name, default)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-            raise AdapterFormatError(f"{path}: '{name}' must be a positive number, got {v!r}")
-        if kind is int and v != int(v):
-            raise AdapterFormatError(f"{path}: '{name}' must be an integer, got {v!r}")
+    def check(what: str, v: Any, kind: type) -> Any:
+        # Ranks are integers below 2**31, alphas finite float32 numbers: the scaling alpha / r
+        # is then a finite float32 too (never 0 or inf when folded).
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise AdapterFormatError(f"{path}: {what} must be a finite positive number, got {v!r}")
+        if kind is int and (v != int(v) or v >= 2**31):
+            raise AdapterFormatError(f"{path}: {what} must be an integer below 2**31, got {v!r}")
+        if kind is float and not _F32_TINY <= v <= _F32_MAX:
+            raise AdapterFormatError(
+                f"{path}: {what} = {v!r} is outside float32's normal range ({_F32_TINY:g} .. {_F32_MAX:g}): "
+                "the folded factors would overflow or vanish"
+            )
         return kind(v)
 
     def pattern(name: str, kind: type) -> dict[str, Any]:
         p = raw.get(name) or {}
         if not isinstance(p, dict):
             raise AdapterFormatError(f"{path}: '{name}' must be an object, got {p!r}")
-        for k, v in p.items():
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-                raise AdapterFormatError(f"{path}: {name}['{k}'] must be a positive number, got {v!r}")
-        return {k: kind(v) for k, v in p.items()}
+        return {check_pattern(k, f"{path}: {name}"): check(f"{name}[{k!r}]", v, kind) for k, v in p.items()}
 
     return LoraSpec(
-        r=number("r", 8, int),
-        lora_alpha=number("lora_alpha", 8, float),
+        r=check("'r'", raw.get("r", 8), int),
+        lora_alpha=check("'lora_alpha'", raw.get("lora_alpha", 8), float),
         use_rslora=bool(raw.get("use_rslora", False)),
         rank_pattern=pattern("rank_pattern", int),
         alpha_pattern=pattern("alpha_pattern", float),
@@ -164,10 +268,16 @@ def module_keys(weights: Path, tensor_names: list[str]) -> dict[str, ModuleKeys]
         for marker, feature in _UNSUPPORTED_KEYS:
             if marker in key:
                 raise AdapterFormatError(f"{weights}: tensor '{key}': {feature} is not supported by rankwise")
-        if key.endswith(_A_SUFFIX):
-            a_keys[_module_name(key[: -len(_A_SUFFIX)])] = key
-        elif key.endswith(_B_SUFFIX):
-            b_keys[_module_name(key[: -len(_B_SUFFIX)])] = key
+        if key.endswith(_A_SUFFIX) or key.endswith(_B_SUFFIX):
+            table = a_keys if key.endswith(_A_SUFFIX) else b_keys
+            name = _module_name(key[: -len(_A_SUFFIX)])
+            if name in table:
+                # PEFT loads the prefixed key; taking either would be a guess.
+                raise AdapterFormatError(
+                    f"{weights}: tensors '{table[name]}' and '{key}' are the same factor of module "
+                    f"'{name}' (with and without the '{KEY_PREFIX}' prefix): ambiguous file"
+                )
+            table[name] = key
         elif key.endswith(".lora_B.bias"):
             raise AdapterFormatError(
                 f"{weights}: tensor '{key}': LoRA bias (lora_bias=true) is not supported by rankwise"
@@ -264,10 +374,10 @@ def modules_from_listing(
                 f"{weights}: tensor '{k.key_b}': rank mismatch: lora_B has shape {b_shape} but "
                 f"'{k.key_a}' has rank {a_shape[0]} (shape {a_shape})"
             )
-        if a_shape[1] == 0 or b_shape[0] == 0:
+        if 0 in a_shape or 0 in b_shape:
             raise AdapterFormatError(
-                f"{weights}: module '{name}' has out_features {b_shape[0]} and in_features {a_shape[1]} "
-                f"('{k.key_b}' {b_shape}, '{k.key_a}' {a_shape}): an empty module has nothing to merge"
+                f"{weights}: module '{name}': lora_A {a_shape} and lora_B {b_shape}: a factor with a zero "
+                "dimension (rank, in_features or out_features 0) adapts nothing"
             )
         rank = a_shape[0]
         cfg_rank, alpha = spec.rank_and_alpha(name)
@@ -276,6 +386,12 @@ def modules_from_listing(
                 f"{weights}: tensor '{k.key_a}': rank {rank} but {folder / CONFIG_NAME} "
                 f"gives this module rank {cfg_rank} (r / rank_pattern)"
             )
+        scaling = spec.scaling(name)
+        if not _F32_TINY <= scaling <= _F32_MAX:
+            raise AdapterFormatError(
+                f"{folder / CONFIG_NAME}: module '{name}': scaling alpha / r = {scaling:g} is outside "
+                "float32's normal range: the folded factors would overflow or vanish"
+            )
         dtype = a_dt if a_dt == b_dt else "F32"
-        mods[name] = ModuleInfo(name, rank, alpha, spec.scaling(name), a_shape[1], b_shape[0], dtype, k.key_a, k.key_b)
+        mods[name] = ModuleInfo(name, rank, alpha, scaling, a_shape[1], b_shape[0], dtype, k.key_a, k.key_b)
     return mods

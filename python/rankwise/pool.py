@@ -76,7 +76,10 @@ class AdapterPool:
         """Per-adapter weights as float64, validated (length, finite)."""
         if weights is None:
             return np.ones(len(self), dtype=np.float64)
-        w = np.asarray(weights, dtype=np.float64).reshape(-1)
+        try:
+            w = np.asarray(weights, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError) as e:
+            raise OptionError(f"weights must be numbers, got {weights!r} ({e})") from None
         if w.shape[0] != len(self):
             raise OptionError(f"got {w.shape[0]} weights for {len(self)} adapters")
         if not np.all(np.isfinite(w)):

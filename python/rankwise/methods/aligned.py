@@ -21,10 +21,11 @@ The ``aligned`` merge (``rw.merge(pool, method="aligned")``): align every adapte
 adapter (``reference=None``: the medoid, see ``medoid_index``), put every aligned unit in
 canonical scale (‖b‖ = ‖a‖, keeping b·aᵀ), and take the weighted mean of the b's and of the a's
 of each group of matched units, with the pool weights normalised to sum to 1:
-``b̄_i = Σ_j w_j b̃_ji / Σ_j w_j``, ``ā_i = Σ_j w_j ã_ji / Σ_j w_j``. The merged module has the
-common rank r. The mean of identical units is that unit, so a pool of permuted, sign-flipped
-and rescaled copies of one adapter merges back to that adapter's ΔW exactly, whatever the
-weights (tested). Every adapter must have the same rank per module.
+``b̄_i = Σ_j w_j b̃_ji / Σ_j w_j``, ``ā_i = Σ_j w_j ã_ji / Σ_j w_j``, then scale the module by
+Σ_j w_j (√ on each side), the rule of methods/weighting.py. The merged module has the common
+rank r. The mean of identical units is that unit, so a pool of permuted, sign-flipped and
+rescaled copies of one adapter merges to (Σ_j w_j)·ΔW exactly: ΔW for the default 1/N (tested).
+Every adapter must have the same rank per module.
 """
 
 from __future__ import annotations
@@ -229,8 +230,9 @@ def aligned(ctx: ModuleContext, *, reference: Any = None, similarity: str = "del
         a, b = _canonical_scale(*matched[j])
         acc_a += w[j] * a
         acc_b += w[j] * b
-    wsum = float(w.sum())
-    return (acc_a / wsum).astype(np.float32), np.ascontiguousarray(acc_b / wsum, dtype=np.float32)
+    # The weighted means times Σw (the rule's target on copies), √ of it on each side.
+    root = np.sqrt(float(w.sum()))
+    return (acc_a / root).astype(np.float32), np.ascontiguousarray(acc_b / root, dtype=np.float32)
 
 
 def _canonical_scale(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,11 @@
 - ``ties_svd``, ``dare_linear_svd``, ``dare_ties_svd``, ``magnitude_prune_svd``: the same
   combinations applied to the dense deltas ΔW_j, then a truncated SVD [+ svd_rank, svd_clamp].
 
+Weights: ``weights=w`` are the rule's (methods/weighting.py: the target is Σ_j w_j·ΔW_j,
+default 1/N); each method runs PEFT's combination with PEFT weights ``c(w)·w``, c per method
+there (1 for ``cat``, ``svd`` and the sums of deltas). ``peft_weights=p`` runs it with p as
+given, for PEFT's bytes; below, "weights" are the ones the combination runs with.
+
 Numerics follow PEFT 0.21 (``tuners/lora/model.py``, ``utils/merge_utils.py``), which is the
 oracle of tests/test_baselines.py:
 
@@ -103,7 +108,9 @@ import numpy as np
 from .. import _core
 from ..errors import OptionError, RankwiseError
 from ..pool import AdapterPool
+from . import weighting
 from .contract import Factors, ModuleContext, Prepare, register_method
+from .weighting import PeftFactor
 
 MAJORITY_SIGN_METHODS = ("total", "frequency")
 
@@ -192,13 +199,32 @@ def _make_prepare(method: str, params: list[str]) -> Prepare:
 Decorator = Callable[[Callable[..., Factors]], Callable[..., Factors]]
 
 
+# How the rule's weights map to PEFT's, per method (methods/weighting.py).
+_PEFT_FACTORS: dict[str, PeftFactor] = {
+    "linear": weighting.linear_family("linear"),
+    "dare_linear": weighting.linear_family("dare_linear"),
+    "magnitude_prune": weighting.linear_family("magnitude_prune"),
+    "ties": weighting.ties_family("ties"),
+    "dare_ties": weighting.ties_family("dare_ties"),
+    "cat": weighting.unit,
+    "svd": weighting.unit,
+    "dare_linear_svd": weighting.unit,
+    "magnitude_prune_svd": weighting.unit,
+    "ties_svd": weighting.ties_delta,
+    "dare_ties_svd": weighting.ties_delta,
+}
+
+
 def _register(name: str, *, parallel_modules: bool = False) -> Decorator:
-    """register_method with a prepare that validates the options ``fn`` takes."""
+    """register_method with a prepare that validates the options ``fn`` takes, and the method's
+    map from the rule's weights to PEFT's."""
 
     def deco(fn: Callable[..., Factors]) -> Callable[..., Factors]:
         params = [p for p in inspect.signature(fn).parameters if p != "ctx"]
         prepare = _make_prepare(name, params)
-        return register_method(name, prepare=prepare, parallel_modules=parallel_modules)(fn)
+        return register_method(
+            name, prepare=prepare, parallel_modules=parallel_modules, peft_factor=_PEFT_FACTORS[name]
+        )(fn)
 
     return deco
 

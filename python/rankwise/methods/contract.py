@@ -6,7 +6,10 @@ optional ``prepare(pool, weights, options) -> options`` validates and resolves t
 before any module is merged. A method registered with ``parallel_modules=True`` does its heavy
 work in core calls that release the GIL and run on one thread when ``ctx.threads == 1``: the
 loop then runs that many modules at once (rankwise's thread count), each on one thread, instead
-of one module on all. Adding a method is one file in this package with one ``@register_method``
+of one module on all. ``weights`` mean the same for every method (``methods/weighting.py``:
+the target is Σ_j w_j·ΔW_j); a method with a PEFT counterpart registers ``peft_factor``, the
+scalar c(w) that makes PEFT's combination with weights c(w)·w meet that rule.
+Adding a method is one file in this package with one ``@register_method``
 function, imported by ``methods/__init__.py``, plus its test.
 """
 
@@ -23,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..pool import AdapterPool
+from .weighting import PeftFactor
 
 Factors = tuple[np.ndarray, np.ndarray]
 #: ``prepare(pool, weights, options) -> options``: validates and resolves a method's options once.
@@ -36,7 +40,7 @@ class ModuleContext:
     pool: AdapterPool
     module: str
     index: int  # position of the module in the pool's module list
-    weights: np.ndarray  # per-adapter weights (float64)
+    weights: np.ndarray  # per-adapter weights the method computes with (float64; PEFT's for a peft_factor method)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase, summed over modules
     scratch: dict[str, Any] = field(default_factory=dict)  # buffers a method reuses across modules
     threads: int = 1  # threads this module's core calls may use (see parallel_modules)
@@ -64,18 +68,47 @@ class ModuleContext:
 
     def units(self, *, canonical: bool = False, weighted: bool = True) -> np.ndarray:
         """``U[Σ ranks, d_out + d_in]``: rows ``[w_j·s_j·b_i ; a_i]`` (Rust, from the mapped files),
-        in the module buffer (see :meth:`rows_buffer`): valid until the next module."""
+        in the module buffer (see :meth:`rows_buffer`): valid until the next module. Canonical
+        rows: see :meth:`_canonical_weights`."""
         w = self.weights if weighted else None
         out = self.rows_buffer()
         with self.timed("units"):
-            return self.pool.unit_matrix(self.module, w, canonical=canonical, out=out)[0]
+            split = self._canonical_weights() if canonical and weighted else None
+            if split is None:
+                return self.pool.unit_matrix(self.module, w, canonical=canonical, out=out)[0]
+            common, rel = split
+            u = self.pool.unit_matrix(self.module, common, canonical=True, out=out)[0]
+            u[:, : self.shape[0]] *= rel[:, None]
+            return u
 
     def unit_features(self, *, canonical: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """The weighted units with unit-length parts, and their part norms (AdapterPool.unit_features),
-        in the module buffer (see :meth:`rows_buffer`): valid until the next module."""
+        in the module buffer (see :meth:`rows_buffer`): valid until the next module. Canonical
+        rows: see :meth:`_canonical_weights`."""
         out = self.rows_buffer()
         with self.timed("units"):
-            return self.pool.unit_features(self.module, self.weights, canonical=canonical, out=out)
+            split = self._canonical_weights() if canonical else None
+            if split is None:
+                return self.pool.unit_features(self.module, self.weights, canonical=canonical, out=out)
+            common, rel = split
+            x, norms = self.pool.unit_features(self.module, common, canonical=True, out=out)
+            b = x[:, : self.shape[0]]
+            b[rel < 0] *= np.float32(-1)
+            b[rel == 0] = 0.0  # a zero part stays zero (its norm is 0 below)
+            norms[:, 0] *= np.abs(rel)
+            return x, norms
+
+    def _canonical_weights(self) -> tuple[list[float], np.ndarray] | None:
+        """For unequal weights: one common weight w̄ = mean |w_j| to balance every unit with
+        (canonical rows ``[√w̄·b̃ ; √w̄·ã]``), and per row the factor w_j / w̄ its b part then
+        takes (float32). A weight balanced into both parts (√w_j each) would make a cluster of
+        copies of one unit merge to (Σ √w_j)²/n instead of Σ w_j (the weights rule). None for
+        equal weights, where both are the same."""
+        w = self.weights
+        if np.all(w == w[0]):
+            return None
+        common = float(np.mean(np.abs(w)))
+        return [common] * w.size, np.repeat(w / common, self.ranks).astype(np.float32)
 
     def rows_buffer(self) -> np.ndarray:
         """A ``Σ ranks × (d_out + d_in)`` float32 array in one buffer kept in ``scratch`` and reused
@@ -96,7 +129,8 @@ class ModuleContext:
 
 @dataclass
 class MergeMethod:
-    """A registered method: its function, option check, one-line summary and option names."""
+    """A registered method: its function, option check, one-line summary, option names, and for a
+    PEFT combination the factor that maps the rule's weights to PEFT's (``methods/weighting.py``)."""
 
     name: str
     fn: Callable[..., Factors]
@@ -104,6 +138,7 @@ class MergeMethod:
     summary: str
     params: list[str] = field(default_factory=list)
     parallel_modules: bool = False
+    peft_factor: PeftFactor | None = None
 
 
 #: The registry: method name -> MergeMethod. Filled by ``register_method``.
@@ -115,15 +150,16 @@ def register_method(
     *,
     prepare: Prepare | None = None,
     parallel_modules: bool = False,
+    peft_factor: PeftFactor | None = None,
 ) -> Callable[[Callable[..., Factors]], Callable[..., Factors]]:
     """Registers ``fn(ctx, **options) -> (A, B)`` under ``name``. ``prepare(pool, weights,
     options) -> options`` (optional) validates and resolves options once, before any work.
-    ``parallel_modules``: see the module docstring."""
+    ``parallel_modules``, ``peft_factor``: see the module docstring."""
 
     def deco(fn: Callable[..., Factors]) -> Callable[..., Factors]:
         params = [p for p in inspect.signature(fn).parameters if p != "ctx"]
         doc = (fn.__doc__ or "").strip().splitlines()
-        METHODS[name] = MergeMethod(name, fn, prepare, doc[0] if doc else "", params, parallel_modules)
+        METHODS[name] = MergeMethod(name, fn, prepare, doc[0] if doc else "", params, parallel_modules, peft_factor)
         return fn
 
     return deco

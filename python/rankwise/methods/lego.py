@@ -11,9 +11,10 @@ variance expansion"):
 - output reweighting (``scale="union"``): the merged delta is multiplied by sqrt(r̄/k), r̄ the
   mean source rank of the module (k roughly independent units sum with k/r̄ times the variance).
 
-``scale="mass"`` is the alternative target: centroid c is weighted by n_c / Σ_j w_j (n_c the
-number of units in its cluster), so the merged delta approximates the weighted average
-Σ_j w_j·ΔW_j / Σ_j w_j instead of a union of units. Output reweighting does not apply there.
+``scale="mass"`` is the alternative target: centroid c is weighted by n_c (the number of units
+in its cluster), the sum of its members, so the merged delta approximates Σ_j w_j·ΔW_j (the
+mean for the default w = 1/N; methods/weighting.py) instead of a union of units.
+Output reweighting does not apply there.
 
 Identity (tested): with k = the number of units and no reweighting, every cluster is one unit
 and ``scale="union"`` reproduces Σ_j w_j·ΔW_j exactly (concatenation-summation equivalence).
@@ -27,6 +28,7 @@ raw/union/k=r setting ("Merge quality" in benches/RESULTS.md; docs/ALGORITHMS.md
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -64,12 +66,20 @@ def _prepare(pool: AdapterPool, weights: np.ndarray, opts: dict[str, Any]) -> di
         raise OptionError(f"scale must be one of {SCALES}, got {opts['scale']!r}")
     if opts.get("reweight", True) not in REWEIGHTS:
         raise OptionError(f"reweight must be True, False, 'param' or 'output', got {opts['reweight']!r}")
+    if not isinstance(opts.get("canonicalize", True), bool):
+        raise OptionError(f"canonicalize must be true or false, got {opts['canonicalize']!r}")
+    seed = opts.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
+        raise OptionError(f"seed must be an int in [0, 2**64), got {seed!r}")
+    tol = opts.get("tol", 1e-4)
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
+        raise OptionError(f"tol must be a finite number >= 0, got {tol!r}")
+    if opts.get("init") not in (None, "aligned"):
+        raise OptionError(f"init must be None or 'aligned', got {opts['init']!r}")
     for name in ("n_init", "max_iter"):
         v = opts.get(name, 1)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise OptionError(f"{name} must be a positive int, got {v!r}")
-    if opts.get("scale", "mass") == "mass" and not weights.sum() > 0:
-        raise OptionError(f"scale='mass' needs weights with a positive sum, got {list(weights)}")
     return opts
 
 
@@ -81,6 +91,8 @@ def _rank_for(rank: Any, module: str, pool: AdapterPool) -> int:
         common = max(set(rs), key=lambda r: (rs.count(r), r))
         return min(2 * common, sum(rs))
     if isinstance(rank, Mapping):
+        for key in rank:
+            pf.check_pattern(key, "option rank", OptionError)
         key = pf.pattern_key(rank, module)
         if key not in rank:
             raise OptionError(f"rank mapping gives no rank for module '{module}'")
@@ -146,7 +158,7 @@ def lego(
             b = _restore_norm(b, norm_b)
             a = _restore_norm(a, norm_a)
         if scale == "mass":
-            b = b * (counts / ctx.weights.sum())[:, None]
+            b = b * counts[:, None]
         elif reweight in (True, "output"):
             r_bar = float(np.mean(ctx.ranks))
             b = b * np.sqrt(r_bar / k)

@@ -79,6 +79,8 @@ def read_smora_config(directory: str | os.PathLike[str]) -> tuple[SMoRAConfig, l
         meta = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise AdapterFormatError(f"{path}: not valid JSON: {e}") from e
+    except RecursionError:
+        raise AdapterFormatError(f"{path}: JSON nested too deeply to be a SMoRA config") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise AdapterFormatError(f"{path}: key 'format' must be {FORMAT!r}")
     if meta.get("format_version") != FORMAT_VERSION:
@@ -95,6 +97,12 @@ def read_smora_config(directory: str | os.PathLike[str]) -> tuple[SMoRAConfig, l
     modules = meta["modules"]
     if not isinstance(modules, list) or not modules or not all(isinstance(n, str) and n for n in modules):
         raise AdapterFormatError(f"{path}: key 'modules' must be a non-empty list of names")
+    seen: set[str] = set()
+    for n in modules:
+        if n in seen:
+            # Checked before anything is injected: a second wrap would leave the model half-done.
+            raise AdapterFormatError(f"{path}: key 'modules' lists {n!r} twice")
+        seen.add(n)
     return config, modules
 
 
