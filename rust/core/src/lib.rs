@@ -6,7 +6,7 @@
 //! of their sum (the svd baseline).
 //!
 //! Layers, bottom up: `error`, `threads`, `rng`, `simd` (kernels and their dispatch),
-//! `scalar` (f32/f64); `linalg` (dense algebra on slices); `dtype` and `safetensors_io`
+//! `scalar` (f32/f64), `limits`; `linalg` (dense algebra on slices); `dtype` and `safetensors_io`
 //! (files); `units` (a module's units across a pool, on top of files and `linalg`), `kmeans`,
 //! `align`, `assemble`.
 
@@ -15,6 +15,7 @@ pub mod assemble;
 pub mod dtype;
 pub mod error;
 pub mod kmeans;
+pub mod limits;
 pub mod linalg;
 pub mod rng;
 pub mod safetensors_io;

@@ -1,14 +1,24 @@
 //! Memory-mapped safetensors files: header validation, f32 reads straight from the mapped bytes,
 //! and a writer.
 //!
-//! The header is validated in full when a file is opened (offsets inside the data and
-//! non-overlapping, dtype known, shape × element size = byte length), so that every later read
-//! is a plain slice of the map. Values are only touched when a module asks for them.
+//! The header is validated in full when a file is opened, at least as strictly as the reference
+//! reader (`safetensors`): no duplicate keys, dtype known, shape × element size = byte length,
+//! the tensors' data tiling the data section exactly (no overlap, gap or trailing bytes), sizes
+//! within `crate::limits`. Every later read is then a plain slice of the map. Values are only
+//! touched when a module asks for them.
+//!
+//! A mapped file that shrinks underneath us would turn a read into SIGBUS. So every access to
+//! the mapped bytes first re-checks the open file (fstat: size and modification time, on our own
+//! descriptor): a file truncated or rewritten in place since it was opened is an error naming
+//! it. A file replaced by rename keeps its old inode alive through our descriptor: reads stay
+//! consistent with the file as it was opened. (The check cannot cover a truncation during the
+//! few milliseconds one module is read; every mmap reader shares that hazard.)
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use memmap2::Mmap;
 use rayon::prelude::*;
@@ -16,10 +26,7 @@ use serde_json::Value;
 
 use crate::dtype::{self, DType};
 use crate::error::{Error, Result};
-
-/// Largest header we accept, as the reference implementation does: a bigger one is a corrupt
-/// length field, not a real file.
-const MAX_HEADER_BYTES: u64 = 100 * 1024 * 1024;
+use crate::limits::{self, MAX_DIM, MAX_HEADER_BYTES, MAX_TENSOR_BYTES};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TensorInfo {
@@ -35,6 +42,10 @@ pub struct TensorInfo {
 
 impl TensorInfo {
     pub fn numel(&self) -> usize {
+        // A zero anywhere first: the other extents' product may not fit (`[2^31, 2^31, 0]`).
+        if self.shape.contains(&0) {
+            return 0;
+        }
         self.shape.iter().product()
     }
 }
@@ -42,6 +53,10 @@ impl TensorInfo {
 pub struct MappedFile {
     path: PathBuf,
     map: Option<Mmap>,
+    /// The open file behind the map, and its size and modification time when it was opened:
+    /// re-checked before the mapped bytes are read (see the module doc).
+    file: File,
+    stamp: Stamp,
     tensors: BTreeMap<String, TensorInfo>,
     metadata: BTreeMap<String, String>,
 }
@@ -53,23 +68,49 @@ impl MappedFile {
             source,
         };
         let file = File::open(path).map_err(io_err)?;
-        let len = file.metadata().map_err(io_err)?.len();
+        let stamp = Stamp::of(&file).map_err(io_err)?;
+        let len = stamp.len;
         if len < 8 {
             return Err(Error::header(
                 path,
                 format!("file is {len} bytes, too short for the 8-byte header length (truncated?)"),
             ));
         }
-        // SAFETY: the map is read-only; a file truncated underneath us by another process is
-        // the one hazard of every mmap reader (safetensors' own included) and is documented.
+        // SAFETY: the map is read-only; a file truncated underneath us is caught by
+        // `check_unchanged` before the mapped bytes are read (see the module doc).
         let map = unsafe { Mmap::map(&file) }.map_err(io_err)?;
+        if map.len() as u64 != len {
+            return Err(changed(path));
+        }
         let (tensors, metadata) = parse_header(path, &map)?;
         Ok(MappedFile {
             path: path.to_path_buf(),
             map: Some(map),
+            file,
+            stamp,
             tensors,
             metadata,
         })
+    }
+
+    /// An error naming the file when it was truncated, extended or rewritten since it was
+    /// opened (its mapped pages could then be gone, or mix two versions).
+    pub fn check_unchanged(&self) -> Result<()> {
+        match Stamp::of(&self.file) {
+            Ok(now) if now == self.stamp => Ok(()),
+            Ok(now) => Err(Error::header(
+                &self.path,
+                format!(
+                    "the file changed after it was opened ({} bytes then, {} now, or rewritten \
+                     in place); reload the adapter",
+                    self.stamp.len, now.len
+                ),
+            )),
+            Err(source) => Err(Error::Io {
+                path: self.path.display().to_string(),
+                source,
+            }),
+        }
     }
 
     /// Opens many files in parallel; one result per path, in order.
@@ -111,6 +152,7 @@ impl MappedFile {
                 ),
             )
         })?;
+        self.check_unchanged()?;
         let map = self.map.as_deref().unwrap_or(&[]);
         Ok((&map[info.begin..info.end], dtype, info))
     }
@@ -135,7 +177,7 @@ impl MappedFile {
 
     pub fn read(&self, key: &str) -> Result<Vec<f32>> {
         let n = self.info(key)?.numel();
-        let mut out = vec![0f32; n];
+        let mut out = limits::zeroed_f32(n, &format!("tensor '{key}' of {}", self.path.display()))?;
         self.read_into(key, &mut out)?;
         Ok(out)
     }
@@ -150,21 +192,38 @@ impl MappedFile {
             DType::F32 => first_nonfinite(bytes, |b| {
                 (u32::from_le_bytes(b) & 0x7F80_0000) == 0x7F80_0000
             }),
+            // Finite doubles beyond float32's range read as inf: refused here too.
             DType::F64 => first_nonfinite(bytes, |b| {
-                (u64::from_le_bytes(b) & 0x7FF0_0000_0000_0000) == 0x7FF0_0000_0000_0000
+                (f64::from_le_bytes(b) as f32).is_infinite() || f64::from_le_bytes(b).is_nan()
             }),
         };
         match first_bad {
             None => Ok(()),
             Some(i) => {
-                let mut v = [0f32; 1];
                 let sz = dtype.size();
-                dtype::to_f32(dtype, &bytes[i * sz..(i + 1) * sz], &mut v);
-                let what = if v[0].is_nan() { "NaN" } else { "Inf" };
+                let raw = &bytes[i * sz..(i + 1) * sz];
+                if dtype == DType::F64 {
+                    let v = f64::from_le_bytes(raw.try_into().unwrap_or([0; 8]));
+                    if v.is_finite() {
+                        return Err(Error::tensor(
+                            &self.path,
+                            key,
+                            format!(
+                                "value {v:e} at flat index {i} is outside float32's range \
+                                 (rankwise computes in float32)"
+                            ),
+                        ));
+                    }
+                }
+                let mut v = [0f32; 1];
+                dtype::to_f32(dtype, raw, &mut v);
                 Err(Error::tensor(
                     &self.path,
                     key,
-                    format!("contains {what} (first at flat index {i}); weights must be finite"),
+                    format!(
+                        "contains {} (first at flat index {i}); weights must be finite",
+                        nonfinite_name(v[0])
+                    ),
                 ))
             }
         }
@@ -229,6 +288,41 @@ impl MappedFile {
     }
 }
 
+/// "NaN", "inf" or "-inf": what a non-finite value is, for messages.
+pub fn nonfinite_name(v: f32) -> &'static str {
+    if v.is_nan() {
+        "NaN"
+    } else if v > 0.0 {
+        "inf"
+    } else {
+        "-inf"
+    }
+}
+
+/// What `check_unchanged` compares: the size and modification time of the open file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl Stamp {
+    fn of(file: &File) -> std::io::Result<Stamp> {
+        let m = file.metadata()?;
+        Ok(Stamp {
+            len: m.len(),
+            modified: m.modified().ok(),
+        })
+    }
+}
+
+fn changed(path: &Path) -> Error {
+    Error::header(
+        path,
+        "the file changed while it was being opened; reload the adapter",
+    )
+}
+
 #[cfg(unix)]
 fn release_range(map: &Mmap, begin: usize, end: usize) {
     const PAGE: usize = 4096;
@@ -268,6 +362,64 @@ fn first_nonfinite<const N: usize>(bytes: &[u8], bad: impl Fn([u8; N]) -> bool) 
 
 type Header = (BTreeMap<String, TensorInfo>, BTreeMap<String, String>);
 
+/// Any JSON value, checked for an object that names a key twice (at any depth): serde_json
+/// keeps the last of two silently, so which tensor a duplicated key means would be a guess.
+struct NoDuplicateKeys;
+
+impl<'de> serde::Deserialize<'de> for NoDuplicateKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(NoDuplicateKeys)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicateKeys {
+    type Value = NoDuplicateKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> std::result::Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_i64<E>(self, _: i64) -> std::result::Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_u64<E>(self, _: u64) -> std::result::Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_f64<E>(self, _: f64) -> std::result::Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_str<E>(self, _: &str) -> std::result::Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_unit<E>(self) -> std::result::Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Self, A::Error> {
+        while seq.next_element::<NoDuplicateKeys>()?.is_some() {}
+        Ok(self)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Self, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            map.next_value::<NoDuplicateKeys>()?;
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!(
+                    "the key '{key}' appears twice"
+                )));
+            }
+        }
+        Ok(self)
+    }
+}
+
 /// Parses and validates the header of a whole safetensors file held in `buf`.
 pub fn parse_header(path: &Path, buf: &[u8]) -> Result<Header> {
     let herr = |r: String| Error::header(path, r);
@@ -294,8 +446,17 @@ pub fn parse_header(path: &Path, buf: &[u8]) -> Result<Header> {
     let n = n as usize;
     let data_start = 8 + n;
     let data_len = buf.len() - data_start;
-    let json: Value = serde_json::from_slice(&buf[8..data_start])
-        .map_err(|e| herr(format!("header is not valid JSON: {e}")))?;
+    let text = &buf[8..data_start];
+    // The reference reader's rule: the header is a JSON object from its first byte.
+    if text.first() != Some(&b'{') {
+        return Err(herr(
+            "header does not start with '{' (not a safetensors file?)".into(),
+        ));
+    }
+    let json: Value =
+        serde_json::from_slice(text).map_err(|e| herr(format!("header is not valid JSON: {e}")))?;
+    serde_json::from_slice::<NoDuplicateKeys>(text)
+        .map_err(|e| herr(format!("header is ambiguous: {e}")))?;
     let Value::Object(entries) = json else {
         return Err(herr("header is not a JSON object".into()));
     };
@@ -319,18 +480,43 @@ pub fn parse_header(path: &Path, buf: &[u8]) -> Result<Header> {
         tensors.insert(key, info);
     }
 
-    // Non-overlapping: sort by start and compare each with its predecessor.
+    // The tensors tile the data section exactly, as the reference reader requires: sorted by
+    // start, each begins where the previous one ends (an overlap or a gap is an error, a
+    // zero-size tensor included) and the last ends where the file does.
     let mut spans: Vec<(&String, &TensorInfo)> = tensors.iter().collect();
     spans.sort_by_key(|(_, t)| (t.begin, t.end));
-    for pair in spans.windows(2) {
-        let ((ka, a), (kb, b)) = (pair[0], pair[1]);
-        if b.begin < a.end && b.end > b.begin {
+    let mut covered = data_start;
+    let mut prev: Option<&String> = None;
+    for (k, t) in spans {
+        if t.begin != covered {
+            let what = if t.begin < covered {
+                "overlaps"
+            } else {
+                "leaves a gap after"
+            };
+            let other = match prev {
+                Some(p) => format!("the data of tensor '{p}'"),
+                None => "the start of the data".into(),
+            };
             return Err(Error::tensor(
                 path,
-                kb,
-                format!("data overlaps the data of tensor '{ka}'"),
+                k,
+                format!(
+                    "data {what} {other} (data_offsets [{}, {}]; it ends at {})",
+                    t.begin - data_start,
+                    t.end - data_start,
+                    covered - data_start
+                ),
             ));
         }
+        covered = t.end;
+        prev = Some(k);
+    }
+    if covered != buf.len() {
+        return Err(herr(format!(
+            "the data section has {data_len} bytes but the tensors cover only {} (trailing bytes)",
+            covered - data_start
+        )));
     }
     Ok((tensors, metadata))
 }
@@ -360,6 +546,11 @@ fn parse_entry(
         .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
         .collect::<Option<Vec<usize>>>()
         .ok_or_else(|| terr("shape has an entry that is not a non-negative integer".into()))?;
+    if let Some(&d) = shape.iter().find(|&&d| d > MAX_DIM) {
+        return Err(terr(format!(
+            "shape {shape:?} has an extent {d} above the limit of {MAX_DIM}"
+        )));
+    }
     let offsets = obj
         .get("data_offsets")
         .and_then(Value::as_array)
@@ -382,6 +573,12 @@ fn parse_entry(
         .iter()
         .try_fold(elem, |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| terr(format!("shape {shape:?} overflows")))?;
+    if nbytes > MAX_TENSOR_BYTES {
+        return Err(terr(format!(
+            "shape {shape:?} of {dtype_name} needs {nbytes} bytes, above the limit of \
+             {MAX_TENSOR_BYTES} bytes per tensor"
+        )));
+    }
     if nbytes != e - b {
         return Err(terr(format!(
             "shape {shape:?} of {dtype_name} needs {nbytes} bytes but data_offsets [{b}, {e}] hold {}",
@@ -516,7 +713,7 @@ mod tests {
     #[test]
     fn invalid_json_and_entries() {
         assert!(err_of(&header_file("{not json", &[])).contains("not valid JSON"));
-        assert!(err_of(&header_file("[1,2]", &[])).contains("not a JSON object"));
+        assert!(err_of(&header_file("[1,2]", &[])).contains("does not start with"));
         let e = err_of(&header_file(
             r#"{"k":{"dtype":"F32","shape":[2],"data_offsets":[0]}}"#,
             &[0; 8],
@@ -559,6 +756,146 @@ mod tests {
             &[0; 8],
         );
         assert!(err_of(&backwards).contains("end before"));
+    }
+
+    #[test]
+    fn stricter_than_serde_and_as_strict_as_the_reference_reader() {
+        let e4 = r#"{"dtype":"F32","shape":[1],"data_offsets":[0,4]}"#;
+        let dup = header_file(&format!(r#"{{"a":{e4},"a":{e4}}}"#), &[0; 4]);
+        assert!(
+            err_of(&dup).contains("key 'a' appears twice"),
+            "{}",
+            err_of(&dup)
+        );
+        let dup_meta = header_file(
+            &format!(r#"{{"__metadata__":{{"f":"1","f":"2"}},"a":{e4}}}"#),
+            &[0; 4],
+        );
+        assert!(err_of(&dup_meta).contains("key 'f' appears twice"));
+        let gap = header_file(
+            r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}"#,
+            &[0; 12],
+        );
+        let e = err_of(&gap);
+        assert!(
+            e.contains("tensor 'b'") && e.contains("gap after the data of tensor 'a'"),
+            "{e}"
+        );
+        let trailing = header_file(&format!(r#"{{"a":{e4}}}"#), &[0; 6]);
+        assert!(err_of(&trailing).contains("cover only 4 (trailing bytes)"));
+        let zero_in_overlap = header_file(
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"z":{"dtype":"F32","shape":[0],"data_offsets":[4,4]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
+            &[0; 12],
+        );
+        let e = err_of(&zero_in_overlap);
+        assert!(e.contains("tensor 'z'") && e.contains("overlaps"), "{e}");
+        let space = header_file(&format!(r#" {{"a":{e4}}}"#), &[0; 4]);
+        assert!(err_of(&space).contains("does not start with"));
+        // Zero-size tensors where they tile consistently are fine.
+        let ok = header_file(
+            &format!(r#"{{"a":{e4},"z":{{"dtype":"F16","shape":[0,5],"data_offsets":[4,4]}}}}"#),
+            &[0; 4],
+        );
+        let (t, _) = parse_header(Path::new("x"), &ok).unwrap();
+        assert_eq!(t["z"].numel(), 0);
+    }
+
+    #[test]
+    fn claimed_sizes_beyond_the_limits_are_refused() {
+        let huge_dim = header_file(
+            &format!(
+                r#"{{"z":{{"dtype":"F32","shape":[{},0],"data_offsets":[0,0]}}}}"#,
+                1u64 << 40
+            ),
+            &[],
+        );
+        let e = err_of(&huge_dim);
+        assert!(
+            e.contains("tensor 'z'") && e.contains("above the limit"),
+            "{e}"
+        );
+        // 64 GiB claimed (the check comes before the offsets are compared with the file).
+        let n = 1u64 << 36;
+        let big = header_file(
+            &format!(
+                r#"{{"z":{{"dtype":"F32","shape":[{},1024],"data_offsets":[0,{n}]}}}}"#,
+                n / 4096
+            ),
+            &[],
+        );
+        let e = err_of(&big);
+        assert!(e.contains("past the end") || e.contains("limit"), "{e}");
+        let zero_product = TensorInfo {
+            dtype_name: "F32".into(),
+            dtype: Some(DType::F32),
+            shape: vec![1 << 31, 1 << 31, 1 << 31, 0],
+            begin: 0,
+            end: 0,
+        };
+        assert_eq!(zero_product.numel(), 0);
+    }
+
+    #[test]
+    fn a_file_changed_after_open_is_an_error_not_a_signal() {
+        let dir = std::env::temp_dir().join(format!("rw-st-chg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.safetensors");
+        let vals: Vec<f32> = (0..4096).map(|i| i as f32).collect();
+        let outs = [TensorOut {
+            name: "t",
+            dtype: DType::F32,
+            shape: &[4096],
+            data: &vals,
+        }];
+        write(&path, &outs, &BTreeMap::new()).unwrap();
+        let f = MappedFile::open(&path).unwrap();
+        assert_eq!(f.read("t").unwrap(), vals);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(100)
+            .unwrap();
+        for e in [
+            f.read("t").unwrap_err().to_string(),
+            f.check_finite("t").unwrap_err().to_string(),
+        ] {
+            assert!(
+                e.contains("t.safetensors") && e.contains("changed after it was opened"),
+                "{e}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn f64_beyond_float32_and_subnormals() {
+        let dir = std::env::temp_dir().join(format!("rw-st-f64-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.safetensors");
+        let mut bytes = Vec::new();
+        for v in [1.0f64, 1e300, f64::NAN] {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        let mut sub = Vec::new();
+        for v in [1e-42f32, -1e-45, 1.0] {
+            sub.extend_from_slice(&v.to_le_bytes());
+        }
+        let header = r#"{"d":{"dtype":"F64","shape":[3],"data_offsets":[0,24]},"s":{"dtype":"F32","shape":[3],"data_offsets":[24,36]}}"#;
+        let mut data = bytes.clone();
+        data.extend_from_slice(&sub);
+        std::fs::write(&path, header_file(header, &data)).unwrap();
+        let f = MappedFile::open(&path).unwrap();
+        let e = f.check_finite("d").unwrap_err().to_string();
+        assert!(
+            e.contains("'d'")
+                && e.contains("1e300 at flat index 1")
+                && e.contains("float32's range"),
+            "{e}"
+        );
+        f.check_finite("s").unwrap();
+        assert_eq!(f.read("s").unwrap(), vec![1e-42f32, -1e-45, 1.0]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //!
 //! rayon's global pool can be sized only once per process; users change their mind
 //! (`rw.set_num_threads`), so we keep our own pool and rebuild it on request.
-//! Default size: `RANKWISE_NUM_THREADS`, else the number of available cores.
+//! Default size: `RANKWISE_NUM_THREADS`, else the number of available cores. At most
+//! `MAX_THREADS_PER_CORE` × the available cores: more threads only add switching, and a huge
+//! count would take minutes to spawn (the variable is capped there; `set_num_threads` refuses).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -38,16 +40,26 @@ pub fn check_cancelled() -> Result<()> {
     }
 }
 
+/// Threads per available core the pool may have.
+pub const MAX_THREADS_PER_CORE: usize = 4;
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// The largest pool size accepted: `MAX_THREADS_PER_CORE` × the available cores.
+pub fn max_threads() -> usize {
+    MAX_THREADS_PER_CORE * cores()
+}
+
 fn default_threads() -> usize {
     std::env::var("RANKWISE_NUM_THREADS")
         .ok()
         .and_then(|v| v.trim().parse::<usize>().ok())
         .filter(|&n| n > 0)
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        })
+        .map_or_else(cores, |n| n.min(max_threads()))
 }
 
 fn build(n: usize) -> Result<Arc<ThreadPool>> {
@@ -74,8 +86,16 @@ fn pool() -> Result<Arc<ThreadPool>> {
     Ok(p)
 }
 
-/// Resizes the pool; `n = 0` restores the default.
+/// Resizes the pool; `n = 0` restores the default. More than [`max_threads`] is an error.
 pub fn set_num_threads(n: usize) -> Result<()> {
+    let cap = max_threads();
+    if n > cap {
+        return Err(Error::invalid(format!(
+            "number of threads {n} is above the limit of {cap} ({MAX_THREADS_PER_CORE} × the \
+             {} available cores)",
+            cores()
+        )));
+    }
     let n = if n == 0 { default_threads() } else { n };
     let p = build(n)?;
     *POOL
@@ -91,4 +111,20 @@ pub fn num_threads() -> usize {
 /// Runs `f` inside the pool (its rayon calls use the pool's threads).
 pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> Result<R> {
     Ok(pool()?.install(f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_counts_above_the_cap_are_refused_at_once() {
+        let t = std::time::Instant::now();
+        let e = set_num_threads(10_000).unwrap_err().to_string();
+        assert!(e.contains("10000") && e.contains("limit"), "{e}");
+        assert!(t.elapsed().as_secs() < 1);
+        set_num_threads(max_threads()).unwrap();
+        assert_eq!(num_threads(), max_threads());
+        set_num_threads(0).unwrap();
+    }
 }

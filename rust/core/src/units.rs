@@ -8,8 +8,9 @@
 use rayon::prelude::*;
 
 use crate::error::{catch_panic, Error, Result};
+use crate::limits::{self, MAX_RANK};
 use crate::linalg::lowrank_svd::FactorSource;
-use crate::safetensors_io::MappedFile;
+use crate::safetensors_io::{nonfinite_name, MappedFile};
 use crate::scalar::Real;
 use crate::simd::{sq_norm, Level};
 
@@ -72,7 +73,33 @@ pub fn factor_dims(src: &UnitSource) -> Result<(usize, usize, usize)> {
             ),
         ));
     }
-    Ok((a.shape[0], b.shape[0], a.shape[1..].iter().product()))
+    // A conv down kernel (r, in, kh, kw) is a row of in·kh·kw per unit (LoCon).
+    let Some(d_in) = a.shape[1..].iter().try_fold(1usize, |acc, &x| acc.checked_mul(x)) else {
+        return Err(Error::tensor(
+            path,
+            src.key_a,
+            format!("shape {:?}: its unit width overflows", a.shape),
+        ));
+    };
+    let (r, d_out) = (a.shape[0], b.shape[0]);
+    if r > MAX_RANK {
+        return Err(Error::tensor(
+            path,
+            src.key_a,
+            format!("rank {r} is above the limit of {MAX_RANK}"),
+        ));
+    }
+    if d_out == 0 || d_in == 0 {
+        return Err(Error::tensor(
+            path,
+            src.key_b,
+            format!(
+                "the module has out_features {d_out} and in_features {d_in}: an empty \
+                 module has nothing to merge"
+            ),
+        ));
+    }
+    Ok((r, d_out, d_in))
 }
 
 /// Builds the unit matrix of one module. All sources must share d_out and d_in; ranks may differ.
@@ -86,7 +113,7 @@ pub fn unit_matrix(
     normalized: bool,
 ) -> Result<UnitMatrix> {
     let layout = unit_layout(sources)?;
-    let mut data = vec![0f32; layout.n_units * (layout.d_out + layout.d_in)];
+    let mut data = limits::zeroed_f32(layout.values()?, "the unit matrix")?;
     let part_norms = fill_unit_matrix(sources, &layout, canonical, normalized, &mut data)?;
     let UnitLayout {
         n_units,
@@ -111,6 +138,17 @@ pub struct UnitLayout {
     pub d_out: usize,
     pub d_in: usize,
     pub ranks: Vec<usize>,
+}
+
+impl UnitLayout {
+    /// `n_units × (d_out + d_in)`, checked.
+    pub fn values(&self) -> Result<usize> {
+        self.n_units
+            .checked_mul(self.d_out + self.d_in)
+            .ok_or_else(|| {
+                Error::invalid(format!("{} units overflow the address space", self.n_units))
+            })
+    }
 }
 
 pub fn unit_layout(sources: &[UnitSource]) -> Result<UnitLayout> {
@@ -161,7 +199,10 @@ pub fn fill_unit_matrix(
             layout.n_units
         )));
     }
-    let mut norms = vec![0f32; if normalized { 2 * layout.n_units } else { 0 }];
+    let mut norms = limits::zeroed_f32(
+        if normalized { 2 * layout.n_units } else { 0 },
+        "the unit norms",
+    )?;
 
     // Split the output into one disjoint block of rows per source, then fill them in parallel.
     let mut blocks: Vec<(&mut [f32], &mut [f32])> = Vec::with_capacity(sources.len());
@@ -207,6 +248,14 @@ fn fill_units(
         for o in 0..d_out {
             row[o] = src.b_scale * b[o * r + u];
         }
+        if let Some(o) = first_nonfinite(&row[..d_out]) {
+            return Err(fold_overflow(
+                src,
+                o * r + u,
+                b[o * r + u],
+                src.b_scale as f64,
+            ));
+        }
     }
     // A's rows are contiguous: convert each straight into its place in the unit row.
     for (u, row) in block.chunks_exact_mut(width).enumerate() {
@@ -232,7 +281,7 @@ impl<'a> AdapterFactors<'a> {
         b.resize(n, 0.0);
         src.file.read_into(src.key_b, b)?;
         if let Some(i) = first_nonfinite(b) {
-            return Err(nonfinite(src, src.key_b, i));
+            return Err(nonfinite(src, src.key_b, i, b[i]));
         }
         let (a_bytes, a_dtype, _) = src.file.bytes(src.key_a)?;
         Ok(Self {
@@ -252,7 +301,12 @@ impl<'a> AdapterFactors<'a> {
             out,
         );
         match first_nonfinite(out) {
-            Some(i) => Err(nonfinite(self.src, self.src.key_a, u * self.d_in + i)),
+            Some(i) => Err(nonfinite(
+                self.src,
+                self.src.key_a,
+                u * self.d_in + i,
+                out[i],
+            )),
             None => Ok(()),
         }
     }
@@ -280,20 +334,29 @@ fn finish_unit(row: &mut [f32], d_out: usize, canonical: bool, normalized: bool)
             let c = (na / nb).sqrt();
             (sign * c, sign / c, 0.0)
         };
-        let (cb, ca) = (cb as f32, ca as f32);
-        b.iter_mut().for_each(|v| *v *= cb);
-        a.iter_mut().for_each(|v| *v *= ca);
+        scale_part(b, cb);
+        scale_part(a, ca);
         return [norm as f32; 2];
     }
     if normalized {
         for (part, n) in [(b, nb), (a, na)] {
             if n > 0.0 {
-                let inv = (1.0 / n) as f32;
-                part.iter_mut().for_each(|v| *v *= inv);
+                scale_part(part, 1.0 / n);
             }
         }
     }
     [nb as f32, na as f32]
+}
+
+/// `part *= c`. The factor of a part of subnormal values exceeds f32's range although every
+/// product fits (its entries are at most 1 in magnitude): then each product is taken in f64.
+fn scale_part(part: &mut [f32], c: f64) {
+    let c32 = c as f32;
+    if c32.is_finite() {
+        part.iter_mut().for_each(|v| *v *= c32);
+    } else {
+        part.iter_mut().for_each(|v| *v = (*v as f64 * c) as f32);
+    }
 }
 
 /// +1, or −1 when the entry of `a` with the largest magnitude (the first on ties) is negative.
@@ -311,11 +374,29 @@ fn canonical_sign(a: &[f32]) -> f64 {
     }
 }
 
-fn nonfinite(src: &UnitSource, key: &str, index: usize) -> Error {
+/// A value read as NaN or inf. The file's own values were checked at load (see
+/// `MappedFile::check_finite`), so this is a value changed since, or read unchecked.
+fn nonfinite(src: &UnitSource, key: &str, index: usize, value: f32) -> Error {
     Error::tensor(
         src.file.path(),
         key,
-        format!("contains NaN or Inf (first at flat index {index}); weights must be finite"),
+        format!(
+            "contains {} (first at flat index {index}); weights must be finite",
+            nonfinite_name(value)
+        ),
+    )
+}
+
+/// Stage "fold": lora_B's value at `index` times the adapter's scaling × weight is beyond
+/// float32's range.
+fn fold_overflow(src: &UnitSource, index: usize, value: f32, scale: f64) -> Error {
+    Error::tensor(
+        src.file.path(),
+        src.key_b,
+        format!(
+            "fold: lora_B value {value:e} (flat index {index}) times the scaling × weight \
+             {scale:e} overflows float32; lower lora_alpha or the weight"
+        ),
     )
 }
 
@@ -370,11 +451,19 @@ impl FactorSource for MappedFactors<'_> {
                 let tile = &b[i0 * r..(i0 + rows) * r];
                 for (u, col) in cols.chunks_exact_mut(d_out).enumerate() {
                     let f = fold[first + u];
+                    let mut ok = true;
                     for (o, &v) in col[i0..i0 + rows]
                         .iter_mut()
                         .zip(tile[u..].iter().step_by(r))
                     {
                         *o = T::from_f64(v as f64 * f);
+                        ok &= o.finite();
+                    }
+                    if !ok {
+                        let o = (i0..i0 + rows)
+                            .find(|&o| !T::from_f64(b[o * r + u] as f64 * f).finite())
+                            .unwrap_or(i0);
+                        return Err(fold_overflow(src, o * r + u, b[o * r + u], f));
                     }
                 }
             }
@@ -542,6 +631,66 @@ mod tests {
                     .fold(0f32, |m, v| if v.abs() > m.abs() { v } else { m });
             assert!(piv > 0.0);
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn subnormal_parts_normalize_to_finite_unit_length() {
+        let mut row = vec![1e-42f32, -1e-42, 3e-41, 1e-44];
+        let norms = finish_unit(&mut row, 2, false, true);
+        assert!(row.iter().all(|v| v.is_finite()), "{row:?}");
+        for part in [&row[..2], &row[2..]] {
+            let n: f64 = part.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+            assert!((n - 1.0).abs() < 1e-6, "{row:?}");
+        }
+        assert!(norms[0] > 0.0 && norms[1] > 0.0);
+        let mut canon = vec![1e-42f32, -1e-42, 3e-41, 1e-44];
+        finish_unit(&mut canon, 2, true, true);
+        assert!(canon.iter().all(|v| v.is_finite()), "{canon:?}");
+    }
+
+    #[test]
+    fn fold_overflow_and_empty_modules_are_errors() {
+        let dir = std::env::temp_dir().join(format!("rw-units-fold-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.st");
+        let (a, b) = (vec![1f32; 2 * 7], vec![1e10f32; 5 * 2]);
+        let t = |name, shape, data| TensorOut {
+            name,
+            dtype: DType::F32,
+            shape,
+            data,
+        };
+        let (sa, sb) = ([2, 7], [5, 2]);
+        let outs = [
+            t("m.lora_A.weight", &sa[..], &a),
+            t("m.lora_B.weight", &sb[..], &b),
+        ];
+        write(&path, &outs, &BTreeMap::new()).unwrap();
+        let f = MappedFile::open(&path).unwrap();
+        let src = UnitSource {
+            file: &f,
+            key_a: "m.lora_A.weight",
+            key_b: "m.lora_B.weight",
+            b_scale: 1e30,
+        };
+        let e = unit_matrix(&[src], false, false).err().unwrap().to_string();
+        assert!(
+            e.contains("a.st")
+                && e.contains("m.lora_B.weight")
+                && e.contains("fold:")
+                && e.contains("overflows"),
+            "{e}"
+        );
+        let empty = MappedFile::open(&adapter(&dir, "e.st", 2, 0, 7, 0.0)).unwrap();
+        let src = UnitSource {
+            file: &empty,
+            key_a: "m.lora_A.weight",
+            key_b: "m.lora_B.weight",
+            b_scale: 1.0,
+        };
+        let e = unit_matrix(&[src], false, false).err().unwrap().to_string();
+        assert!(e.contains("e.st") && e.contains("out_features 0"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -39,9 +39,18 @@ impl<'a> Factors<'a> {
                 "{what}: A has shape {sa:?} (rank × in) but B has shape {sb:?} (out × rank)"
             )));
         }
+        let (a, b) = (c_order(a), c_order(b));
+        for (name, v) in [("A", &a), ("B", &b)] {
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                return Err(err(format!(
+                    "{what}: {name} has a non-finite value ({}) at flat index {i}",
+                    rankwise_core::safetensors_io::nonfinite_name(v[i])
+                )));
+            }
+        }
         Ok(Factors {
-            a: c_order(a),
-            b: c_order(b),
+            a,
+            b,
             r: sa[0],
             d_out: sb[0],
             d_in: sa[1],

@@ -83,3 +83,23 @@ pub fn out_array<'py, T: Element, D: Dimension>(
     }
     Ok(typed.clone())
 }
+
+/// An integer argument in `lo..=hi` (taken as i128, so that a negative or huge Python int
+/// reaches this check), else an `OptionError` naming it, not pyo3's OverflowError.
+pub fn int_arg(v: i128, name: &str, lo: u64, hi: u64) -> PyResult<u64> {
+    if v >= lo as i128 && v <= hi as i128 {
+        return Ok(v as u64);
+    }
+    let range = match (lo, hi) {
+        (lo, u64::MAX) => format!("in {lo}..2**64"),
+        (lo, hi) => format!("in {lo}..={hi}"),
+    };
+    Err(invalid(format!(
+        "{name} must be an integer {range}, got {v}"
+    )))
+}
+
+/// `int_arg` as a usize.
+pub fn size_arg(v: i128, name: &str, lo: u64) -> PyResult<usize> {
+    int_arg(v, name, lo, u64::MAX).map(|v| usize::try_from(v).unwrap_or(usize::MAX))
+}

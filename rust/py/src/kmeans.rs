@@ -4,7 +4,7 @@ use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
-use crate::arrays::{c_order, invalid};
+use crate::arrays::{c_order, int_arg, invalid, size_arg};
 use crate::run::run;
 use rankwise_core::kmeans::{kmeans as core_kmeans, KMeansParams};
 
@@ -27,16 +27,20 @@ type KMeansOut<'py> = (
 pub fn kmeans<'py>(
     py: Python<'py>,
     x: PyReadonlyArray2<'py, f32>,
-    k: usize,
-    n_init: usize,
-    max_iter: usize,
+    k: i128,
+    n_init: i128,
+    max_iter: i128,
     tol: f64,
-    seed: u64,
+    seed: i128,
     init: Option<PyReadonlyArray2<'py, f32>>,
     sign_invariant: bool,
     distance_cache: bool,
     seed_projection: bool,
 ) -> PyResult<KMeansOut<'py>> {
+    let k = size_arg(k, "k", 1)?;
+    let n_init = size_arg(n_init, "n_init", 1)?;
+    let max_iter = size_arg(max_iter, "max_iter", 1)?;
+    let seed = int_arg(seed, "seed", 0, u64::MAX)?;
     let (n, d) = (x.shape()[0], x.shape()[1]);
     let xs = c_order(&x);
     let init_s = match &init {

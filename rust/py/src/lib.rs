@@ -17,9 +17,10 @@ use pyo3::prelude::*;
 use rankwise_core::threads;
 
 /// Sets the number of threads used by every parallel call (0 restores the default:
-/// `RANKWISE_NUM_THREADS`, else the number of cores).
+/// `RANKWISE_NUM_THREADS`, else the number of cores; at most 4 × the cores).
 #[pyfunction]
-fn set_num_threads(n: usize) -> PyResult<()> {
+fn set_num_threads(n: i128) -> PyResult<()> {
+    let n = arrays::size_arg(n, "number of threads", 0)?;
     threads::set_num_threads(n).map_err(errors::to_pyerr)
 }
 

@@ -155,9 +155,39 @@ pub fn kmeans(
                 pos % d
             )));
         }
-        let fx = FixedPoint::new(&max_bits, n);
-        run(x, n, d, params, init, &fx)
+        let top = max_bits.iter().copied().max().unwrap_or(0);
+        let Some(e) = rescale_exponent(f32::from_bits(top)) else {
+            let fx = FixedPoint::new(&max_bits, n);
+            return run(x, n, d, params, init, &fx);
+        };
+        // Extreme scales: squared distances would overflow (or underflow to 0) in float32.
+        // Cluster x·2^-e (largest magnitude in [1, 2): exact but for values that fall below
+        // float32's normal range) and scale the centres and inertia back.
+        let down = |v: &[f32]| -> Vec<f32> {
+            v.iter()
+                .map(|&t| (t as f64 * (-e as f64).exp2()) as f32)
+                .collect()
+        };
+        let xs = down(x);
+        let init_s = init.map(down);
+        let fx = FixedPoint::new(&column_abs_max_bits(&xs, n, d), n);
+        let mut r = run(&xs, n, d, params, init_s.as_deref(), &fx)?;
+        let up = (e as f64).exp2();
+        r.centroids
+            .iter_mut()
+            .for_each(|c| *c = (*c as f64 * up) as f32);
+        r.inertia *= up * up;
+        Ok(r)
     })
+}
+
+/// Data whose largest magnitude is at least 2³² or below 2⁻³² (not zero) is clustered
+/// rescaled by a power of two: `Some(e)` with `2^e <= max_abs < 2^(e+1)`.
+fn rescale_exponent(max_abs: f32) -> Option<i32> {
+    if max_abs == 0.0 || (max_abs >= 2f32.powi(-32) && max_abs < 2f32.powi(32)) {
+        return None;
+    }
+    Some((max_abs as f64).log2().floor() as i32)
 }
 
 /// Checks everything but the finiteness of x.
