@@ -82,9 +82,13 @@ def _parse_options(items: Sequence[str]) -> dict[str, Any]:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    pool = AdapterPool.load(args.adapters)
+    on_ray = args.ray is not None
+    pool = AdapterPool.load(args.adapters, check_finite=not on_ray)  # Ray workers check their modules
     t_load = time.perf_counter() - t0
     options = _parse_options(args.option or [])
+    if on_ray:
+        options["executor"] = "ray"
+        options["ray_address"] = args.ray or None
     if args.rank is not None:
         options["rank"] = args.rank
     if args.seed is not None:
@@ -139,6 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option, e.g. density=0.5")
     s.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="merge the modules as Ray tasks, on the cluster at ADDRESS ('auto': the running one) "
+        "or on a local one (pip install 'rankwise[ray]'; workers read the adapters by path)",
+    )
     s.set_defaults(func=cmd_merge)
 
     s = sub.add_parser("methods", help="list the merge methods")

@@ -20,6 +20,7 @@ import numpy as np
 
 from . import _core
 from .adapter import Adapter, normalize_dtype
+from .distributed import merge_modules_on_ray
 from .errors import OptionError
 from .methods import METHODS, Factors, MergeMethod, ModuleContext
 from .pool import AdapterPool
@@ -46,6 +47,8 @@ def merge(
     weights: Sequence[float] | None = None,
     dtype: str | None = None,
     progress: bool | Callable[[int, int, str], None] = False,
+    executor: str = "local",
+    ray_address: str | None = None,
     **options: Any,
 ) -> Adapter:
     """Merges the adapters of ``pool`` with ``method`` into one Adapter.
@@ -53,10 +56,16 @@ def merge(
     ``pool``: an AdapterPool, or paths/a glob to load one. ``weights``: one per adapter
     (default 1). ``dtype``: of the written factors (default: the pool's dtype when all
     adapters share one, else float32). ``progress``: True for a tqdm bar on stderr, or a
-    callable ``(done, total, module)``. Other keywords are the method's options.
+    callable ``(done, total, module)``. ``executor``: ``"local"`` (this process's threads) or
+    ``"ray"``: modules become Ray tasks whose workers open the adapter files by path (see
+    ``rankwise.distributed``), on the cluster at ``ray_address`` or one Ray starts locally;
+    same bytes as the local merge. Other keywords are the method's options.
     """
+    if executor not in ("local", "ray"):
+        raise OptionError(f"executor must be 'local' or 'ray', got {executor!r}")
     if not isinstance(pool, AdapterPool):
-        pool = AdapterPool.load(pool)
+        # A Ray merge checks the factors for NaN/inf in the workers, module by module.
+        pool = AdapterPool.load(pool, check_finite=executor == "local")
     m = get_method(method)
     unknown = sorted(set(options) - set(m.params))
     if unknown:
@@ -90,7 +99,10 @@ def merge(
     # between modules would drop those of the modules still running), and all at the end.
     threads = _core.get_num_threads()
     workers = min(threads, len(modules)) if m.parallel_modules else 1
-    if workers <= 1:
+    if executor == "ray":
+        workers = 0  # nothing of the pool is read here
+        merge_modules_on_ray(pool, method, w, opts, out_dtype, address=ray_address, done=done, timings=timings)
+    elif workers <= 1:
         scratch: dict[str, Any] = {}
         for i, name in enumerate(modules):
             done(i, name, m.fn(ModuleContext(pool, name, i, w, timings, scratch, threads, out_dtype, lock), **opts))
@@ -103,6 +115,7 @@ def merge(
     out = Adapter.from_factors(merged, base_config=pool[0].config, dtype=out_dtype)
     out.merge_info = {
         "method": method,
+        "executor": executor,
         "adapters": len(pool),
         "modules": len(modules),
         "seconds": time.perf_counter() - t0,
