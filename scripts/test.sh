@@ -24,7 +24,7 @@ export PYO3_PYTHON="$PY"  # clippy and cargo test build the binding against this
 # builds without an isolated (downloaded) build environment.
 "$PY" -m pip install -q --disable-pip-version-check --upgrade pip
 "$PY" -m pip install -q --disable-pip-version-check "maturin>=1.5,<2" ruff mypy
-"$PY" -m pip install -q --disable-pip-version-check --no-build-isolation ".[test,bench]"
+"$PY" -m pip install -q --disable-pip-version-check --no-build-isolation ".[test,bench,ray]"
 
 # rustfmt and clippy come with rustup's default profile; a minimal toolchain lacks them.
 for tool in fmt clippy; do

@@ -175,7 +175,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
     # Before any work: an output that is (or holds, or lies in) an input would destroy it.
     check = check_file_target if args.output.endswith(".safetensors") else check_target
     check(args.output, overwrite=args.overwrite, inputs=rec.paths)
-    pool = AdapterPool.load(rec.paths, format=args.format)
+    on_ray = args.ray is not None
+    # Ray workers check their own modules for NaN/inf; the driver reads headers only.
+    pool = AdapterPool.load(rec.paths, format=args.format, check_finite=not on_ray)
     t_load = time.perf_counter() - t0
     merged = merge(
         pool,
@@ -186,6 +188,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         heads=args.heads,
         retention=not args.no_retention,
+        executor="ray" if on_ray else "local",
+        ray_address=args.ray or None,
         **rec.options,
     )
     t_merge = time.perf_counter() - t0 - t_load
@@ -333,6 +337,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="merge the modules as Ray tasks, on the cluster at ADDRESS ('auto': the running one) "
+        "or on a local one (pip install 'rankwise[ray]'; workers read the adapters by path)",
+    )
     s.set_defaults(func=cmd_merge)
 
     s = sub.add_parser("analyze", help="similarity, spectra and rank units of a pool, before merging")

@@ -21,6 +21,7 @@ import numpy as np
 from . import _core
 from . import heads as hd
 from .adapter import Adapter, normalize_dtype
+from .distributed import merge_modules_on_ray
 from .errors import AdapterFormatError, NonFiniteError, OptionError
 from .methods import METHODS, Factors, MergeMethod, ModuleContext, weighting
 from .methods.weighting import Weighting
@@ -54,6 +55,8 @@ def merge(
     progress: bool | Callable[[int, int, str], None] = False,
     heads: str | int | None = None,
     retention: bool = False,
+    executor: str = "local",
+    ray_address: str | None = None,
     **options: Any,
 ) -> Adapter:
     """Merges the adapters of ``pool`` with ``method`` into one Adapter.
@@ -69,10 +72,16 @@ def merge(
     default), ``"first"``, ``"drop"`` or an adapter index; required then (a pool of one keeps
     its heads). ``retention``: record in ``merge_info["retention"]`` how much of each source
     the merge kept (``rankwise.retention``, from Grams; the CLI does by default). Other
-    keywords are the method's options.
+    keywords are the method's options. ``executor``: ``"local"`` (this process's threads) or
+    ``"ray"``: modules become Ray tasks whose workers open the adapter files by path (see
+    ``rankwise.distributed``), on the cluster at ``ray_address`` or one Ray starts locally;
+    same bytes as the local merge.
     """
+    if executor not in ("local", "ray"):
+        raise OptionError(f"executor must be 'local' or 'ray', got {executor!r}")
     if not isinstance(pool, AdapterPool):
-        pool = AdapterPool.load(pool)
+        # A Ray merge checks the factors for NaN/inf in the workers, module by module.
+        pool = AdapterPool.load(pool, check_finite=executor == "local")
     m = get_method(method)
     unknown = sorted(set(options) - set(m.params))
     if unknown:
@@ -115,7 +124,10 @@ def merge(
     # between modules would drop those of the modules still running), and all at the end.
     threads = _core.get_num_threads()
     workers = min(threads, len(modules)) if m.parallel_modules else 1
-    if workers <= 1:
+    if executor == "ray":
+        workers = 0  # nothing of the pool is read here
+        merge_modules_on_ray(pool, method, w, opts, out_dtype, address=ray_address, done=done, timings=timings)
+    elif workers <= 1:
         scratch: dict[str, Any] = {}
         for i, name in enumerate(modules):
             done(
@@ -139,6 +151,7 @@ def merge(
     out.checked_finite = True  # _check_merged saw every factor
     out.merge_info = {
         "method": method,
+        "executor": executor,
         "adapters": len(pool),
         "modules": len(modules),
         **wts.info(),

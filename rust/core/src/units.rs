@@ -74,7 +74,10 @@ pub fn factor_dims(src: &UnitSource) -> Result<(usize, usize, usize)> {
         ));
     }
     // A conv down kernel (r, in, kh, kw) is a row of in·kh·kw per unit (LoCon).
-    let Some(d_in) = a.shape[1..].iter().try_fold(1usize, |acc, &x| acc.checked_mul(x)) else {
+    let Some(d_in) = a.shape[1..]
+        .iter()
+        .try_fold(1usize, |acc, &x| acc.checked_mul(x))
+    else {
         return Err(Error::tensor(
             path,
             src.key_a,
