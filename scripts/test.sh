@@ -26,6 +26,17 @@ export PYO3_PYTHON="$PY"  # clippy and cargo test build the binding against this
 "$PY" -m pip install -q --disable-pip-version-check "maturin>=1.5,<2" ruff mypy
 "$PY" -m pip install -q --disable-pip-version-check --no-build-isolation ".[test,bench,ray]"
 
+# Headless Chromium opens the HTML reports in tests/test_report.py (Debian's package; the test
+# skips, saying why, where it cannot be installed).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then SUDO=""; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO="none"; fi
+    if [ "$SUDO" != none ]; then
+        echo "== installing chromium with apt-get"
+        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq || true
+        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null || true
+    fi
+fi
+
 # rustfmt and clippy come with rustup's default profile; a minimal toolchain lacks them.
 for tool in fmt clippy; do
     if ! cargo "$tool" --version >/dev/null 2>&1; then
