@@ -32,6 +32,7 @@ __all__ = [
     "Adapter",
     "AdapterSource",
     "ModuleInfo",
+    "check_factors_finite",
     "distinct_sources",
     "expand_paths",
     "load_adapter",
@@ -451,12 +452,25 @@ def open_adapters(folders: Sequence[Path], *, check_finite: bool = True, format:
         )
     if check_finite:
         # Pages stay mapped for the merge that follows, unless the pool is too large for that.
-        files.check_finite(
-            [(i, k) for i, a in enumerate(adapters) for m in a.modules.values() for k in (m.key_a, m.key_b)]
-            + [(i, t.key) for i, a in enumerate(adapters) for t in a.heads.values()],
-            release=mapped_bytes(adapters) > RESIDENT_BYTES,
-        )
+        check_factors_finite(adapters, release=mapped_bytes(adapters) > RESIDENT_BYTES)
     return adapters
+
+
+def check_factors_finite(adapters: Sequence[Adapter], modules: Sequence[str] | None = None, *, release: bool) -> None:
+    """The core's NaN/inf check of the adapters' factors read from files: of ``modules``, or of
+    every module and head (factors first, then heads). ``release`` drops the pages once read."""
+    by_files: dict[int, tuple[_core.MappedFiles, list[tuple[int, str]], list[tuple[int, str]]]] = {}
+    for a in adapters:
+        src = a.source
+        if src is None:
+            continue
+        _, factors, heads = by_files.setdefault(id(src.files), (src.files, [], []))
+        infos = a.modules.values() if modules is None else [a.module(m) for m in modules]
+        factors += [(src.index, k) for m in infos for k in (m.key_a, m.key_b)]
+        if modules is None:
+            heads += [(src.index, t.key) for t in a.heads.values()]
+    for files, factors, heads in by_files.values():
+        files.check_finite(factors + heads, release=release)
 
 
 def distinct_sources(adapters: Sequence[Adapter]) -> list[AdapterSource]:

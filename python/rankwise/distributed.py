@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from . import _core
+from .adapter import check_factors_finite
 from .errors import OptionError, RankwiseError
 from .methods import METHODS, Factors, ModuleContext
 from .pool import AdapterPool
@@ -50,7 +51,7 @@ def _merge_group(
     _core.set_num_threads(threads)
     pool = AdapterPool.load(paths, check_finite=False)
     names = [pool.modules[i] for i in indices]
-    _check_finite(pool, names)
+    check_factors_finite(pool.adapters, names, release=pool.streams)  # what a local load checks
     m = METHODS[method]
     timings: dict[str, float] = {}
     scratch: dict[str, Any] = {}
@@ -62,20 +63,6 @@ def _merge_group(
             pool.release()
     pool.release()
     return out, timings
-
-
-def _check_finite(pool: AdapterPool, modules: Sequence[str]) -> None:
-    """The NaN/inf check of a local load, for this task's modules only."""
-    by_files: dict[int, tuple[Any, list[tuple[int, str]]]] = {}
-    for a in pool:
-        src = a.source
-        assert src is not None  # loaded from files just above
-        items = by_files.setdefault(id(src.files), (src.files, []))[1]
-        for name in modules:
-            info = a.module(name)
-            items += [(src.index, info.key_a), (src.index, info.key_b)]
-    for files, items in by_files.values():
-        files.check_finite(items, release=pool.streams)
 
 
 def _pool_paths(pool: AdapterPool) -> list[str]:
