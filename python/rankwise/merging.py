@@ -20,6 +20,7 @@ import numpy as np
 
 from . import _core
 from . import heads as hd
+from . import memory as _memory
 from .adapter import Adapter, normalize_dtype
 from .distributed import merge_modules_on_ray
 from .errors import AdapterFormatError, NonFiniteError, OptionError
@@ -57,6 +58,7 @@ def merge(
     retention: bool = False,
     executor: str = "local",
     ray_address: str | None = None,
+    memory_limit: int | str | None = None,
     **options: Any,
 ) -> Adapter:
     """Merges the adapters of ``pool`` with ``method`` into one Adapter.
@@ -75,13 +77,16 @@ def merge(
     keywords are the method's options. ``executor``: ``"local"`` (this process's threads) or
     ``"ray"``: modules become Ray tasks whose workers open the adapter files by path (see
     ``rankwise.distributed``), on the cluster at ``ray_address`` or one Ray starts locally;
-    same bytes as the local merge.
+    same bytes as the local merge. ``memory_limit``: bytes one module may take (an int or e.g.
+    ``"64MB"``, ``"2GiB"``; default half the available RAM, ``rankwise.memory``): LEGO streams a
+    module whose unit matrix would exceed it (``merge_info["streamed"]`` lists them).
     """
     if executor not in ("local", "ray"):
         raise OptionError(f"executor must be 'local' or 'ray', got {executor!r}")
     if not isinstance(pool, AdapterPool):
         # A Ray merge checks the factors for NaN/inf in the workers, module by module.
         pool = AdapterPool.load(pool, check_finite=executor == "local")
+    limit = _memory.memory_limit(memory_limit)
     m = get_method(method)
     unknown = sorted(set(options) - set(m.params))
     if unknown:
@@ -107,6 +112,7 @@ def merge(
     merged: dict[str, Factors] = {}
     timings: dict[str, float] = {}
     lock = threading.Lock()
+    streamed: list[str] = []
     t0 = time.perf_counter()
 
     def done(i: int, name: str, factors: Factors) -> None:
@@ -133,10 +139,14 @@ def merge(
             done(
                 i,
                 name,
-                _run_module(m, ModuleContext(pool, name, i, w, timings, scratch, threads, out_dtype, lock), opts),
+                _run_module(
+                    m,
+                    ModuleContext(pool, name, i, w, timings, scratch, threads, out_dtype, lock, limit, streamed),
+                    opts,
+                ),
             )
     else:
-        _merge_parallel(m, pool, w, opts, timings, out_dtype, lock, workers, done)
+        _merge_parallel(m, pool, w, opts, timings, out_dtype, lock, workers, done, limit, streamed)
         if pool.streams:
             pool.release()
     if bar is not None:
@@ -158,6 +168,8 @@ def merge(
         "seconds": time.perf_counter() - t0,
         "timings": timings,
         "options": {k: v for k, v in opts.items() if _jsonable(v)},
+        "memory_limit": limit,
+        "streamed": sorted(streamed, key=modules.index),
         "heads": sorted(merged_heads) if merged_heads else None,
         "dtype": out_dtype,
         "sources": [_source(a, j) for j, a in enumerate(pool)],
@@ -189,6 +201,8 @@ def _merge_parallel(
     lock: threading.Lock,
     workers: int,
     done: Callable[[int, str, Factors], None],
+    limit: int | None = None,
+    streamed: list[str] | None = None,
 ) -> None:
     """Runs ``workers`` modules at once, each on one core thread, reporting them in order.
     At most ``workers`` modules are in flight, so memory stays that many modules' worth."""
@@ -199,7 +213,19 @@ def _merge_parallel(
     def one(i: int) -> Factors:
         if not hasattr(local, "scratch"):
             local.scratch = {}
-        ctx = ModuleContext(pool, modules[i], i, w, timings, local.scratch, 1, out_dtype, lock)
+        ctx = ModuleContext(
+            pool,
+            modules[i],
+            i,
+            w,
+            timings,
+            local.scratch,
+            1,
+            out_dtype,
+            lock,
+            limit,
+            streamed if streamed is not None else [],
+        )
         return _run_module(m, ctx, opts)
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rankwise-merge") as ex:

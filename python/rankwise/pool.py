@@ -128,13 +128,16 @@ class AdapterPool:
         *,
         canonical: bool = False,
         out: np.ndarray | None = None,
+        adapters: slice | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The units of :meth:`unit_matrix` with each part scaled to unit length, rows
         ``[b/‖b‖ ; a/‖a‖]`` (float32; zero parts stay zero), and the norms ``[‖b‖, ‖a‖]`` of each
         row (``[Σ ranks, 2]``), from which the units are ``x * norms`` part by part: LoRA-LEGO's
         normalized features and raw units in one matrix, built in one Rust pass. ``out``: a
-        C-contiguous float32 array of that shape to write the rows into (and return)."""
-        x, _, norms = self._units(module, weights, canonical, normalized=True, out=out)
+        C-contiguous float32 array of that shape to write the rows into (and return).
+        ``adapters``: only the rows of these adapters (a block of a streamed module; ``weights``
+        still gives one per adapter of the pool)."""
+        x, _, norms = self._units(module, weights, canonical, normalized=True, out=out, adapters=adapters)
         assert norms is not None
         return x, norms
 
@@ -145,12 +148,16 @@ class AdapterPool:
         canonical: bool,
         normalized: bool,
         out: np.ndarray | None = None,
+        adapters: slice | None = None,
     ) -> tuple[np.ndarray, list[int], np.ndarray | None]:
         w = self.check_weights(weights)
-        sources = [a.source for a in self.adapters]
+        chosen = self.adapters if adapters is None else self.adapters[adapters]
+        if adapters is not None:
+            w = w[adapters]
+        sources = [a.source for a in chosen]
         if any(src is None for src in sources):
             raise RankwiseError("unit_matrix needs adapters loaded from files")
-        infos = [a.module(module) for a in self.adapters]
+        infos = [a.module(module) for a in chosen]
         rows = [
             (src.files, (src.index, m.key_a, m.key_b, float(m.scaling * wj)))
             for src, m, wj in zip(sources, infos, w)

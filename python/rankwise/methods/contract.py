@@ -46,6 +46,8 @@ class ModuleContext:
     threads: int = 1  # threads this module's core calls may use (see parallel_modules)
     out_dtype: str = "F32"  # safetensors dtype the merged factors are written in
     lock: threading.Lock = field(default_factory=threading.Lock)  # guards timings across modules
+    memory_limit: int | None = None  # bytes a method may hold for this module (rankwise.memory); None: no limit
+    streamed: list[str] = field(default_factory=list)  # modules a method streamed (merge_info["streamed"])
 
     @contextlib.contextmanager
     def timed(self, phase: str) -> Iterator[None]:
@@ -95,6 +97,23 @@ class ModuleContext:
             b = x[:, : self.shape[0]]
             b[rel < 0] *= np.float32(-1)
             b[rel == 0] = 0.0  # a zero part stays zero (its norm is 0 below)
+            norms[:, 0] *= np.abs(rel)
+            return x, norms
+
+    def unit_feature_block(self, adapters: slice, *, canonical: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`unit_features` of the adapters ``adapters`` only (rows in the same order and with
+        the same bytes as theirs in the whole matrix), in a new array: a block of a streamed module."""
+        with self.timed("units"):
+            split = self._canonical_weights() if canonical else None
+            if split is None:
+                return self.pool.unit_features(self.module, self.weights, canonical=canonical, adapters=adapters)
+            common, rel_all = split
+            x, norms = self.pool.unit_features(self.module, common, canonical=True, adapters=adapters)
+            starts = np.concatenate([[0], np.cumsum(self.ranks)])
+            rel = rel_all[starts[adapters.start or 0] : starts[adapters.stop]]
+            b = x[:, : self.shape[0]]
+            b[rel < 0] *= np.float32(-1)
+            b[rel == 0] = 0.0
             norms[:, 0] *= np.abs(rel)
             return x, norms
 

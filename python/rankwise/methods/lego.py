@@ -42,6 +42,7 @@ from ..pool import AdapterPool
 from .aligned import aligned_init
 from .contract import Factors, ModuleContext, register_method
 from .lego_projection import NORMS, project
+from .lego_streamed import lego_streamed, must_stream
 
 FEATURES = ("raw", "normalized")
 ASSEMBLIES = ("projection-norm", "projection", "legacy", "paper")
@@ -142,6 +143,11 @@ def lego(
     """LoRA-LEGO: k-means over the pool's rank units, the target projected on the centroids' span (arXiv 2409.16167)."""
     k = rank[ctx.module] if isinstance(rank, Mapping) else int(rank)
     d_out, _ = ctx.shape
+    if must_stream(ctx, k):  # the unit matrix would not fit in memory_limit
+        return lego_streamed(
+            ctx, k, canonicalize=canonicalize, assembly=assembly, norm=norm, norm_probes=norm_probes,
+            n_init=n_init, max_iter=max_iter, tol=tol, seed=seed, init=init, features=features,
+        )  # fmt: skip
     # One matrix holds both what is clustered and the raw units: with normalized features the
     # rows are [b/‖b‖ ; a/‖a‖] and `norms` gives the units back (at scale the matrix is hundreds of MB).
     if features == "raw":

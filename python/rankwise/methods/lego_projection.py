@@ -53,15 +53,28 @@ def project(
     u = orth_rows(cent[:, :d_out])
     v = orth_rows(cent[:, d_out:])
     xb, xa = x[:, :d_out], x[:, d_out:]
-    pb = _rows_times(xb, u, None if norms is None else norms[:, 0])  # X_b U, n × k_b
-    pa = _rows_times(xa, v, None if norms is None else norms[:, 1])  # X_a V, n × k_a
+    pb = rows_times(xb, u, None if norms is None else norms[:, 0])  # X_b U, n × k_b
+    pa = rows_times(xa, v, None if norms is None else norms[:, 1])  # X_a V, n × k_a
     core = pb.T @ pa  # Uᵀ T V
-    if core.size:
-        p, s, qt = np.linalg.svd(core, full_matrices=False)
-    else:  # a zero b or a part (a freshly initialized LoRA): the projection is 0
-        p, s, qt = np.zeros((core.shape[0], 0)), np.zeros(0), np.zeros((0, core.shape[1]))
+    p, s, qt = core_svd(core)
     if restore_norm:
         s = s * _norm_factor(x, norms, d_out, v, pa, float(np.sum(s**2)), norm, probes, seed)
+    return balanced_factors(p, s, qt, u, v, k, d_out, d_in)
+
+
+def core_svd(core: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The SVD of the k_b × k_a core (empty factors for an empty core)."""
+    if core.size:
+        p, s, qt = np.linalg.svd(core, full_matrices=False)
+        return p, s, qt
+    # a zero b or a part (a freshly initialized LoRA): the projection is 0
+    return np.zeros((core.shape[0], 0)), np.zeros(0), np.zeros((0, core.shape[1]))
+
+
+def balanced_factors(
+    p: np.ndarray, s: np.ndarray, qt: np.ndarray, u: np.ndarray, v: np.ndarray, k: int, d_out: int, d_in: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(A, B)`` float32 of U P S Qᵀ Vᵀ: B = U P √S, A = √S Qᵀ Vᵀ, zero columns past the rank."""
     root = np.sqrt(s)
     a = np.zeros((k, d_in))
     b = np.zeros((d_out, k))
@@ -94,12 +107,10 @@ def target_sq_norm(
         p = np.ones(n) if norms is None else norms[:, 0].astype(np.float64) * norms[:, 1]
         return max(float(p @ (gb * ga) @ p), 0.0)
     nb = None if norms is None else norms[:, 0].astype(np.float64)
-    tv = _cols_times(xb, pa, nb)  # T V = X_bᵀ (X_a V), d_out × k_a
-    rng = np.random.default_rng(seed)
-    g = rng.standard_normal((x.shape[1] - d_out, probes))
-    g -= v @ (v.T @ g)  # probes of the complement of span V
-    xg = _rows_times(xa, g, None if norms is None else norms[:, 1])  # X_a g
-    rest = _cols_times(xb, xg, nb)  # T g
+    tv = cols_times(xb, pa, nb)  # T V = X_bᵀ (X_a V), d_out × k_a
+    g = complement_probes(v, x.shape[1] - d_out, probes, seed)
+    xg = rows_times(xa, g, None if norms is None else norms[:, 1])  # X_a g
+    rest = cols_times(xb, xg, nb)  # T g
     return float(np.sum(tv**2) + np.sum(rest**2) / probes)
 
 
@@ -117,19 +128,32 @@ def _norm_factor(
     """‖T‖ / ‖C‖, at least 1 (a projection is never longer than its target); 1 when C is 0."""
     if not core_sq > 0:
         return 1.0
-    t_sq = target_sq_norm(x, norms, d_out, v, pa, norm=norm, probes=probes, seed=seed)
+    return norm_ratio(target_sq_norm(x, norms, d_out, v, pa, norm=norm, probes=probes, seed=seed), core_sq)
+
+
+def norm_ratio(t_sq: float, core_sq: float) -> float:
+    """‖T‖ / ‖C‖ from their squares, at least 1; 1 when C is 0 or the ratio is not finite."""
+    if not core_sq > 0:
+        return 1.0
     factor = float(np.sqrt(max(t_sq, core_sq) / core_sq))
     return factor if np.isfinite(factor) else 1.0
 
 
-def _rows_times(part: np.ndarray, basis: np.ndarray, row_scale: np.ndarray | None) -> np.ndarray:
+def complement_probes(v: np.ndarray, d_in: int, probes: int, seed: int) -> np.ndarray:
+    """``probes`` Gaussian vectors (d_in × probes, from ``seed``) projected off span V."""
+    g = np.random.default_rng(seed).standard_normal((d_in, probes))
+    g -= v @ (v.T @ g)  # probes of the complement of span V
+    return g
+
+
+def rows_times(part: np.ndarray, basis: np.ndarray, row_scale: np.ndarray | None) -> np.ndarray:
     """``diag(row_scale) · part · basis`` in float64 (part is float32 and may be hundreds of MB:
     the product runs in float32 BLAS, the row scaling after it)."""
     out = (part @ basis.astype(np.float32)).astype(np.float64)
     return out if row_scale is None else out * row_scale[:, None]
 
 
-def _cols_times(part: np.ndarray, rows: np.ndarray, row_scale: np.ndarray | None) -> np.ndarray:
-    """``partᵀ · diag(row_scale) · rows`` in float64 (see :func:`_rows_times`)."""
+def cols_times(part: np.ndarray, rows: np.ndarray, row_scale: np.ndarray | None) -> np.ndarray:
+    """``partᵀ · diag(row_scale) · rows`` in float64 (see :func:`rows_times`)."""
     scaled = rows if row_scale is None else rows * row_scale[:, None]
     return (part.T @ scaled.astype(np.float32)).astype(np.float64)

@@ -6,7 +6,7 @@ use pyo3::prelude::*;
 
 use crate::arrays::{c_order, int_arg, invalid, size_arg};
 use crate::run::run;
-use rankwise_core::kmeans::{kmeans as core_kmeans, KMeansParams};
+use rankwise_core::kmeans::{assign as core_assign, kmeans as core_kmeans, KMeansParams};
 
 type KMeansOut<'py> = (
     Bound<'py, PyArray2<f32>>,
@@ -71,5 +71,45 @@ pub fn kmeans<'py>(
         res.inertia,
         res.n_iter,
         PyArray1::from_vec(py, res.signs),
+    ))
+}
+
+type AssignOut<'py> = (
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<f32>>,
+    Bound<'py, PyArray2<f64>>,
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<f64>>,
+);
+
+/// One k-means assignment of the rows of `x` (n × d, float32) to `centres` (k × d): returns
+/// `(labels n, signs n, sums k × d float64, counts k, sq_dist n float64)`: for a k-means that
+/// streams its points in blocks (python/rankwise/streaming_kmeans.py). Same bytes at any thread count.
+#[pyfunction]
+#[pyo3(signature = (x, centres, sign_invariant=false))]
+pub fn kmeans_assign<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray2<'py, f32>,
+    centres: PyReadonlyArray2<'py, f32>,
+    sign_invariant: bool,
+) -> PyResult<AssignOut<'py>> {
+    let (n, d) = (x.shape()[0], x.shape()[1]);
+    let k = centres.shape()[0];
+    if centres.shape()[1] != d || k == 0 {
+        return Err(invalid(format!(
+            "centres have shape {:?}, expected (k >= 1, {d})",
+            centres.shape()
+        )));
+    }
+    let xs = c_order(&x);
+    let cs = c_order(&centres);
+    let a = run(py, || core_assign(&xs, n, d, &cs, sign_invariant))?;
+    let sums = Array2::from_shape_vec((k, d), a.sums).map_err(|e| invalid(e.to_string()))?;
+    Ok((
+        PyArray1::from_vec(py, a.labels),
+        PyArray1::from_vec(py, a.signs),
+        sums.into_pyarray(py),
+        PyArray1::from_vec(py, a.counts),
+        PyArray1::from_vec(py, a.dist),
     ))
 }

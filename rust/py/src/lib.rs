@@ -60,6 +60,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<files::MappedFiles>()?;
     m.add_function(wrap_pyfunction!(files::write_safetensors, m)?)?;
     m.add_function(wrap_pyfunction!(kmeans::kmeans, m)?)?;
+    m.add_function(wrap_pyfunction!(kmeans::kmeans_assign, m)?)?;
     m.add_function(wrap_pyfunction!(assemble::cluster_means, m)?)?;
     m.add_function(wrap_pyfunction!(align::hungarian, m)?)?;
     m.add_function(wrap_pyfunction!(align::align_factors, m)?)?;

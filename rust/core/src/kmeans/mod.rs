@@ -46,6 +46,7 @@
 //! the internal u32 labels ([`NEG`]), so k must be below 2³¹ in this mode. With every `x·c ≥ 0`
 //! the two modes do exactly the same arithmetic and give the same bytes.
 
+mod assign;
 mod exact_sums;
 mod lloyd;
 mod seeding;
@@ -61,6 +62,7 @@ use exact_sums::FixedPoint;
 use lloyd::lloyd;
 use seeding::{seed_kmeans_pp, SeedSpace};
 
+pub use assign::{assign, Assignment};
 pub use seeding::{SEED_POINTS_PER_CENTRE, SEED_PROJECTION_DIM};
 
 /// Parameters of [`kmeans`]. The defaults are scikit-learn's (`n_init = 1`).

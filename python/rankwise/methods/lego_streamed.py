@@ -1,0 +1,146 @@
+"""LEGO for a module whose unit matrix does not fit in ``memory_limit`` (docs/ALGORITHMS.md
+§1.5): the units come in blocks of adapters (``unit_blocks.py``), are clustered by the
+streaming k-means (``rankwise.streaming_kmeans``), and the projection assembly is folded over
+the blocks: centroid sums Σ_blocks, core C = Σ (X_b U)ᵀ (X_a V), and for the norm T V = Σ X_bᵀ
+(X_a V) and the Hutchinson probes T g = Σ X_bᵀ (X_a g), all in one pass. The exact ‖T‖ (n × n
+unit Grams) is out of reach here, so ``norm="auto"`` means ``"estimate"``.
+
+Budget split of the limit: a quarter for a block, a quarter for the seeding sample, the rest
+for the per-point state (labels, signs, distances: 20 bytes a unit) and the k-row working
+arrays; a single adapter larger than a block still makes one block (the limit is then exceeded
+by that adapter's rows).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _core
+from ..errors import OptionError
+from ..streaming_kmeans import SEED_POINTS_PER_CENTRE, streaming_kmeans
+from .contract import Factors, ModuleContext
+from .lego_projection import (
+    balanced_factors,
+    cols_times,
+    complement_probes,
+    core_svd,
+    norm_ratio,
+    orth_rows,
+    rows_times,
+)
+from .unit_blocks import UnitBlocks
+
+#: Largest dot-product cache of the in-memory k-means (rust/core/src/kmeans/lloyd.rs CACHE_BYTES).
+_KMEANS_CACHE_BYTES = 512 << 20
+
+
+def in_memory_bytes(n: int, width: int, k: int) -> int:
+    """What the in-memory path holds for a module: the n × width float32 unit matrix and its
+    part norms, the k-means distance cache, and the assembly's two n × k float64 products."""
+    return 4 * n * width + 8 * n + min(4 * n * k, _KMEANS_CACHE_BYTES) + 16 * n * k
+
+
+def must_stream(ctx: ModuleContext, k: int) -> bool:
+    return ctx.memory_limit is not None and in_memory_bytes(sum(ctx.ranks), sum(ctx.shape), k) > ctx.memory_limit
+
+
+def lego_streamed(
+    ctx: ModuleContext,
+    k: int,
+    *,
+    canonicalize: bool,
+    assembly: str,
+    norm: str,
+    norm_probes: int,
+    n_init: int,
+    max_iter: int,
+    tol: float,
+    seed: int,
+    init: str | None,
+    features: str,
+) -> Factors:
+    limit = ctx.memory_limit
+    assert limit is not None
+    what = (
+        f"module '{ctx.module}' ({sum(ctx.ranks)} units of width {sum(ctx.shape)}) exceeds "
+        f"memory_limit={limit} bytes and streams"
+    )
+    if assembly not in ("projection", "projection-norm"):
+        raise OptionError(
+            f"{what}: streaming supports assembly 'projection' and 'projection-norm', not {assembly!r}; "
+            "raise memory_limit"
+        )
+    if init is not None or features != "normalized":
+        raise OptionError(f"{what}: streaming supports features='normalized' without init only; raise memory_limit")
+    if norm == "exact":
+        raise OptionError(f"{what}: norm='exact' needs the n × n unit Grams; use norm='estimate' or raise memory_limit")
+    d_out, width = ctx.shape[0], sum(ctx.shape)
+    blocks = UnitBlocks(ctx, canonical=canonicalize, rows_per_block=max(1, (limit // 4) // (4 * width + 4 * k + 48)))
+    sample = max(k, min(SEED_POINTS_PER_CENTRE * k, (limit // 4) // (4 * width + 4 * k)))
+    with ctx.lock:
+        ctx.streamed.append(ctx.module)
+    with ctx.timed("kmeans"):
+        r = streaming_kmeans(
+            blocks,
+            k,
+            sample_rows=sample,
+            n_init=n_init,
+            max_iter=max_iter,
+            tol=tol,
+            seed=seed,
+            sign_invariant=canonicalize,
+        )
+    with ctx.timed("assemble"):
+        probe_seed = int(np.random.SeedSequence([seed, ctx.index]).generate_state(1)[0])
+        assert r.signs is not None
+        return _project(
+            blocks,
+            r.labels,
+            r.signs,
+            k,
+            d_out,
+            restore_norm=assembly == "projection-norm",
+            probes=norm_probes,
+            seed=probe_seed,
+        )
+
+
+def _project(
+    blocks: UnitBlocks,
+    labels: np.ndarray,
+    signs: np.ndarray,
+    k: int,
+    d_out: int,
+    *,
+    restore_norm: bool,
+    probes: int,
+    seed: int,
+) -> Factors:
+    """lego_projection.project with ``norm="estimate"``, folded over the blocks."""
+    d_in = blocks.d - d_out
+    sums = np.zeros((k, blocks.d))
+    for b, (lo, hi) in enumerate(blocks.bounds):
+        x, norms = blocks.block(b)
+        mean, counts, _, _ = _core.cluster_means(x, labels[lo:hi], signs[lo:hi], k, d_out, norms)
+        sums += mean * counts[:, None]
+    u = orth_rows(sums[:, :d_out])  # the span of the centroids' parts (means: sums scaled)
+    v = orth_rows(sums[:, d_out:])
+    g = complement_probes(v, d_in, probes, seed) if restore_norm else np.zeros((d_in, 0))
+    core = np.zeros((u.shape[1], v.shape[1]))
+    tv = np.zeros((d_out, v.shape[1]))
+    tg = np.zeros((d_out, g.shape[1]))
+    for b in range(len(blocks)):
+        x, norms = blocks.block(b)
+        xb, xa = x[:, :d_out], x[:, d_out:]
+        nb = norms[:, 0].astype(np.float64)
+        pb = rows_times(xb, u, norms[:, 0])
+        pa = rows_times(xa, v, norms[:, 1])
+        core += pb.T @ pa
+        if restore_norm:
+            tv += cols_times(xb, pa, nb)
+            tg += cols_times(xb, rows_times(xa, g, norms[:, 1]), nb)
+    p, s, qt = core_svd(core)
+    if restore_norm:
+        core_sq = float(np.sum(s**2))
+        s = s * norm_ratio(float(np.sum(tv**2) + np.sum(tg**2) / probes), core_sq)
+    return balanced_factors(p, s, qt, u, v, k, d_out, d_in)
