@@ -5,10 +5,11 @@ the blocks: centroid sums Σ_blocks, core C = Σ (X_b U)ᵀ (X_a V), and for the
 (X_a V) and the Hutchinson probes T g = Σ X_bᵀ (X_a g), all in one pass. The exact ‖T‖ (n × n
 unit Grams) is out of reach here, so ``norm="auto"`` means ``"estimate"``.
 
-Budget split of the limit: a quarter for a block, a quarter for the seeding sample, the rest
-for the per-point state (labels, signs, distances: 20 bytes a unit) and the k-row working
-arrays; a single adapter larger than a block still makes one block (the limit is then exceeded
-by that adapter's rows).
+Budget split of the limit: a quarter for a block, half for the seeding sample (at most
+SEED_POINTS_PER_CENTRE·k rows, at least k; freed before the Lloyd passes), the rest for the
+per-point state (labels, signs, distances: 20 bytes a unit) and the k-row working arrays. A
+single adapter larger than a block still makes one block (the limit is then exceeded by that
+adapter's rows), and a sample below SEED_POINTS_PER_CENTRE·k seeds worse local optima.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def lego_streamed(
         raise OptionError(f"{what}: norm='exact' needs the n × n unit Grams; use norm='estimate' or raise memory_limit")
     d_out, width = ctx.shape[0], sum(ctx.shape)
     blocks = UnitBlocks(ctx, canonical=canonicalize, rows_per_block=max(1, (limit // 4) // (4 * width + 4 * k + 48)))
-    sample = max(k, min(SEED_POINTS_PER_CENTRE * k, (limit // 4) // (4 * width + 4 * k)))
+    sample = max(k, min(SEED_POINTS_PER_CENTRE * k, (limit // 2) // (4 * width + 4 * k)))
     with ctx.lock:
         ctx.streamed.append(ctx.module)
     with ctx.timed("kmeans"):
