@@ -112,7 +112,11 @@ def test_the_import_graph_is_a_dag() -> None:
         assert not graph[name] & {"rankwise.merging", "rankwise.methods", "rankwise.analyze", "rankwise.report"}
     assert "rankwise.retention" in graph["rankwise.merging"]
     assert not graph["rankwise.analyze"] & {"rankwise.merging", "rankwise.report", "rankwise.cli"}
-    assert graph["rankwise.card"] <= set() and graph["rankwise.recipe"] <= {"rankwise.errors"}
+    assert graph["rankwise.card"] <= set() and graph["rankwise.recipe"] <= {"rankwise.errors", "rankwise.memory"}
+    # Memory budget on errors alone; the streaming k-means below the methods, beside kmeans.
+    assert graph["rankwise.memory"] <= {"rankwise.errors"}
+    assert graph["rankwise.streaming_kmeans"] <= {"rankwise._core", "rankwise.errors", "rankwise.kmeans"}
+    assert "rankwise.merging" not in graph["rankwise.methods.lego_streamed"]
     assert "rankwise.card" in graph["rankwise.adapter"]
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "gram_top_k",
     "hungarian",
     "kmeans",
+    "kmeans_assign",
     "set_num_threads",
     "write_safetensors",
 ]
@@ -74,6 +75,17 @@ def kmeans(
     distance_cache: bool = True,
     seed_projection: bool = True,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], float, int, npt.NDArray[np.float32]]: ...
+def kmeans_assign(
+    x: npt.NDArray[np.float32],
+    centres: npt.NDArray[np.float32],
+    sign_invariant: bool = False,
+) -> tuple[
+    npt.NDArray[np.int64],
+    npt.NDArray[np.float32],
+    npt.NDArray[np.float64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.float64],
+]: ...
 def cluster_means(
     x: npt.NDArray[np.float32],
     labels: npt.NDArray[np.int64],

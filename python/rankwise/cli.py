@@ -20,6 +20,7 @@ from .compare import compare, table
 from .demo import run_demo
 from .errors import OptionError, RankwiseError
 from .formats import FORMATS
+from .memory import memory_limit
 from .merging import merge, merge_methods
 from .methods import METHODS
 from .methods.weighting import RULE, describe
@@ -142,7 +143,11 @@ def _merge_recipe(args: argparse.Namespace) -> _recipe.Recipe:
     if args.config is not None:
         if args.adapters:
             raise RankwiseError("give adapter folders or --config, not both")
-        return _recipe.load(args.config)
+        rec = _recipe.load(args.config)
+        if args.memory_limit is not None:
+            memory_limit(args.memory_limit)
+            rec.memory_limit = args.memory_limit  # the command line's limit over the recipe's
+        return rec
     if not args.adapters:
         raise RankwiseError("no adapter folders given (or use --config recipe.yaml)")
     # Absolute: a recipe's relative paths are read relative to the recipe file's folder.
@@ -156,7 +161,17 @@ def _merge_recipe(args: argparse.Namespace) -> _recipe.Recipe:
     peft = _parse_weights(args.peft_weights, "--peft-weights")
     if weights is not None and peft is not None:
         raise RankwiseError("give --weights or --peft-weights, not both")
-    return _recipe.Recipe(folders, peft or weights, args.method, options, args.dtype, peft_weights=peft is not None)
+    if args.memory_limit is not None:
+        memory_limit(args.memory_limit)  # an OptionError before any work
+    return _recipe.Recipe(
+        folders,
+        peft or weights,
+        args.method,
+        options,
+        args.dtype,
+        peft_weights=peft is not None,
+        memory_limit=args.memory_limit,
+    )
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -190,6 +205,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         retention=not args.no_retention,
         executor="ray" if on_ray else "local",
         ray_address=args.ray or None,
+        memory_limit=rec.memory_limit,
         **rec.options,
     )
     t_merge = time.perf_counter() - t0 - t_load
@@ -337,6 +353,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.add_argument(
+        "--memory-limit",
+        default=None,
+        metavar="BYTES",
+        help="memory one module may take, e.g. 64MB or 2GiB (default: half the available RAM); "
+        "LEGO streams a module whose unit matrix would exceed it",
+    )
     s.add_argument(
         "--ray",
         nargs="?",

@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import OptionError
+from .memory import memory_limit
 
-KEYS = {"sources", "method", "rank", "rank_overrides", "options", "dtype", "peft_weights"}
+KEYS = {"sources", "method", "rank", "rank_overrides", "options", "dtype", "peft_weights", "memory_limit"}
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Recipe:
     options: dict[str, Any] = field(default_factory=dict)
     dtype: str | None = None
     peft_weights: bool = False  # the weights are PEFT's (merge's peft_weights=)
+    memory_limit: int | str | None = None  # merge's memory_limit (None: its default)
 
     def to_dict(self) -> dict[str, Any]:
         opts = dict(self.options)
@@ -64,6 +66,8 @@ class Recipe:
             out["dtype"] = self.dtype
         if self.peft_weights:
             out["peft_weights"] = True
+        if self.memory_limit is not None:
+            out["memory_limit"] = self.memory_limit
         return out
 
 
@@ -140,7 +144,10 @@ def parse(raw: Any, where: str = "recipe") -> Recipe:
     has_weights = isinstance(srcs[0], dict) and "weight" in srcs[0]
     if peft and not has_weights:
         raise OptionError(f"{where}: 'peft_weights' needs a weight on every source")
-    return Recipe(paths, weights if has_weights else None, method, options, dtype, peft)
+    limit = raw.get("memory_limit")
+    if limit is not None:
+        memory_limit(limit)  # an OptionError naming the value
+    return Recipe(paths, weights if has_weights else None, method, options, dtype, peft, limit)
 
 
 def load(path: str | os.PathLike[str]) -> Recipe:

@@ -32,7 +32,7 @@ const SUM_COLS: usize = 512;
 
 /// Assigns the `n × d` rows of `x` to the nearest of `centres` (`k × d`), modulo sign with `si`.
 pub fn assign(x: &[f32], n: usize, d: usize, centres: &[f32], si: bool) -> Result<Assignment> {
-    if d == 0 || centres.is_empty() || centres.len() % d != 0 {
+    if d == 0 || centres.is_empty() || !centres.len().is_multiple_of(d) {
         return Err(Error::InvalidArgument {
             reason: format!(
                 "centres hold {} values, not a positive multiple of d = {d}",
