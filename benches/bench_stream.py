@@ -19,6 +19,63 @@ import numpy as np
 import _common as C
 
 
+def merge_child(args: argparse.Namespace) -> None:
+    """The whole pool merged with LEGO at the limit (every module streams when over it)."""
+    import rankwise as rw
+
+    C.set_threads(args.threads)
+    paths = C.ensure_pool(args.shape, args.n, rank=args.rank)
+    with C.RssPoller() as poll:
+        base = C._status_kbs("VmRSS")[0] / 1024
+        t0 = time.perf_counter()
+        pool = rw.AdapterPool.load(paths)
+        load = time.perf_counter() - t0
+        merged = rw.merge(pool, "lego", seed=0, memory_limit=args.limit)
+        wall = time.perf_counter() - t0
+    info = merged.merge_info or {}
+    print(json.dumps({"mode": "merge", "wall_s": wall, "load_s": load, "timings": info.get("timings"),
+                      "rss_before_mb": base, "peak_rss_mb": poll.peak_rss_kb / 1024,
+                      "peak_anon_mb": poll.peak_anon_kb / 1024, "streamed": len(info.get("streamed", [])),
+                      "modules": len(pool.modules), "limit": info.get("memory_limit")}))  # fmt: skip
+
+
+def inertia_child(args: argparse.Namespace) -> None:
+    """k-means inertia of one module's features: in memory vs streamed, at the sample size the
+    limit gives and at SEED_POINTS_PER_CENTRE·k."""
+    import rankwise as rw
+    from rankwise.kmeans import kmeans
+    from rankwise.memory import memory_limit
+    from rankwise.streaming_kmeans import SEED_POINTS_PER_CENTRE, streaming_kmeans
+
+    C.set_threads(args.threads)
+    pool = rw.AdapterPool.load(C.ensure_pool(args.shape, args.n, rank=args.rank))
+    m = pool.modules[0]
+    x, _ = pool.unit_features(m, canonical=True)
+    k = 4 * pool.ranks(m)[0]
+    limit, width = memory_limit(args.limit), x.shape[1]
+    at_limit = max(k, min(SEED_POINTS_PER_CENTRE * k, (limit // 2) // (4 * width + 4 * k)))
+    per_block = max(1, (limit // 4) // (4 * width + 4 * k + 48))
+
+    class Blocks:
+        def __init__(self) -> None:
+            self.n, self.d = x.shape
+            self.bounds = [(i, min(i + per_block, self.n)) for i in range(0, self.n, per_block)]
+
+        def rows(self, b: int) -> np.ndarray:
+            lo, hi = self.bounds[b]
+            return x[lo:hi]
+
+    t0 = time.perf_counter()
+    mem = kmeans(x, k, n_init=3, max_iter=100, seed=0, sign_invariant=True)
+    out = {"mode": "inertia", "k": k, "n": x.shape[0], "memory_s": time.perf_counter() - t0, "ratio": {}}
+    for sample in (at_limit, SEED_POINTS_PER_CENTRE * k):
+        t0 = time.perf_counter()
+        st = streaming_kmeans(Blocks(), k, sample_rows=sample, n_init=3, max_iter=100, seed=0, sign_invariant=True)
+        out["ratio"][str(sample)] = {"inertia_ratio": st.inertia / mem.inertia, "s": time.perf_counter() - t0,
+                                     "n_iter": st.n_iter}  # fmt: skip
+    print(json.dumps(out))
+
+
 def child(args: argparse.Namespace) -> None:
     import rankwise as rw
     from rankwise.memory import memory_limit
@@ -26,7 +83,7 @@ def child(args: argparse.Namespace) -> None:
     from rankwise.methods.lego import lego
 
     C.set_threads(args.threads)
-    paths = C.ensure_pool(args.shape, args.n)
+    paths = C.ensure_pool(args.shape, args.n, rank=args.rank)
     pool = rw.AdapterPool.load(paths)
     pool.release()
     module = pool.modules[0]
@@ -55,14 +112,20 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--child", action="store_true")
     p.add_argument("--mode", default="stream")
+    p.add_argument("--rank", type=int, default=16, help="rank of the pool's adapters")
+    p.add_argument("--modes", default="memory,stream,inertia,merge", help="what to run (comma-separated)")
     args = p.parse_args()
     if args.child:
-        return child(args)
+        return {"merge": merge_child, "inertia": inertia_child}.get(args.mode, child)(args)
     res = {}
-    for mode in ("memory", "stream"):
+    for mode in args.modes.split(","):
         argv = [sys.executable, __file__, "--child", "--mode", mode, "--shape", args.shape, "--n", str(args.n),
-                "--limit", args.limit, "--threads", str(args.threads)]  # fmt: skip
+                "--limit", args.limit, "--threads", str(args.threads), "--rank", str(args.rank)]  # fmt: skip
         res[mode] = json.loads(subprocess.run(argv, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+        print(mode, json.dumps(res[mode]), file=sys.stderr, flush=True)
+    if not {"memory", "stream"} <= set(res):
+        print(json.dumps(res, indent=1))
+        return
     dm, ds = np.load("/tmp/stream-bench-memory.npy"), np.load("/tmp/stream-bench-stream.npy")
     res["rel_delta_diff"] = float(np.linalg.norm(ds - dm) / np.linalg.norm(dm))
     print(json.dumps(res, indent=1))

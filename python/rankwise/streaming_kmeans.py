@@ -65,6 +65,7 @@ def streaming_kmeans(
         sample[i0:i1] = x[take[i0:i1] - lo]
         col_sum += x.sum(axis=0, dtype=np.float64)
         col_sq += np.einsum("ij,ij->j", x, x, dtype=np.float64)
+        del x  # one block alive at a time: the next is built before this name would be rebound
     mean = col_sum / n
     tol_abs = tol * float(np.mean(np.maximum(col_sq / n - mean**2, 0.0)))
     seeded = kmeans(sample, k, n_init=n_init, max_iter=max_iter, tol=tol, seed=seed, sign_invariant=sign_invariant)

@@ -124,6 +124,7 @@ def _project(
         x, norms = blocks.block(b)
         mean, counts, _, _ = _core.cluster_means(x, labels[lo:hi], signs[lo:hi], k, d_out, norms)
         sums += mean * counts[:, None]
+        del x, norms  # one block alive at a time
     u = orth_rows(sums[:, :d_out])  # the span of the centroids' parts (means: sums scaled)
     v = orth_rows(sums[:, d_out:])
     g = complement_probes(v, d_in, probes, seed) if restore_norm else np.zeros((d_in, 0))
@@ -140,6 +141,7 @@ def _project(
         if restore_norm:
             tv += cols_times(xb, pa, nb)
             tg += cols_times(xb, rows_times(xa, g, norms[:, 1]), nb)
+        del x, xb, xa, norms
     p, s, qt = core_svd(core)
     if restore_norm:
         core_sq = float(np.sum(s**2))
