@@ -279,3 +279,29 @@ def test_merge_records_and_rejects_memory_limits(tmp_path: Path) -> None:
         rw.merge(pool, "lego", rank=2, memory_limit="lots")
     with pytest.raises(rw.OptionError, match="memory_limit"):
         rw.merge(pool, "linear", memory_limit=-1)
+
+
+def test_cli_memory_limit_dump_config_and_merge(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--memory-limit: kept in the dumped recipe, the recipe merges with it (streaming here), and
+    a bad value is an error before any work."""
+    from rankwise import recipe
+    from rankwise.cli import main
+
+    dirs = [str(p) for p in clustered_pool(tmp_path / "pool", 6, d=8, rank=2, protos=3)]
+    cfg = tmp_path / "r.json"
+    assert main(["merge", *dirs, "--rank", "4", "--memory-limit", "100", "--dump-config", str(cfg)]) == 0
+    rec = recipe.load(cfg)
+    assert rec.memory_limit == "100"
+    out = tmp_path / "merged"
+    assert main(["merge", "--config", str(cfg), "-o", str(out), "-q", "--no-retention"]) == 0
+    want = rw.merge(dirs, "lego", rank=4, memory_limit=100)
+    got = rw.load_adapter(out)
+    card = (out / "README.md").read_text()
+    assert "memory_limit: `100` bytes (2 module(s) streamed)" in card
+    assert '"memory_limit": 100' in card  # in the card's recipe: the streamed bytes depend on it
+    for m in want.modules:
+        np.testing.assert_array_equal(got.delta(m), want.delta(m))
+    capsys.readouterr()
+    assert main(["merge", *dirs, "-o", str(tmp_path / "x"), "--memory-limit", "lots"]) != 0
+    assert "memory_limit 'lots'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
