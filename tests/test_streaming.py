@@ -254,7 +254,17 @@ def test_nan_in_a_streamed_block_is_the_typed_error(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------- memory_limit
-def test_memory_limit_parsing() -> None:
+def test_memory_limit_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RANKWISE_MEMORY_LIMIT", "3MiB")
+    assert memory_limit(None) == 3 * 2**20
+    assert memory_limit(10) == 10  # an explicit limit wins
+    monkeypatch.setenv("RANKWISE_MEMORY_LIMIT", "plenty")
+    with pytest.raises(rw.OptionError, match="memory_limit 'plenty'"):
+        memory_limit(None)
+
+
+def test_memory_limit_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RANKWISE_MEMORY_LIMIT", raising=False)
     assert memory_limit(12345) == 12345
     assert memory_limit("64MB") == 64 * 10**6
     assert memory_limit("64 mb") == 64 * 10**6

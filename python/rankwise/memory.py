@@ -1,10 +1,12 @@
 """A merge's memory budget, ``memory_limit``: bytes, from an int or a string such as ``"64MB"``
-or ``"2GiB"``; by default half of the RAM available when the merge starts (``MemAvailable`` of
-/proc/meminfo; ``FALLBACK_BYTES`` where that cannot be read). LEGO streams a module whose unit
+or ``"2GiB"``; by default ``$RANKWISE_MEMORY_LIMIT`` when set (same syntax), else half of the
+RAM available when the merge starts (``MemAvailable`` of /proc/meminfo; ``FALLBACK_BYTES``
+where that cannot be read). LEGO streams a module whose unit
 matrix would not fit in it (``methods/lego_streamed.py``)."""
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -28,7 +30,10 @@ _PATTERN = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
 
 
 def default_memory_limit() -> int:
-    """Half of MemAvailable (/proc/meminfo), else ``FALLBACK_BYTES``."""
+    """``$RANKWISE_MEMORY_LIMIT``, else half of MemAvailable (/proc/meminfo), else ``FALLBACK_BYTES``."""
+    env = os.environ.get("RANKWISE_MEMORY_LIMIT")
+    if env:
+        return memory_limit(env)
     try:
         with open("/proc/meminfo") as f:
             for line in f:
