@@ -1,7 +1,8 @@
 """LEGO's streamed path on one module of a cached pool, against the in-memory path: wall time,
 peak RSS (sampled, mapped pages included), k-means share and the k-means inertia ratio.
 
-    python benches/bench_stream.py --shape llama-7b-qv --n 500 --limit 64MB
+    python benches/bench_stream.py --shape llama-7b-qv --n 500 --limit 64MB --save big.json
+    python benches/bench_stream.py --render big.json small.json --write   # the RESULTS.md section
 
 Each path runs in a fresh child process (``--child``) so the peaks do not mix.
 """
@@ -13,6 +14,8 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -114,21 +117,78 @@ def main() -> None:
     p.add_argument("--mode", default="stream")
     p.add_argument("--rank", type=int, default=16, help="rank of the pool's adapters")
     p.add_argument("--modes", default="memory,stream,inertia,merge", help="what to run (comma-separated)")
+    p.add_argument("--save", type=Path, default=None, help="write the results (JSON) here")
+    p.add_argument("--render", type=Path, nargs="*", default=None, help="saved results to render")
+    p.add_argument("--write", action="store_true", help="with --render: replace the RESULTS.md section")
     args = p.parse_args()
+    if args.render is not None:
+        return render([json.loads(f.read_text()) for f in args.render], args.write)
     if args.child:
         return {"merge": merge_child, "inertia": inertia_child}.get(args.mode, child)(args)
-    res = {}
+    res: dict[str, Any] = {"command": C.command_line(),
+                           "shape": args.shape, "n": args.n, "rank": args.rank, "threads": args.threads}  # fmt: skip
+    t_all = time.perf_counter()
     for mode in args.modes.split(","):
         argv = [sys.executable, __file__, "--child", "--mode", mode, "--shape", args.shape, "--n", str(args.n),
                 "--limit", args.limit, "--threads", str(args.threads), "--rank", str(args.rank)]  # fmt: skip
         res[mode] = json.loads(subprocess.run(argv, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
         print(mode, json.dumps(res[mode]), file=sys.stderr, flush=True)
-    if not {"memory", "stream"} <= set(res):
-        print(json.dumps(res, indent=1))
-        return
-    dm, ds = np.load("/tmp/stream-bench-memory.npy"), np.load("/tmp/stream-bench-stream.npy")
-    res["rel_delta_diff"] = float(np.linalg.norm(ds - dm) / np.linalg.norm(dm))
+    if {"memory", "stream"} <= set(res):
+        dm, ds = np.load("/tmp/stream-bench-memory.npy"), np.load("/tmp/stream-bench-stream.npy")
+        res["rel_delta_diff"] = float(np.linalg.norm(ds - dm) / np.linalg.norm(dm))
+    res["seconds"] = time.perf_counter() - t_all
+    if args.save is not None:
+        args.save.write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))
+
+
+def render(runs: list[dict[str, Any]], write: bool) -> None:
+    rows = []
+    for r in runs:
+        pool = f"{r['n']} × {r['shape']} r{r['rank']}"
+        for mode in ("memory", "stream", "merge"):
+            if mode not in r:
+                continue
+            x = r[mode]
+            t = x.get("timings") or {}
+            what = {
+                "memory": "one module, in memory",
+                "stream": "one module, streamed",
+                "merge": f"whole merge ({x.get('streamed')}/{x.get('modules')} modules streamed)",
+            }[mode]
+            limit = x.get("limit")
+            rows.append([pool, what, "-" if mode == "memory" else f"{limit / 1e6:.0f} MB",
+                         f"{x['wall_s']:.1f}", f"{t.get('kmeans', 0) / x['wall_s']:.0%}",
+                         f"{x['rss_before_mb']:.0f}", f"{x['peak_rss_mb']:.0f}",
+                         f"{x['peak_rss_mb'] - x['rss_before_mb']:.0f}", f"{x['peak_anon_mb']:.0f}"])  # fmt: skip
+    table = C.md_table(["pool", "what", "memory_limit", "wall s", "k-means share (block builds incl.)", "RSS before MB",
+                        "peak RSS MB", "peak − before MB", "peak anon MB"], rows)  # fmt: skip
+    ratios = []
+    for r in runs:
+        if "inertia" in r:
+            inr = r["inertia"]
+            for sample, v in inr["ratio"].items():
+                ratios.append(
+                    f"{r['n']} × {r['shape']} (n = {inr['n']} units, k = {inr['k']}), sample {sample} rows: "
+                    f"streamed / in-memory inertia = {v['inertia_ratio']:.4f} ({v['n_iter']} streamed passes, "
+                    f"{v['s']:.1f} s; in memory {inr['memory_s']:.1f} s)"
+                )
+    body = (
+        "## bench_stream: LEGO's streamed path (memory_limit)\n\n"
+        + "Commands: "
+        + "; ".join(f"`{r['command']}` ({r['seconds']:.0f} s)" for r in runs)
+        + "\n\n"
+        + C.machine_info()
+        + "\n\n"
+        + table
+        + "\n\nk-means inertia, streamed (blocks and seeding sample as the limit sizes them) against the "
+        "core's in-memory k-means on the same canonical features (n_init 3, max_iter 100, seed 0):\n\n"
+        + "\n".join(f"- {x}" for x in ratios)
+        + "\n"
+    )
+    print(body)
+    if write:
+        C.write_section("bench_stream", body)
 
 
 if __name__ == "__main__":
