@@ -79,9 +79,8 @@ def render(config: Mapping[str, Any], info: Mapping[str, Any]) -> str:
         lines.append(f"| {j} | `{s['path']}` | {'' if w is None else f'{float(w):g}'} | `{digest}` |")
     lines += ["", "## Method and options", "", f"- method: `{method}`"]
     lines += [f"- {k}: `{json.dumps(v, sort_keys=True)}`" for k, v in sorted((info.get("options") or {}).items())]
-    if info.get("memory_limit") is not None:
-        streamed = info.get("streamed") or []
-        lines.append(f"- memory_limit: `{info['memory_limit']}` bytes ({len(streamed)} module(s) streamed)")
+    if info.get("streamed"):  # only then do the bytes depend on it (the default changes with free RAM)
+        lines.append(f"- memory_limit: `{info['memory_limit']}` bytes ({len(info['streamed'])} module(s) streamed)")
     lines += [f"- dtype: `{info.get('dtype')}`", f"- rankwise: `{rankwise_version()}`"]
     ret = info.get("retention")
     if ret:
