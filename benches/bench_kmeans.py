@@ -128,7 +128,30 @@ def run_faiss(x: np.ndarray, init: np.ndarray, max_iter: int) -> tuple[np.ndarra
     return km.centroids.copy(), max_iter
 
 
-RANKWISE = {"rankwise": run_rankwise, "rankwise, no distance cache": run_rankwise_no_cache}
+def run_rankwise_streamed(x: np.ndarray, init: np.ndarray, max_iter: int) -> tuple[np.ndarray, int]:
+    """The streaming k-means (LEGO's path over memory_limit) from the same init, the rows in 8
+    blocks: its inertia against the in-memory row's is the streamed path's quality."""
+    from rankwise.streaming_kmeans import streaming_kmeans
+
+    class Blocks:
+        def __init__(self) -> None:
+            self.n, self.d = x.shape
+            size = -(-self.n // 8)
+            self.bounds = [(i, min(i + size, self.n)) for i in range(0, self.n, size)]
+
+        def rows(self, b: int) -> np.ndarray:
+            lo, hi = self.bounds[b]
+            return x[lo:hi]
+
+    r = streaming_kmeans(Blocks(), init.shape[0], sample_rows=0, max_iter=max_iter, tol=0.0, init=init)
+    return r.centroids, int(r.n_iter)
+
+
+RANKWISE = {
+    "rankwise": run_rankwise,
+    "rankwise, no distance cache": run_rankwise_no_cache,
+    "rankwise, streamed (8 blocks)": run_rankwise_streamed,
+}
 PEERS = {"faiss": run_faiss, "scikit-learn": run_sklearn}
 METHODS = {**RANKWISE, **PEERS}
 

@@ -118,6 +118,22 @@ def test_streamed_inertia_within_one_percent(
         assert abs(dist.sum() - st.inertia) <= 1e-9 * st.inertia
 
 
+@pytest.mark.parametrize("si", [False, True])
+def test_streamed_lloyd_from_an_init_is_the_in_memory_lloyd(tmp_path: Path, si: bool) -> None:
+    """From the same initial centres, the streamed passes are the in-memory Lloyd loop: the same
+    labels, signs and iterations, centres equal to float rounding (f64 sums vs exact sums)."""
+    pool = rw.AdapterPool.load(clustered_pool(tmp_path, 50, d=20, rank=4, protos=8, noise=0.3))
+    x, _ = pool.unit_features(pool.modules[0], canonical=si)
+    init = x[np.random.default_rng(1).choice(x.shape[0], 10, replace=False)]
+    mem = kmeans(x, 10, max_iter=300, tol=0.0, init=init, sign_invariant=si)
+    st = streaming_kmeans(ArrayBlocks(x, 33), 10, sample_rows=0, max_iter=300, tol=0.0, init=init, sign_invariant=si)
+    np.testing.assert_array_equal(st.labels, mem.labels)
+    np.testing.assert_array_equal(st.signs, mem.signs)
+    assert st.n_iter == mem.n_iter
+    np.testing.assert_allclose(st.centroids, mem.centroids, atol=1e-6)
+    assert abs(st.inertia - mem.inertia) <= 1e-6 * mem.inertia
+
+
 def test_streamed_kmeans_relocates_empty_clusters() -> None:
     """Seeds that leave clusters empty (a sample of k rows, duplicated data): every cluster ends
     non-empty when there are at least k distinct points, and the result is deterministic."""

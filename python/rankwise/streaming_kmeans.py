@@ -47,13 +47,15 @@ def streaming_kmeans(
     tol: float = 1e-4,
     seed: int = 0,
     sign_invariant: bool = False,
+    init: np.ndarray | None = None,
 ) -> KMeansResult:
     """k-means of the rows of ``blocks`` holding one block, a sample of ``sample_rows`` rows (at
-    least k) and O(n) per-point state at a time. Same options as :func:`rankwise.kmeans.kmeans`."""
+    least k) and O(n) per-point state at a time. Same options as :func:`rankwise.kmeans.kmeans`;
+    ``init`` (k × d): the Lloyd passes start there (no sample is drawn or clustered)."""
     n, d = blocks.n, blocks.d
     if not 1 <= k <= n:
         raise OptionError(f"k must be in [1, n = {n}], got {k}")
-    m = min(n, max(int(sample_rows), k))
+    m = 0 if init is not None else min(n, max(int(sample_rows), k))
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5A3B1E]))
     take = np.sort(rng.choice(n, size=m, replace=False))
     sample = np.empty((m, d), dtype=np.float32)
@@ -68,9 +70,14 @@ def streaming_kmeans(
         del x  # one block alive at a time: the next is built before this name would be rebound
     mean = col_sum / n
     tol_abs = tol * float(np.mean(np.maximum(col_sq / n - mean**2, 0.0)))
-    seeded = kmeans(sample, k, n_init=n_init, max_iter=max_iter, tol=tol, seed=seed, sign_invariant=sign_invariant)
+    if init is not None:
+        centres = np.ascontiguousarray(init, dtype=np.float32)
+        if centres.shape != (k, d):
+            raise OptionError(f"init has shape {centres.shape}, expected (k, d) = ({k}, {d})")
+    else:
+        seeded = kmeans(sample, k, n_init=n_init, max_iter=max_iter, tol=tol, seed=seed, sign_invariant=sign_invariant)
+        centres = seeded.centroids
     del sample
-    centres = seeded.centroids
     labels = np.full(n, -1, dtype=np.int64)
     signs = np.ones(n, dtype=np.float32)
     dist = np.zeros(n)
