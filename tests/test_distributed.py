@@ -60,6 +60,14 @@ def test_ray_merge_gives_the_local_bytes(cluster: None, pool_dirs: list[Path], m
     assert _factors(remote) == _factors(local)
 
 
+def test_a_streamed_ray_merge_gives_the_local_bytes(cluster: None, pool_dirs: list[Path]) -> None:
+    """memory_limit reaches the workers: the modules stream there as locally, same bytes."""
+    local = rw.merge(pool_dirs, "lego", rank=6, memory_limit=2000)
+    remote = rw.merge(pool_dirs, "lego", rank=6, memory_limit=2000, executor="ray")
+    assert local.merge_info["streamed"] == remote.merge_info["streamed"] == list(local.modules)
+    assert _factors(remote) == _factors(local)
+
+
 def test_progress_reports_every_module_in_order(cluster: None, pool_dirs: list[Path]) -> None:
     seen: list[tuple[int, int, str]] = []
     merged = rw.merge(pool_dirs, "linear", executor="ray", progress=lambda i, n, m: seen.append((i, n, m)))

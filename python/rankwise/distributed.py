@@ -48,8 +48,10 @@ def _merge_group(
     out_dtype: str,
     indices: list[int],
     threads: int,
-) -> tuple[dict[str, Factors], dict[str, float]]:
-    """One task: open the pool from its paths, check and merge the modules at ``indices``."""
+    memory_limit: int | None = None,
+) -> tuple[dict[str, Factors], dict[str, float], list[str]]:
+    """One task: open the pool from its paths, check and merge the modules at ``indices``
+    (within ``memory_limit``, as locally); returns their factors, timings and the modules streamed."""
     _core.set_num_threads(threads)
     pool = AdapterPool.load(paths, check_finite=False)
     names = [pool.modules[i] for i in indices]
@@ -59,12 +61,14 @@ def _merge_group(
     scratch: dict[str, Any] = {}
     lock = threading.Lock()
     out = {}
+    streamed: list[str] = []
     for i, name in zip(indices, names):
-        out[name] = m.fn(ModuleContext(pool, name, i, weights, timings, scratch, threads, out_dtype, lock), **opts)
+        ctx = ModuleContext(pool, name, i, weights, timings, scratch, threads, out_dtype, lock, memory_limit, streamed)
+        out[name] = m.fn(ctx, **opts)
         if pool.streams:
             pool.release()
     pool.release()
-    return out, timings
+    return out, timings, streamed
 
 
 def _pool_paths(pool: AdapterPool) -> list[str]:
@@ -98,6 +102,8 @@ def merge_modules_on_ray(
     cpus_per_task: int = 1,
     done: Callable[[int, str, Factors], None],
     timings: dict[str, float],
+    memory_limit: int | None = None,
+    streamed: list[str] | None = None,
 ) -> None:
     """Merges every module of ``pool`` in Ray tasks, calling ``done(i, name, factors)`` in module
     order. Connects to the cluster at ``address`` (or starts a local one) unless Ray is
@@ -112,7 +118,10 @@ def merge_modules_on_ray(
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // cpus_per_task)
     groups = module_groups(len(pool.modules), cpus * TASKS_PER_CPU)
     w_ref, opts_ref = ray.put(weights), ray.put(opts)
-    refs = {task.remote(paths, method, w_ref, opts_ref, out_dtype, g, cpus_per_task): gi for gi, g in enumerate(groups)}
+    refs = {
+        task.remote(paths, method, w_ref, opts_ref, out_dtype, g, cpus_per_task, memory_limit): gi
+        for gi, g in enumerate(groups)
+    }
     results: dict[int, dict[str, Factors]] = {}
     reported = 0  # groups handed to `done`, in order
     pending = list(refs)
@@ -121,8 +130,10 @@ def merge_modules_on_ray(
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             gi = refs[ready[0]]
-            factors, t = ray.get(ready[0])
+            factors, t, group_streamed = ray.get(ready[0])
             results[gi] = factors
+            if streamed is not None:
+                streamed.extend(group_streamed)
             for phase, s in t.items():
                 timings[phase] = timings.get(phase, 0.0) + s
             while reported in results:

@@ -132,7 +132,10 @@ def merge(
     workers = min(threads, len(modules)) if m.parallel_modules else 1
     if executor == "ray":
         workers = 0  # nothing of the pool is read here
-        merge_modules_on_ray(pool, method, w, opts, out_dtype, address=ray_address, done=done, timings=timings)
+        merge_modules_on_ray(
+            pool, method, w, opts, out_dtype, address=ray_address, done=done, timings=timings,
+            memory_limit=limit, streamed=streamed,
+        )  # fmt: skip
     elif workers <= 1:
         scratch: dict[str, Any] = {}
         for i, name in enumerate(modules):
