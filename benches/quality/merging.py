@@ -12,6 +12,7 @@ over the task's adapters when it has several seeds), averaged over the pool's ta
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -326,6 +327,11 @@ class PoolRun:
         if cfg.seeded:
             opts["seed"] = seed
         kw = self._rw_weights(cfg)
+        stream = os.environ.get("RANKWISE_QUALITY_STREAM")  # e.g. "1KB": LEGO's streamed path, forced
+        if stream and cfg.method == "lego" and opts.get("assembly", "projection-norm") != "legacy":
+            streamable = opts.get("assembly") != "paper" and opts.get("norm") != "exact"
+            if streamable and opts.get("init") is None and opts.get("features", "normalized") == "normalized":
+                kw["memory_limit"] = stream
         merged = rw.merge(self._rw_pool, method=cfg.method, **kw, **opts)
         ratio = norm_ratio(self._rw_pool, merged, kw["weights"]) if cfg.method == "lego" else None
         self._n += 1
