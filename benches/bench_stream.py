@@ -120,9 +120,11 @@ def main() -> None:
     p.add_argument("--save", type=Path, default=None, help="write the results (JSON) here")
     p.add_argument("--render", type=Path, nargs="*", default=None, help="saved results to render")
     p.add_argument("--write", action="store_true", help="with --render: replace the RESULTS.md section")
+    p.add_argument("--quality", nargs="*", type=Path, default=[], help="with --render: bench_quality --json "
+                   "files, in memory then streamed (RANKWISE_QUALITY_STREAM=LIMIT), as LABEL=FILE")  # fmt: skip
     args = p.parse_args()
     if args.render is not None:
-        return render([json.loads(f.read_text()) for f in args.render], args.write)
+        return render([json.loads(f.read_text()) for f in args.render], args.write, args.quality)
     if args.child:
         return {"merge": merge_child, "inertia": inertia_child}.get(args.mode, child)(args)
     res: dict[str, Any] = {"command": C.command_line(),
@@ -174,7 +176,37 @@ def paper_estimate(big: dict[str, Any]) -> str:
     )
 
 
-def render(runs: list[dict[str, Any]], write: bool) -> None:
+def quality_table(files: list[Path]) -> str:
+    """Scores of LEGO's projection assemblies in memory (the first file) and streamed (the others,
+    ``LABEL=FILE``), per pool and k, from bench_quality's --json."""
+    named = [(str(f).split("=", 1) if "=" in str(f) else (f.name, str(f))) for f in files]
+    runs = [(label, json.loads(Path(path).read_text())) for label, path in named]
+    key = lambda r: (r["pool"], r["label"], r["seed"])  # noqa: E731
+    base = [
+        r
+        for r in runs[0][1]
+        if r["method"] == "lego" and r["options"].get("assembly") in ("projection", "projection-norm")
+    ]
+    others = [(label, {key(r): r for r in rs}) for label, rs in runs[1:]]
+    rows = [
+        [r["pool"], r["label"], f"{r['score']:.3f}", *(f"{o[key(r)]['score'] - r['score']:+.3f}" for _, o in others)]
+        for r in base
+    ]
+    worst = [max(abs(o[key(r)]["score"] - r["score"]) for r in base) for _, o in others]
+    return (
+        "bench_quality (`--quick --no-lm --threads 1`, one merge seed) with LEGO's streamed path forced by "
+        f"`RANKWISE_QUALITY_STREAM` ({', '.join(label for label, _ in others)}): score in memory "
+        f"({runs[0][0]}; norm auto, exact at these sizes; the streamed path estimates the norm, and its seeding "
+        "sample is what the limit holds, k rows at 1KB) and the streamed score's difference (a different k-means "
+        "local optimum: compare the in-memory seed spread, ± up to 0.018 at k=r in the full run's table above); "
+        "largest |difference| "
+        + ", ".join(f"{w:.3f}" for w in worst)
+        + ".\n\n"
+        + C.md_table(["pool", "configuration", f"in memory ({runs[0][0]})", *(label for label, _ in others)], rows)
+    )
+
+
+def render(runs: list[dict[str, Any]], write: bool, quality: list[Path] | None = None) -> None:
     rows = []
     for r in runs:
         pool = f"{r['n']} × {r['shape']} r{r['rank']}"
@@ -218,6 +250,8 @@ def render(runs: list[dict[str, Any]], write: bool) -> None:
         + "\n".join(f"- {x}" for x in ratios)
         + "\n"
     )
+    if quality:
+        body += "\n" + quality_table(quality) + "\n"
     big = next((r for r in runs if r["shape"] == "llama-7b-qv" and {"memory", "stream"} <= set(r)), None)
     if big is not None:
         body += "\n" + paper_estimate(big) + "\n"
