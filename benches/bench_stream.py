@@ -198,7 +198,7 @@ def quality_table(files: list[Path]) -> str:
         f"`RANKWISE_QUALITY_STREAM` ({', '.join(label for label, _ in others)}): score in memory "
         f"({runs[0][0]}; norm auto, exact at these sizes; the streamed path estimates the norm, and its seeding "
         "sample is what the limit holds, k rows at 1KB) and the streamed score's difference (a different k-means "
-        "local optimum: compare the in-memory seed spread, ± up to 0.018 at k=r in the full run's table above); "
+        "local optimum: compare the in-memory seed spread, ± up to 0.018 at k=r in the bench_quality section); "
         "largest |difference| "
         + ", ".join(f"{w:.3f}" for w in worst)
         + ".\n\n"
