@@ -31,15 +31,19 @@ def merge_child(args: argparse.Namespace) -> None:
     with C.RssPoller() as poll:
         base = C._status_kbs("VmRSS")[0] / 1024
         t0 = time.perf_counter()
+        poll.phase = "load"
         pool = rw.AdapterPool.load(paths)
         load = time.perf_counter() - t0
+        pool_mb = C._status_kbs("VmRSS")[0] / 1024
+        poll.phase = "merge"
         merged = rw.merge(pool, "lego", seed=0, memory_limit=args.limit)
         wall = time.perf_counter() - t0
     info = merged.merge_info or {}
     print(json.dumps({"mode": "merge", "wall_s": wall, "load_s": load, "timings": info.get("timings"),
                       "rss_before_mb": base, "peak_rss_mb": poll.peak_rss_kb / 1024,
                       "peak_anon_mb": poll.peak_anon_kb / 1024, "streamed": len(info.get("streamed", [])),
-                      "modules": len(pool.modules), "limit": info.get("memory_limit")}))  # fmt: skip
+                      "modules": len(pool.modules), "limit": info.get("memory_limit"), "phases": poll.phases,
+                      "rss_after_load_mb": pool_mb}))  # fmt: skip
 
 
 def inertia_child(args: argparse.Namespace) -> None:
@@ -221,6 +225,10 @@ def render(runs: list[dict[str, Any]], write: bool, quality: list[Path] | None =
                 "merge": f"whole merge ({x.get('streamed')}/{x.get('modules')} modules streamed)",
             }[mode]
             limit = x.get("limit")
+            if mode == "merge" and "phases" in x:  # the merge phase alone, from the loaded pool on
+                x = dict(x, rss_before_mb=x["rss_after_load_mb"], peak_rss_mb=x["phases"]["merge"]["rss_mb"],
+                         peak_anon_mb=x["phases"]["merge"]["anon_mb"])  # fmt: skip
+                what += f"; load {x['load_s']:.0f} s, its peak RSS {x['phases']['load']['rss_mb']:.0f} MB"
             rows.append([pool, what, "-" if mode == "memory" else f"{limit / 1e6:.0f} MB",
                          f"{x['wall_s']:.1f}", f"{t.get('kmeans', 0) / x['wall_s']:.0%}",
                          f"{x['rss_before_mb']:.0f}", f"{x['peak_rss_mb']:.0f}",
