@@ -8,7 +8,8 @@ O(R²·d), from one read of the float32 units.
   sketch's cosines times those norms.
 - Spectrum: the top singular values of Σ_j w_j ΔW_j by a randomized range finder (Halko et al.
   2011, one power iteration), Y = ΔW (ΔWᵀ ΔW Ω) through the factors, Q = qr(Y), and the singular
-  values of Qᵀ ΔW (s × d_in); its total energy ‖Σ_j w_j ΔW_j‖² from the sketched inner products."""
+  values of Qᵀ ΔW (s × d_in); its total energy ‖Σ_j w_j ΔW_j‖² as ‖Qᵀ ΔW‖² (exact) plus the
+  residual ‖(I − QQᵀ) ΔW‖² estimated through Ψ (unbiased: Ψ is independent of Q)."""
 
 from __future__ import annotations
 
@@ -65,5 +66,7 @@ def sketch_module(
     ev = np.linalg.eigvalsh(m.astype(np.float64) @ m.T.astype(np.float64))[::-1]
     sv = np.sqrt(np.maximum(ev, 0.0))
     sv = sv[sv > (sv[0] * 1e-6 if sv.size and sv[0] > 0 else np.inf)]
-    energy = float(weights @ inner @ weights)
-    return ModuleSketch(inner, sv, max(energy, float(np.sum(sv**2))))
+    # ‖X‖² = ‖QᵀX‖² + ‖(I − QQᵀ)X‖², the second estimated through Ψ (independent of Q).
+    resid = (bp * w).T @ a - (psi.T @ q) @ m
+    energy = float(np.sum(m.astype(np.float64) ** 2) + np.sum(resid.astype(np.float64) ** 2))
+    return ModuleSketch(inner, sv, energy)
