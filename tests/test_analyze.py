@@ -110,5 +110,23 @@ def test_every_module_has_a_composition_and_an_inertia_curve(tmp_path: Path) -> 
         curve = d["modules"][m]["inertia_curve"]
         ks = [p["k"] for p in curve]
         assert ks == sorted(ks) and ks[0] == 1 and 2 in ks and ks[-1] <= sum(pool.ranks(m))
-        assert d["modules"][m]["suggested_k"] in ks
+        assert d["modules"][m]["suggested_k"] in [*ks, None]
         assert np.array(d["modules"][m]["clusters"]).sum(axis=0).tolist() == pool.ranks(m)
+
+
+def test_suggested_k_is_the_number_of_shared_directions(tmp_path: Path) -> None:
+    """8 adapters whose rank-4 units are the same 4 directions (permuted, sign-flipped, rescaled,
+    plus noise): the inertia-vs-k curve of the units has its knee at k = 4."""
+    rng = np.random.default_rng(7)
+    m = MODULES[0]
+    bs, as_ = rng.standard_normal((4, 24)), rng.standard_normal((4, 20))
+    paths = []
+    for j in range(8):
+        p, s, c = rng.permutation(4), rng.choice([-1.0, 1.0], 4), rng.uniform(0.5, 2.0, 4)
+        b = (bs[p] * (s * c)[:, None]).T + 0.02 * rng.standard_normal((24, 4))
+        a = as_[p] * (s / c)[:, None] + 0.02 * rng.standard_normal((4, 20))
+        paths.append(rw.Adapter.from_factors({m: (a.astype(np.float32), b.astype(np.float32))}).save(tmp_path / f"k{j}"))
+    rep = analyze(rw.AdapterPool.load(paths), clusters=4)
+    assert rep.suggested_k(m) == 4
+    # Each cluster is one shared direction: it holds one unit of every adapter.
+    assert rep.clusters[m].tolist() == [[1] * 8] * 4

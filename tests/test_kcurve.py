@@ -55,5 +55,7 @@ def test_knee_finds_the_planted_k_and_subsampling_is_seeded() -> None:
 def test_default_ks_and_flat_curves() -> None:
     assert default_ks(16, 10_000) == [1, 4, 8, 16, 32, 64]
     assert default_ks(16, 20) == [1, 4, 8, 16, 20]
-    assert knee([(1, 2.0), (2, 2.0), (4, 2.0)]) == 1
-    assert knee([(1, 2.0), (2, 1.0)]) == 2
+    assert knee([(1, 2.0), (2, 2.0), (4, 2.0)]) is None  # flat
+    assert knee([(1, 2.0), (2, 1.0)]) is None  # too few points
+    assert knee([(1, 1.0), (2, 0.99), (4, 0.95), (8, 0.5)]) is None  # concave: random units
+    assert knee([(1, 1.0), (2, 0.2), (4, 0.1), (8, 0.05)]) == 2

@@ -61,7 +61,7 @@ class Analysis:
         return self.energy_ranks(module)["90%"]
 
     def suggested_k(self, module: str) -> int | None:
-        """The knee of the module's inertia-vs-k curve (with ``clusters``)."""
+        """The knee of the module's inertia-vs-k curve (with ``clusters``); None: no knee."""
         return knee(self.curves[module]) if module in self.curves else None
 
     def to_dict(self) -> dict[str, Any]:
@@ -115,8 +115,14 @@ class Analysis:
             top = min(self.spectra[m].size for m, r in zip(self.modules, ranks) if r is None)
             lines.append(f"{len(ranks) - len(known)} modules need more than their top {top} directions for 90%")
         if self.curves:
-            ks = [self.suggested_k(m) for m in self.modules if m in self.curves]
-            lines.append(f"suggested k (knee of inertia vs k): median {int(np.median(ks))}, range {min(ks)}-{max(ks)}")
+            got = [self.suggested_k(m) for m in self.modules if m in self.curves]
+            ks = [k for k in got if k is not None]
+            if ks:
+                lines.append(
+                    f"suggested k (knee of inertia vs k): median {int(np.median(ks))}, range {min(ks)}-{max(ks)}"
+                )
+            if len(ks) < len(got):
+                lines.append(f"{len(got) - len(ks)} modules show no knee in inertia vs k (no cluster count)")
         return "\n".join(lines)
 
 

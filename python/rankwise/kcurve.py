@@ -42,14 +42,21 @@ def inertia_curve(
     return out
 
 
-def knee(curve: Sequence[tuple[int, float]]) -> int:
+#: How far below the chord (in the unit square) the knee must lie to count as one.
+KNEE_MIN = 0.05
+
+
+def knee(curve: Sequence[tuple[int, float]]) -> int | None:
     """The k farthest below the chord from the first to the last point, with log k on the x
-    axis and both axes scaled to [0, 1] (the "kneedle" rule); the first k of a flat curve."""
+    axis and both axes scaled to [0, 1] (the "kneedle" rule); None when no point lies
+    ``KNEE_MIN`` below it (a flat, straight or concave curve: the units show no cluster count)."""
     if len(curve) < 3:
-        return curve[-1][0] if curve and curve[-1][1] < curve[0][1] else (curve[0][0] if curve else 1)
+        return None
     k = np.log(np.array([c[0] for c in curve], dtype=np.float64))
     y = np.array([c[1] for c in curve], dtype=np.float64)
     if y[0] - y[-1] <= 1e-12 * max(abs(y[0]), 1e-300):
-        return curve[0][0]
+        return None
     xs, ys = (k - k[0]) / (k[-1] - k[0]), (y - y[-1]) / (y[0] - y[-1])
-    return curve[int(np.argmax((1.0 - xs) - ys))][0]
+    gap = (1.0 - xs) - ys
+    i = int(np.argmax(gap))
+    return curve[i][0] if gap[i] >= KNEE_MIN else None

@@ -122,7 +122,7 @@ def composition_panels(rep: Analysis, labels: list[str]) -> tuple[str, list[str]
         )
     fig.supxlabel("cluster (largest first)", fontsize=8)
     fig.supylabel("rank units", fontsize=8)
-    fig.tight_layout(rect=(0, 0.05 if len(labels) <= 20 else 0, 1, 1))
+    fig.tight_layout()
     return _png(fig), mods
 
 
@@ -164,27 +164,23 @@ def curves_figure(rep: Analysis) -> str:
         ks = np.array([c[0] for c in curve])
         y = np.array([c[1] for c in curve])
         y = y / y[0] if y[0] > 0 else y
-        kn = knee_of(rep, m)
-        knees.append(kn)
+        kn = rep.suggested_k(m)
+        knees.append("none" if kn is None else str(kn))
         line = a0.plot(ks, y, lw=0.6 if many else 1, alpha=0.4 if many else 1, label=None if many else _tail(m))
-        a0.plot([kn], [y[list(ks).index(kn)]], "o", ms=3, color=line[0].get_color())
+        if kn is not None:
+            a0.plot([kn], [y[list(ks).index(kn)]], "o", ms=3, color=line[0].get_color())
     a0.set_xscale("log", base=2)
     a0.set_xlabel("k")
     a0.set_ylabel("inertia / inertia at k = 1")
     a0.set_title("k-means inertia vs k per module (dots: knee)", fontsize=9)
     if not many and rep.curves:
         a0.legend(fontsize=6)
-    vals, counts = np.unique(knees, return_counts=True)
-    a1.bar([str(v) for v in vals], counts)
+    vals = sorted(set(knees), key=lambda v: (v == "none", int(v) if v != "none" else 0))
+    a1.bar(vals, [knees.count(v) for v in vals])
     a1.set_xlabel("suggested k")
     a1.set_ylabel("modules")
     a1.set_title("Suggested k over modules", fontsize=9)
     return _png(fig)
-
-
-def knee_of(rep: Analysis, module: str) -> int:
-    k = rep.suggested_k(module)
-    return int(k) if k is not None else 1
 
 
 def _tail(module: str) -> str:
@@ -273,7 +269,8 @@ def analysis_html(rep: Analysis) -> str:
         r = rep.energy_ranks(m)
         rows.append([m, rank(r["90%"], m), rank(r["99%"], m), rep.spectra[m].size, rep.methods.get(m, "exact")])
         if m in rep.curves:
-            rows[-1].append(rep.suggested_k(m))
+            kn = rep.suggested_k(m)
+            rows[-1].append("no knee" if kn is None else kn)
     head = ["module", "rank for 90%", "rank for 99%", "singular values", "how"]
     body.append(_table(head + (["suggested k"] if rep.curves else []), rows))
     if rep.clusters:
