@@ -125,8 +125,17 @@ def test_suggested_k_is_the_number_of_shared_directions(tmp_path: Path) -> None:
         p, s, c = rng.permutation(4), rng.choice([-1.0, 1.0], 4), rng.uniform(0.5, 2.0, 4)
         b = (bs[p] * (s * c)[:, None]).T + 0.02 * rng.standard_normal((24, 4))
         a = as_[p] * (s / c)[:, None] + 0.02 * rng.standard_normal((4, 20))
-        paths.append(rw.Adapter.from_factors({m: (a.astype(np.float32), b.astype(np.float32))}).save(tmp_path / f"k{j}"))
+        paths.append(
+            rw.Adapter.from_factors({m: (a.astype(np.float32), b.astype(np.float32))}).save(tmp_path / f"k{j}")
+        )
     rep = analyze(rw.AdapterPool.load(paths), clusters=4)
     assert rep.suggested_k(m) == 4
     # Each cluster is one shared direction: it holds one unit of every adapter.
     assert rep.clusters[m].tolist() == [[1] * 8] * 4
+
+
+def test_bad_options_are_option_errors(tmp_path: Path) -> None:
+    pool = rw.AdapterPool.load(saved_pool(tmp_path, 2))
+    for kw in ({"sketch": -1}, {"sketch": 2.5}, {"clusters": 0}, {"clusters": True}):
+        with pytest.raises(rw.errors.OptionError, match=next(iter(kw))):
+            analyze(pool, **kw)  # type: ignore[arg-type]

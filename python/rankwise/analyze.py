@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import OptionError
 from .kcurve import default_ks, inertia_curve, knee
 from .kmeans import kmeans
 from .lowrank import block_sums, stacked, thin_svd
@@ -139,6 +140,9 @@ def analyze(
     module, records which adapters' units each cluster holds, and an inertia-vs-k curve.
     ``sketch``: None picks per module (exact up to ``EXACT_UNITS`` units, else random
     projections of size ``SKETCH_SIZE``); 0 always exact; s > 0 always sketched with size s."""
+    for name, v, low in (("sketch", sketch, 0), ("clusters", clusters, 1)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low):
+            raise OptionError(f"{name} must be None or an int ≥ {low}, got {v!r}")
     names = [str(a.path) if a.path is not None else f"adapter {j}" for j, a in enumerate(pool)]
     w = pool.check_weights(weights)
     inner, spectra, energy, methods = {}, {}, {}, {}
