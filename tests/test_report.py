@@ -88,6 +88,10 @@ def test_compare_page_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     out = tmp_path / "cli.html"
     assert main(["--threads", "1", "analyze", *map(str, paths), "--html", str(out)]) == 0
     assert len(_images(out.read_text(encoding="utf-8"))) == 2  # no clusters asked: heatmap, spectra
+    cmp = tmp_path / "cli-compare.html"
+    args = ["--threads", "1", "compare", *map(str, paths), "--methods", "lego,svd", "--rank", "2", "--html", str(cmp)]
+    assert main(args) == 0
+    assert len(_images(cmp.read_text(encoding="utf-8"))) == 3
 
 
 def test_numpy_only_merge_imports_neither_matplotlib_nor_yaml(tmp_path: Path) -> None:
