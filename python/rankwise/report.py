@@ -79,7 +79,8 @@ def spectra_figure(rep: Analysis) -> str:
         ax.axhline(e, color="gray", lw=0.5, ls="--")
     ax.set_xlabel("rank")
     ax.set_ylabel("share of the summed update's energy")
-    ax.set_title("Spectra of the summed update, per module")
+    sketched = any(v != "exact" for v in rep.methods.values())
+    ax.set_title("Spectra of the summed update, per module" + (" (sketched: top values only)" if sketched else ""))
     return _png(fig)
 
 
