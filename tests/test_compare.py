@@ -44,3 +44,6 @@ def test_cli_prints_one_row_per_adapter_worst_first(tmp_path: Path, capsys: pyte
     assert kept == sorted(kept)
     assert main(["--threads", "1", "analyze", *paths, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["adapters"] == paths
+    assert main(["--threads", "1", "analyze", *paths, "--json", "--sketch", "4"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert {v["method"] for v in d["modules"].values()} == {"sketch 4"}

@@ -4,6 +4,7 @@ come back as the typed rankwise exceptions a local run raises."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -111,3 +112,41 @@ def test_cli_merge_on_ray(pool_dirs: list[Path], tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr[-2000:]
     local = rw.merge(pool_dirs, "linear").save(tmp_path / "local")
     assert _factors(rw.load_adapter(out)) == _factors(rw.load_adapter(local))
+
+
+def test_a_worker_that_dies_is_retried(
+    cluster: None, pool_dirs: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first task to run kills its worker process (as an OOM kill or a lost node would); Ray
+    starts another worker and retries the task, and the merge still gives the local bytes."""
+    import rankwise.distributed as dist
+
+    real = dist._merge_group  # pickled by reference: the worker imports the real function
+    marker = tmp_path / "died"
+
+    def dies_once(*args: object, **kwargs: object) -> object:  # a closure: pickled by value
+        if not marker.exists():
+            marker.write_text(str(os.getpid()))
+            os._exit(9)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dist, "_merge_group", dies_once)
+    local = rw.merge(pool_dirs, "lego", rank=6)
+    remote = rw.merge(pool_dirs, "lego", rank=6, executor="ray")
+    assert marker.exists() and int(marker.read_text()) != os.getpid()  # a worker did die
+    assert _factors(remote) == _factors(local)
+
+
+def test_a_worker_that_always_dies_is_a_rankwise_error(
+    cluster: None, pool_dirs: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past Ray's retries, a lost worker is a RankwiseError naming the modules of the task."""
+    import rankwise.distributed as dist
+
+    def dies(*args: object, **kwargs: object) -> object:
+        os._exit(9)
+
+    monkeypatch.setattr(dist, "_merge_group", dies)
+    monkeypatch.setattr(dist, "MAX_RETRIES", 0)
+    with pytest.raises(rw.RankwiseError, match=r"the Ray task merging modules '.+'\.\.'.+' failed 1 times"):
+        rw.merge(pool_dirs, "linear", executor="ray")

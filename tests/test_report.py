@@ -17,7 +17,7 @@ from insight_pools import saved_pool
 from rankwise.analyze import analyze
 from rankwise.cli import main
 from rankwise.compare import compare
-from rankwise.report import write_analysis, write_compare
+from rankwise.report import analysis_html, compare_html, composition_panels, imbalance, write_analysis, write_compare
 
 pytest.importorskip("matplotlib")
 
@@ -55,9 +55,22 @@ def test_analysis_page_holds_every_figure_and_opens(tmp_path: Path) -> None:
     text = page.read_text(encoding="utf-8")
     _self_contained(text)
     imgs = _images(text)
-    assert len(imgs) == 3 and all(i.startswith(PNG) for i in imgs)  # heatmap, spectra, clusters
-    assert all(h in text for h in ("Similarity", "Spectra", "Cluster composition"))
+    # heatmap, spectra, cluster sizes of every module, composition panels, inertia curves
+    assert len(imgs) == 5 and all(i.startswith(PNG) for i in imgs)
+    assert all(h in text for h in ("Similarity", "Spectra", "Cluster composition", "Clustering curve"))
+    assert "2 of 2 modules" in text and "suggested k" in text
     _open_in_chromium(page, tmp_path / "analyze.png")
+
+
+def test_composition_panels_show_the_most_unbalanced_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = rw.AdapterPool.load(saved_pool(tmp_path, 3))
+    rep = analyze(pool, clusters=3)
+    worst = max(rep.modules, key=lambda m: rep.clusters[m].sum(axis=1).max() / rep.clusters[m].sum())
+    assert imbalance(rep.clusters[worst]) == rep.clusters[worst].sum(axis=1).max() / sum(pool.ranks(worst))
+    monkeypatch.setattr(sys.modules["rankwise.report"], "MAX_PANELS", 1)
+    _, shown = composition_panels(rep, rep.adapters)
+    assert shown == [worst]
+    assert "1 of 2 modules (the most unbalanced" in analysis_html(rep)
 
 
 def test_compare_page_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -65,11 +78,20 @@ def test_compare_page_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     page = write_compare(compare(rw.AdapterPool.load(paths), ["lego", "svd"], rank=2), tmp_path / "c.html")
     text = page.read_text(encoding="utf-8")
     _self_contained(text)
-    assert len(_images(text)) == 1 and "lego" in text and "svd" in text
+    # kept and cos side by side per adapter, kept per module; the table's rows are the methods'.
+    assert len(_images(text)) == 3 and "lego" in text and "svd" in text
+    assert all(h in text for h in ("Retention per module", "worst kept", "mean cos"))
+    res = compare(rw.AdapterPool.load(paths), ["lego", "cat"], rank=2)
+    worst_cat = min(r["kept"] for r in res["cat"]["retention"]["adapters"])
+    assert "<td>cat</td><td>6</td>" in compare_html(res).replace("\n", "") and f"{worst_cat:.3f}" in compare_html(res)
     _open_in_chromium(page, tmp_path / "compare.png")
     out = tmp_path / "cli.html"
     assert main(["--threads", "1", "analyze", *map(str, paths), "--html", str(out)]) == 0
     assert len(_images(out.read_text(encoding="utf-8"))) == 2  # no clusters asked: heatmap, spectra
+    cmp = tmp_path / "cli-compare.html"
+    args = ["--threads", "1", "compare", *map(str, paths), "--methods", "lego,svd", "--rank", "2", "--html", str(cmp)]
+    assert main(args) == 0
+    assert len(_images(cmp.read_text(encoding="utf-8"))) == 3
 
 
 def test_numpy_only_merge_imports_neither_matplotlib_nor_yaml(tmp_path: Path) -> None:

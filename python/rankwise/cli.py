@@ -212,7 +212,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     pool = AdapterPool.load(args.adapters)
-    rep = analyze(pool, clusters=args.clusters)
+    rep = analyze(pool, clusters=args.clusters, sketch=args.sketch)
     if args.html:
         write_analysis(rep, args.html)
     print(rep.to_json() if args.json else rep.summary())
@@ -353,6 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--html", default=None, help="write a self-contained HTML report here (rankwise[report])")
     s.add_argument("--json", action="store_true", help="print the whole report as JSON")
     s.add_argument("--clusters", type=int, default=None, help="also cluster the rank units into k (LEGO)")
+    s.add_argument(
+        "--sketch",
+        type=int,
+        default=None,
+        help="0: exact Grams for every module; S: random projections of size S (default: exact up to 1024 units)",
+    )
     s.set_defaults(func=cmd_analyze)
 
     s = sub.add_parser("compare", help="merge one pool with several methods, retention side by side")

@@ -29,6 +29,8 @@ __all__ = ["merge_modules_on_ray", "module_groups"]
 
 #: Tasks per Ray worker CPU: more, smaller tasks balance uneven modules and shorten a retry.
 TASKS_PER_CPU = 4
+#: Retries of a task whose worker process died (Ray's own retry of system failures).
+MAX_RETRIES = 3
 
 
 def module_groups(n_modules: int, n_tasks: int) -> list[list[int]]:
@@ -106,7 +108,7 @@ def merge_modules_on_ray(
     paths = _pool_paths(pool)
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    task = ray.remote(num_cpus=cpus_per_task, max_retries=3)(_merge_group)
+    task = ray.remote(num_cpus=cpus_per_task, max_retries=MAX_RETRIES)(_merge_group)
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // cpus_per_task)
     groups = module_groups(len(pool.modules), cpus * TASKS_PER_CPU)
     w_ref, opts_ref = ray.put(weights), ray.put(opts)
@@ -114,6 +116,7 @@ def merge_modules_on_ray(
     results: dict[int, dict[str, Factors]] = {}
     reported = 0  # groups handed to `done`, in order
     pending = list(refs)
+    gi = -1
     try:
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
@@ -135,6 +138,14 @@ def merge_modules_on_ray(
         if isinstance(cause, Exception):
             raise cause from None  # the same typed error a local merge raises
         raise RankwiseError(f"a Ray merge task failed: {e}") from None
+    except ray.exceptions.RayError as e:  # a worker or node lost more often than Ray retries
+        for ref in pending:
+            ray.cancel(ref)
+        names = [pool.modules[i] for i in groups[gi]] if gi >= 0 else []
+        what = f"modules '{names[0]}'..'{names[-1]}'" if names else "a task"
+        raise RankwiseError(
+            f"the Ray task merging {what} failed {MAX_RETRIES + 1} times ({type(e).__name__}: {e})"
+        ) from None
     except BaseException:
         for ref in pending:
             ray.cancel(ref)

@@ -51,11 +51,16 @@ def gram(pairs: Sequence[Pair]) -> np.ndarray:
     """The n × n matrix of ⟨ΔW_i, ΔW_j⟩_F: block sums of (BᵀB) ∘ (AAᵀ) over the stacked factors."""
     a = np.concatenate([p[0] for p in pairs], axis=0)
     b = np.concatenate([p[1] for p in pairs], axis=1)
-    h = (b.T @ b) * (a @ a.T)
-    edges = np.cumsum([0] + [p[0].shape[0] for p in pairs])
+    return block_sums((b.T @ b) * (a @ a.T), [p[0].shape[0] for p in pairs])
+
+
+def block_sums(h: np.ndarray, ranks: Sequence[int]) -> np.ndarray:
+    """The n × n sums of the (r_i × r_j) blocks of ``h`` (R × R, R = Σ ranks)."""
+    n = len(ranks)
+    edges = np.cumsum([0, *ranks])
     # Sum the blocks: reduce rows by adapter, then columns.
-    rows = np.add.reduceat(h, edges[:-1], axis=0) if h.size else np.zeros((len(pairs), 0))
-    g = np.add.reduceat(rows, edges[:-1], axis=1) if rows.size else np.zeros((len(pairs), len(pairs)))
+    rows = np.add.reduceat(h, edges[:-1], axis=0) if h.size else np.zeros((n, 0))
+    g = np.add.reduceat(rows, edges[:-1], axis=1) if rows.size else np.zeros((n, n))
     # reduceat of an empty block (rank 0) repeats the next row: zero those.
     empty = np.diff(edges) == 0
     g[empty, :] = 0.0
@@ -63,19 +68,22 @@ def gram(pairs: Sequence[Pair]) -> np.ndarray:
     return g
 
 
-def thin_svd(pair: Pair, *, vectors: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def thin_svd(
+    pair: Pair, *, vectors: bool = True, grams: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(U [d_out × k], s [k], Vt [k × d_in])`` of B @ A, its numerically zero singular values
     dropped, from the r × r Grams: BᵀB = L_bᵀL_b and AAᵀ = L_aᵀL_a (eigendecompositions) give
     B = Q_b L_b and A = L_aᵀ Q_aᵀ with orthonormal Q's, so B A = Q_b (L_b L_aᵀ) Q_aᵀ and the SVD
     of the small core is that of B A. (LAPACK's QR of the tall factors is several times slower
     than the Gram GEMMs here; squaring only blurs singular values below ~1e-7 of the largest.)
-    ``vectors=False``: U and Vt empty, the Q's never formed."""
+    ``vectors=False``: U and Vt empty, the Q's never formed. ``grams``: (AAᵀ, BᵀB) when the
+    caller has them (values only)."""
     a, b = pair
     empty = (np.zeros((b.shape[0], 0)), np.zeros(0), np.zeros((0, a.shape[1])))
     if a.shape[0] == 0:
         return empty
     if not vectors:
-        return empty[0], singular_values(pair), empty[2]
+        return empty[0], singular_values(pair, grams), empty[2]
     la, va, wa = _root(a @ a.T)
     lb, vb, wb = _root(b.T @ b)
     if lb.shape[0] == 0 or la.shape[0] == 0:
@@ -87,21 +95,22 @@ def thin_svd(pair: Pair, *, vectors: bool = True) -> tuple[np.ndarray, np.ndarra
     return qb @ u[:, keep], s[keep], vt[keep] @ qa.T
 
 
-def singular_values(pair: Pair) -> np.ndarray:
+def singular_values(pair: Pair, grams: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """The nonzero singular values of B @ A, largest first, as square roots of the eigenvalues
     of one symmetric matrix of the smallest side: L_a (BᵀB) L_aᵀ (r × r) while r ≤ d, else
-    B (AAᵀ) Bᵀ (d_out²) or Aᵀ (BᵀB) A (d_in²), never d_out × d_in."""
+    B (AAᵀ) Bᵀ (d_out²) or Aᵀ (BᵀB) A (d_in²), never d_out × d_in. ``grams``: (AAᵀ, BᵀB), reused."""
     a, b = pair
+    ga, gb = grams if grams is not None else (None, None)
     r, d_out, d_in = a.shape[0], b.shape[0], a.shape[1]
     if r == 0:
         return np.zeros(0)
     if r <= min(d_out, d_in):
-        la = _root(a @ a.T)[0]
-        m = la @ (b.T @ b) @ la.T
+        la = _root(a @ a.T if ga is None else ga)[0]
+        m = la @ (b.T @ b if gb is None else gb) @ la.T
     elif d_out <= d_in:
-        m = b @ (a @ a.T) @ b.T
+        m = b @ (a @ a.T if ga is None else ga) @ b.T
     else:
-        m = a.T @ (b.T @ b) @ a
+        m = a.T @ (b.T @ b if gb is None else gb) @ a
     w = np.linalg.eigvalsh(m)[::-1]
     if not w.size or w[0] <= 0:
         return np.zeros(0)

@@ -21,12 +21,16 @@ def singular_values(pool: AdapterPool, module: str, weights: Sequence[float] | N
     return thin_svd((a, b * w), vectors=False)[1]
 
 
-def energy_rank(s: np.ndarray, share: float) -> int:
-    """The fewest leading singular values holding ``share`` of Σ s² (0 for a zero update)."""
+def energy_rank(s: np.ndarray, share: float, total: float | None = None) -> int | None:
+    """The fewest leading singular values holding ``share`` of the energy ``total`` (default
+    Σ s²; 0 for a zero update); None when ``s`` holds only the top values of a spectrum whose
+    ``total`` they do not reach."""
     e = np.cumsum(np.asarray(s, dtype=np.float64) ** 2)
-    if e.size == 0 or e[-1] <= 0:
+    t = float(e[-1]) if total is None and e.size else (total or 0.0)
+    if e.size == 0 or t <= 0:
         return 0
-    return int(np.searchsorted(e / e[-1], share - 1e-12) + 1)
+    i = int(np.searchsorted(e / t, share - 1e-12))
+    return i + 1 if i < e.size else None
 
 
 def spectra(pool: AdapterPool, weights: Sequence[float] | None = None) -> dict[str, np.ndarray]:
