@@ -45,7 +45,7 @@ Above the tables: the machine's float32 GEMM peak measured in the same run (nump
 4096², same threads) and, per shape, numpy's ``x @ c.T`` for the same (n, d, k).
 
 Seeding table (skip with ``--no-seeding``): for wide data (d ≥ 1024, k ≥ 16) rankwise takes the
-dot products of k-means++ seeding in a 256-dimensional random projection. The table holds it
+dot products of k-means++ seeding in a 128-dimensional random projection (256 before issue 17). The table holds it
 against exact seeding (``seed_projection=False``, scikit-learn's greedy k-means++) with everything
 else as LEGO runs it (``n_init=3``, ``max_iter=100``, ``tol=1e-4``), seeds 0, 1, 2: the final
 inertia (the k-means objective after Lloyd) and the wall time, on the blobs above and on LoRA
@@ -455,7 +455,7 @@ def seeding_section(results: list[tuple[str, dict]]) -> list[str]:
         return []
     head = (
         "### k-means++ seeding: random projection vs exact distances\n\n"
-        "rankwise's seeding takes its dot products in a 256-dimensional random projection for d ≥ 1024 "
+        "rankwise's seeding takes its dot products in a 128-dimensional random projection for d ≥ 1024 "
         "and k ≥ 16; `seed_projection=False` seeds with exact distances (scikit-learn's greedy k-means++). "
         "Everything else as LEGO runs it: `n_init=3`, `max_iter=100`, `tol=1e-4`, seeds 0, 1, 2 (mean "
         "over seeds; the ratio's range in brackets). Inertia: the k-means objective after Lloyd (modulo "
