@@ -1,4 +1,4 @@
-"""numpy's BLAS held to one thread during LEGO's assembly (threads.single_threaded_blas)."""
+"""threads.py: numpy's BLAS held to one thread during LEGO's assembly (single_threaded_blas)."""
 
 from __future__ import annotations
 
