@@ -27,8 +27,8 @@ _controller: list[Any] = []  # threadpoolctl's ThreadpoolController, made once (
 
 @contextmanager
 def single_threaded_blas() -> Iterator[None]:
-    """numpy's BLAS on one thread for the block, when threadpoolctl is installed (the ``speed``
-    extra); else nothing. OpenBLAS's idle workers busy-wait for a while after each call: after the
+    """numpy's BLAS on one thread for the block, when threadpoolctl is importable (a dependency;
+    tolerated missing); else nothing. OpenBLAS's idle workers busy-wait for a while after each call: after the
     small BLAS calls of LEGO's assembly they took the cores from the next module's k-means in
     rankwise's pool (benches/RESULTS.md, bench_merge). Without threadpoolctl, set
     ``OPENBLAS_NUM_THREADS=1`` for the same effect."""
