@@ -77,10 +77,22 @@ def cpu_flags() -> list[str]:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
                 have = set(line.split(":", 1)[1].split())
-                return [f for f in ("avx2", "fma", "f16c", "avx512f") if f in have]
+                return [f for f in ("avx2", "fma", "f16c", "avx512f", "avx512bw", "amx_tile", "amx_bf16") if f in have]
     except OSError:
         pass
     return []
+
+
+def host_kind() -> tuple[str, str]:
+    """(slug, label) of this machine's kind, for one RESULTS.md table per host kind: the vendor
+    from /proc/cpuinfo and whether it has AVX-512 (the GEMM kernels faer and OpenBLAS pick
+    differ between them), e.g. ("intel-avx512", "Intel Xeon AVX-512")."""
+    model, flags = cpu_model(), set(cpu_flags())
+    vendor = "AMD" if "AMD" in model.upper() else "Intel" if "INTEL" in model.upper() else "other"
+    isa = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "baseline"
+    name = {"AMD": "AMD EPYC", "Intel": "Intel Xeon"}.get(vendor, "other CPU")
+    label = f"{name} {isa.upper().replace('AVX', 'AVX-')}"
+    return f"{vendor.lower()}-{isa}", label
 
 
 def git_commit() -> str:

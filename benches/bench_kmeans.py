@@ -3,6 +3,7 @@
 
     python benches/bench_kmeans.py [--shapes 2000x1024x16,8000x2048x16,8000x8192x64]
                                    [--max-iter 20] [--repeat 3] [--threads 2] [--no-tti] [--write]
+                                   [--to-faiss 8000x8192x64,8000x2048x16] [--faiss-iters 25]
 
 Data: Gaussian blobs, float32, seed 0: k centres uniform in [-a, a]^d with a = (4.24/√d)^½ and
 unit-variance noise, so that the centres' separation is about the size of the noise in the
@@ -44,7 +45,7 @@ Above the tables: the machine's float32 GEMM peak measured in the same run (nump
 4096², same threads) and, per shape, numpy's ``x @ c.T`` for the same (n, d, k).
 
 Seeding table (skip with ``--no-seeding``): for wide data (d ≥ 1024, k ≥ 16) rankwise takes the
-dot products of k-means++ seeding in a 256-dimensional random projection. The table holds it
+dot products of k-means++ seeding in a 128-dimensional random projection (256 before issue 17). The table holds it
 against exact seeding (``seed_projection=False``, scikit-learn's greedy k-means++) with everything
 else as LEGO runs it (``n_init=3``, ``max_iter=100``, ``tol=1e-4``), seeds 0, 1, 2: the final
 inertia (the k-means objective after Lloyd) and the wall time, on the blobs above and on LoRA
@@ -53,7 +54,14 @@ unclustered ``llama-7b-qv`` adapters (n = 8000, d = 8192) and of 200 clustered o
 ``--clustered 16``: every adapter holds perturbed copies of 16 shared units), made by make_pool
 under ``RANKWISE_POOLS`` when missing (8.4 GB and 3.4 GB).
 
-``--write`` replaces the bench_kmeans section of benches/RESULTS.md.
+"To faiss's 25 iterations" table (issue 17; ``--to-faiss ""`` skips it): faiss-cpu with its own
+defaults (random init, 25 iterations) against rankwise as a user calls it (its k-means++ seeding
+plus the fewest Lloyd iterations whose inertia is at most faiss's), wall time of each.
+
+Every child runs the methods in one order (faiss, scikit-learn, rankwise, rankwise without the
+cache), whatever the host. ``--write`` replaces this host kind's bench_kmeans section of
+benches/RESULTS.md (``_common.host_kind``: one table per host kind, e.g. AMD EPYC AVX-512 and
+Intel Xeon AVX-512).
 """
 
 from __future__ import annotations
@@ -62,6 +70,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -73,10 +82,12 @@ DEFAULT_SHAPES = "2000x1024x16,8000x2048x16,8000x8192x64"
 
 
 # ------------------------------------------------------------------------------------- data
-def make_data(n: int, d: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Overlapping Gaussian blobs (float32) and the initial centres: k distinct rows of x."""
+def make_data(n: int, d: int, k: int, seed: int = 0, a: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian blobs (float32), centres uniform in [-a, a]^d, unit noise, and the initial
+    centres: k distinct rows of x. Default a: overlapping blobs (see the module docstring)."""
     rng = np.random.default_rng(seed)
-    a = np.sqrt(4.24 / np.sqrt(d))  # squared separation ≈ std of the noise's squared norms
+    if a is None:
+        a = np.sqrt(4.24 / np.sqrt(d))  # squared separation ≈ std of the noise's squared norms
     centres = rng.uniform(-a, a, size=(k, d)).astype(np.float32)
     truth = rng.integers(0, k, size=n)
     x = centres[truth] + rng.standard_normal((n, d), dtype=np.float32)
@@ -153,7 +164,9 @@ RANKWISE = {
     "rankwise, streamed (8 blocks)": run_rankwise_streamed,
 }
 PEERS = {"faiss": run_faiss, "scikit-learn": run_sklearn}
-METHODS = {**RANKWISE, **PEERS}
+# One process order for every run and host: the peers first, then rankwise.
+METHODS = {**PEERS, **RANKWISE}
+ORDER = list(METHODS)
 
 
 def timed(fn, x, init, max_iter) -> tuple[float, float, np.ndarray, int]:
@@ -200,6 +213,81 @@ def _wall(fn) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------ to faiss
+# Clustered data of that measure: blobs with centres uniform in [-1, 1]^d (squared separation
+# ~2d/3, far above the noise's spread ~√(8d)); most Lloyd iterations rankwise may run there.
+SEPARATED = 1.0
+MAX_TO_FAISS = 50
+
+
+def to_faiss_rows(shapes: str, faiss_iters: int, repeat: int) -> list[list]:
+    """Issue 17's measure: faiss-cpu with its own defaults (random init, ``faiss_iters``
+    iterations, its 256-points-per-centroid subsample) against rankwise as a user runs it
+    (k-means++ seeding + Lloyd, ``n_init=1``, ``tol=0``, seed 0) with the fewest ``max_iter``
+    whose inertia is at most faiss's; wall time of each, best of ``repeat`` after a warm-up,
+    faiss first. Inertia evaluated here, in float64 over all points, for both."""
+    rows = []
+    for spec in shapes.split(","):
+        n, d, k = (int(v) for v in spec.lower().split("x"))
+        x, _ = make_data(n, d, k, a=SEPARATED)
+        t_f, target, iters, t_r, got = to_faiss_row(x, k, faiss_iters, repeat)
+        speed = f"**{t_f / t_r:.2f}×**" if got <= target else f"not reached in {MAX_TO_FAISS} iterations"
+        rows.append([f"({n}, {d}, {k})", t_f, f"{target:.6g}", iters, t_r, f"{got / target - 1:+.2%}", speed])
+        print(f"[to-faiss] ({n}, {d}, {k}): faiss {t_f:.3f} s, rankwise {t_r:.3f} s ({iters} it)", file=sys.stderr)
+        del x
+    return rows
+
+
+def to_faiss_row(x: np.ndarray, k: int, faiss_iters: int, repeat: int) -> tuple[float, float, int, float, float]:
+    """(faiss s, faiss inertia, rankwise iterations, rankwise s, rankwise inertia) on x."""
+    import faiss
+
+    import rankwise as rw
+
+    def run_faiss_default() -> np.ndarray:
+        km = faiss.Kmeans(x.shape[1], k, niter=faiss_iters, verbose=False)
+        km.train(x)
+        return km.centroids.copy()
+
+    def run_rw(iters: int) -> np.ndarray:
+        return rw.kmeans(x, k, n_init=1, max_iter=iters, tol=0.0, seed=0).centroids
+
+    t_f, c_f = best_of(run_faiss_default, repeat)
+    target = inertia_of(x, c_f)
+    iters = next((m for m in range(1, MAX_TO_FAISS + 1) if inertia_of(x, run_rw(m)) <= target), MAX_TO_FAISS)
+    t_r, c_r = best_of(lambda: run_rw(iters), repeat)
+    return t_f, target, iters, t_r, inertia_of(x, c_r)
+
+
+def best_of(fn: Callable[[], np.ndarray], repeat: int) -> tuple[float, np.ndarray]:
+    """The shortest wall time of ``repeat`` runs after a warm-up, and the last result."""
+    c = fn()
+    walls = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        c = fn()
+        walls.append(time.perf_counter() - t0)
+    return min(walls), c
+
+
+def to_faiss_section(results: list[tuple[str, dict]], args) -> list[str]:
+    rows = next((res["to_faiss"] for _, res in results if "to_faiss" in res), None)
+    if not rows:
+        return []
+    head = (
+        f"### Issue 17's measure: wall time to faiss-cpu's {args.faiss_iters} iterations\n\n"
+        f"faiss-cpu with its defaults (random init, `niter={args.faiss_iters}`, its subsample of 256 points "
+        "per centroid for training); rankwise as a user calls it, `rw.kmeans(x, k, n_init=1, max_iter=m, "
+        "tol=0, seed=0)` (k-means++ seeding included), with the fewest m whose inertia is at most faiss's. "
+        f"Both with {args.threads} threads, on clustered data (blobs as above but with centres uniform in "
+        f"[-{SEPARATED:g}, {SEPARATED:g}]^d: separated clusters); best of {args.repeat} after a warm-up, "
+        "faiss first; inertia evaluated by the bench (float64, all points). Target: ≥ 2×."
+    )
+    headers = ["(n, d, k)", "faiss s", "faiss inertia", "rankwise iterations", "rankwise s"]
+    headers += ["rankwise inertia vs faiss", "speed-up"]
+    return [head, C.md_table(headers, rows)]
 
 
 # --------------------------------------------------------------------------------- seeding
@@ -268,7 +356,8 @@ def child(args) -> dict:
 
     rw.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
-    methods = {m: METHODS[m] for m in args.methods.split(";")}
+    asked = set(args.methods.split(";"))
+    methods = {m: METHODS[m] for m in ORDER if m in asked}
     out: dict = {"shapes": {}}
     with threadpool_limits(limits=args.threads):
         out["kernels"] = blas_kernels()
@@ -292,6 +381,9 @@ def child(args) -> dict:
                     if target is not None:
                         res["methods"][name]["tti"] = time_to_target(fn, x, init, args.max_iter, target)
             out["shapes"][spec] = res
+    if args.to_faiss and "rankwise" in methods and "faiss" in methods:
+        with threadpool_limits(limits=args.threads):
+            out["to_faiss"] = to_faiss_rows(args.to_faiss, args.faiss_iters, args.repeat)
     if args.seeding and "rankwise" in methods:
         out["seeding"] = seeding_rows()
     import sklearn
@@ -311,10 +403,11 @@ def run_children(args, targets: dict | None) -> list[tuple[str, dict]]:
         base += ["--targets", json.dumps(targets)]
     if targets is None and not args.no_seeding:
         base.append("--seeding")
+    base += ["--to-faiss", args.to_faiss if targets is None else "", "--faiss-iters", str(args.faiss_iters)]
     # (label, variables removed, methods); rankwise runs once, it uses no BLAS.
-    variants: list[tuple[str, tuple[str, ...], str]] = [("as set", (), ";".join(METHODS))]
+    variants: list[tuple[str, tuple[str, ...], str]] = [("as set", (), ";".join(ORDER))]
     if any(v in os.environ for v in BLAS_VARS):
-        variants = [("as set", (), ";".join(PEERS)), ("auto", BLAS_VARS, ";".join(METHODS))]
+        variants = [("as set", (), ";".join(PEERS)), ("auto", BLAS_VARS, ";".join(ORDER))]
     out = []
     for label, unset, methods in variants:
         res = C.run_child([*base, "--child", label, "--methods", methods], unset=unset, echo_stderr=True)
@@ -356,7 +449,7 @@ def render(args, results: list[tuple[str, dict]], total: float, machine: str) ->
     peaks = "; ".join(f"{res['peak']:.0f} GFLOP/s with {label} kernels ({res['kernels']})" for label, res in results)
     return "\n\n".join(
         [
-            "## bench_kmeans: k-means per Lloyd iteration, rankwise vs faiss vs scikit-learn",
+            f"## bench_kmeans ({C.host_kind()[1]}): k-means per Lloyd iteration, rankwise vs faiss vs scikit-learn",
             f"Command: `{C.command_line()}` ({total:.0f} s in all)",
             machine,
             f"{results[0][1]['versions']}; {args.threads} threads for all; numpy float32 GEMM peak measured in "
@@ -373,6 +466,7 @@ def render(args, results: list[tuple[str, dict]], total: float, machine: str) ->
             f"{args.repeat} runs after a warm-up; 'CPU s / thread' is the process CPU time / threads "
             "(OpenMP spin-waits count).",
             *sections,
+            *to_faiss_section(results, args),
             *seeding_section(results),
         ]
     )
@@ -384,7 +478,7 @@ def seeding_section(results: list[tuple[str, dict]]) -> list[str]:
         return []
     head = (
         "### k-means++ seeding: random projection vs exact distances\n\n"
-        "rankwise's seeding takes its dot products in a 256-dimensional random projection for d ≥ 1024 "
+        "rankwise's seeding takes its dot products in a 128-dimensional random projection for d ≥ 1024 "
         "and k ≥ 16; `seed_projection=False` seeds with exact distances (scikit-learn's greedy k-means++). "
         "Everything else as LEGO runs it: `n_init=3`, `max_iter=100`, `tol=1e-4`, seeds 0, 1, 2 (mean "
         "over seeds; the ratio's range in brackets). Inertia: the k-means objective after Lloyd (modulo "
@@ -407,6 +501,12 @@ def main() -> None:
     ap.add_argument("--write", action="store_true", help="replace the section in benches/RESULTS.md")
     ap.add_argument("--no-seeding", action="store_true", help="skip the projected-vs-exact seeding table")
     ap.add_argument("--seeding", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--to-faiss",
+        default="8000x8192x64,8000x2048x16",
+        help="shapes of issue 17's measure (seeding + Lloyd to faiss's inertia; empty: skip)",
+    )
+    ap.add_argument("--faiss-iters", type=int, default=25, help="faiss iterations of that measure")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--methods", default=";".join(METHODS), help=argparse.SUPPRESS)
     ap.add_argument("--targets", type=json.loads, default=None, help=argparse.SUPPRESS)
@@ -432,7 +532,7 @@ def main() -> None:
     body = render(args, results, time.perf_counter() - t_start, machine)
     print(body)
     if args.write:
-        C.write_section("bench_kmeans", body)
+        C.write_section(f"bench_kmeans@{C.host_kind()[0]}", body)
         print(f"wrote {C.RESULTS}", file=sys.stderr)
 
 

@@ -14,9 +14,13 @@ and ``save_pretrained`` of the merged adapter. PEFT's total excludes building th
 Part 2: rankwise LEGO alone on ``--big-n`` rank-16 fp16 adapters of ``llama-7b-qv`` (32 layers ×
 q/v, 4096 × 4096; 500 adapters are 8.4 GB): wall time and peak memory.
 
-Every run is a fresh child process (its peak RSS is its own); rankwise and torch use 2 threads;
-seeds fixed; warm page cache (every file is read once before each run); each clock starts after
-the imports and a short pause (``_common.settle``).
+Every run is a fresh child process (its peak RSS is its own), the rows in one order every
+round; rankwise and torch use 2 threads, numpy's OpenBLAS ``--rw-blas-threads`` (1) in the
+rankwise children: its idle workers busy-wait after each BLAS call of LEGO's assembly and take
+the cores from rankwise's pool (two more LEGO rows show it, with OpenBLAS on 2 threads, and in a
+process that has just run torch; ``--no-variants`` skips them); seeds fixed; warm page cache
+(every file is read once before each run); each clock starts after the imports and a short pause
+(``_common.settle``). ``--write`` replaces this host kind's bench_merge section of RESULTS.md.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ def _paths(pool_dir: Path, n: int) -> list[Path]:
 
 
 def _rw_child(args: argparse.Namespace) -> dict:
+    if args.after_torch:
+        _run_torch(args.threads)
     import rankwise as rw
 
     # Imports outside the timed window, as for PEFT (torch, transformers and peft are imported
@@ -59,6 +65,17 @@ def _rw_child(args: argparse.Namespace) -> dict:
     finally:
         shutil.rmtree(out.parent, ignore_errors=True)
     return res
+
+
+def _run_torch(threads: int) -> None:
+    """What a process that just used torch leaves behind (PEFT's model build and merge in the same
+    process): torch imported, its OpenMP pool started and used with ``threads`` threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a = torch.randn(1024, 1024)
+    for _ in range(20):
+        a = torch.tanh(a @ a / 32)
 
 
 def _rw_run(args: argparse.Namespace, rw: Any, paths: list[Path], out: Path, opts: dict) -> dict:
@@ -153,6 +170,19 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="8 small adapters, 20 big ones")
     p.add_argument("--profile", action="store_true", help="cProfile rankwise's merge (to stderr)")
     p.add_argument("--write", action="store_true", help="replace the bench_merge section of RESULTS.md")
+    p.add_argument(
+        "--rw-blas-threads",
+        type=int,
+        default=1,
+        help="OPENBLAS_NUM_THREADS of the rankwise children (numpy's BLAS; rankwise's pool has --threads)",
+    )
+    p.add_argument(
+        "--no-variants",
+        dest="variants",
+        action="store_false",
+        help="skip the LEGO rows with numpy's BLAS on --threads threads and after torch",
+    )
+    p.add_argument("--after-torch", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--child", choices=["rw", "peft"], help=argparse.SUPPRESS)
     p.add_argument("--method", help=argparse.SUPPRESS)
     p.add_argument("--pool-dir", type=Path, help=argparse.SUPPRESS)
@@ -179,25 +209,38 @@ def main() -> None:
     pool_dir = paths[0].parent
     # Every row is run `repeat` times, the rows interleaved (host drift spreads over all of them);
     # the row shows its median run, and the range of its totals.
+    # (row key, child kind, method, extra argv, child environment), in one order every run.
+    blas = {"OPENBLAS_NUM_THREADS": str(args.rw_blas_threads)}
+    rows_run = [(f"rw {m}", "rw", m, [], blas) for m in rw_methods]
+    if args.variants:
+        env_blas = {"OPENBLAS_NUM_THREADS": str(args.threads)}
+        rows_run += [
+            ("rw lego blas", "rw", "lego", [], env_blas),
+            ("rw lego torch", "rw", "lego", ["--after-torch"], blas),
+        ]
+    rows_run += [(f"peft {m}", "peft", m, [], {}) for m in peft_methods]
     runs: dict[str, list[dict]] = {}
     for _ in range(max(1, args.repeat)):
-        for kind, ms in (("rw", rw_methods), ("peft", peft_methods)):
-            for m in ms:
-                argv = _child_argv(args, kind, m, pool_dir, args.n, "small")
-                # The host needs a moment after a child with GBs of pages exits: a 0.15 s run
-                # started at once took 0.2 s instead of 0.13.
-                time.sleep(2.0)
-                r = C.run_child(argv, echo_stderr=args.profile and kind == "rw")
-                runs.setdefault(f"{kind} {m}", []).append(r)
-                print(f"{'rankwise' if kind == 'rw' else 'PEFT'} {m}: {r}", file=sys.stderr)
+        for key, kind, m, extra, env in rows_run:
+            argv = _child_argv(args, kind, m, pool_dir, args.n, "small") + extra
+            # The host needs a moment after a child with GBs of pages exits: a 0.15 s run
+            # started at once took 0.2 s instead of 0.13.
+            time.sleep(2.0)
+            r = C.run_child(argv, env=env, echo_stderr=args.profile and kind == "rw")
+            runs.setdefault(key, []).append(r)
+            print(f"{key}: {r}", file=sys.stderr)
     res = {name: sorted(rs, key=lambda r: r["total_s"])[(len(rs) - 1) // 2] for name, rs in runs.items()}
     ref = res.get("peft svd")
     headers = ["method", "out rank", "build base s", "load s", "merge s", "save s", "total s",
                f"total s, {args.repeat} runs", "peak RSS MB", "peak anon MB", "speed-up vs PEFT svd"]  # fmt: skip
     rows = []
     for name, r in res.items():
-        lib, m = name.split()
+        lib, m, *variant = name.split()
         label = f"rankwise `{m}`" if lib == "rw" else f"PEFT `add_weighted_adapter({m!r})`"
+        if variant == ["blas"]:
+            label += f", numpy's OpenBLAS with {args.threads} threads"
+        elif variant == ["torch"]:
+            label += ", in a process that has just run torch"
         speed = f"**{ref['total_s'] / r['total_s']:.1f}×**" if ref else "–"
         totals = [x["total_s"] for x in runs[name]]
         spread = f"{min(totals):.3g}–{max(totals):.3g}"
@@ -218,7 +261,7 @@ def main() -> None:
         big = C.ensure_pool("llama-7b-qv", args.big_n, rank=args.rank, dtype="f16")
         gb = sum((q / "adapter_model.safetensors").stat().st_size for q in big) / 1e9
         argv = _child_argv(args, "rw", "lego", big[0].parent, args.big_n, "llama-7b-qv")
-        r = C.run_child(argv, timeout=7200, echo_stderr=args.profile)
+        r = C.run_child(argv, env=blas, timeout=7200, echo_stderr=args.profile)
         print(f"rankwise lego big: {r}", file=sys.stderr)
         ph = r["phases"]
         headers = ["method", "adapters", "GB on disk", "load s", "merge s", "save s", "total s",
@@ -244,12 +287,15 @@ def main() -> None:
     print(body)
     if args.write:
         section = (
-            "## bench_merge: merging end to end, rankwise LEGO vs PEFT add_weighted_adapter\n\n"
+            f"## bench_merge ({C.host_kind()[1]}): merging end to end, rankwise LEGO vs PEFT add_weighted_adapter\n\n"
             f"Command: `{C.command_line()}` ({time.perf_counter() - t_start:.0f} s in all)\n\n"
             f"{machine} Load avg at end: {os.getloadavg()[0]:.1f} (shared host: timings of one run vary).\n\n"
             "Each row is a fresh process on a warm page cache, its clock started after the imports "
             "and a 0.5 s pause (idle BLAS threads spinning after numpy's import took ~10% of a "
-            f"0.15 s merge); rankwise and torch with {args.threads} threads; LEGO with its defaults "
+            f"0.15 s merge); rankwise and torch with {args.threads} threads; numpy's OpenBLAS with "
+            f"{args.rw_blas_threads} thread(s) in the rankwise children (`OPENBLAS_NUM_THREADS`; its idle "
+            "workers spin after each call of LEGO's assembly and take the cores from rankwise's pool: "
+            f"the row 'numpy's OpenBLAS with {args.threads} threads' shows the cost); LEGO with its defaults "
             "(k-means++ init, n_init=3, max_iter=100, "
             "seed 0). Synthetic adapters from `benches/make_pool.py` (seed 0, unclustered). PEFT: "
             "float32 random-init `LlamaForCausalLM` of the same shape, `from_pretrained` + "
@@ -259,7 +305,7 @@ def main() -> None:
             "process touched (page cache, reclaimable); peak anon is the process's own memory.\n\n"
             f"{body}\n"
         )
-        C.write_section("bench_merge", section)
+        C.write_section(f"bench_merge@{C.host_kind()[0]}", section)
         print(f"wrote the bench_merge section of {C.RESULTS}", file=sys.stderr)
 
 

@@ -365,7 +365,7 @@ RSS_OK = """\
 ANALYSIS = """\
 2. **Where the time goes.** Per module: `units` builds the f16 → f32 unit matrix from the mapped
    pages (canonical form and normalization fused, in Rust); `kmeans` is n_init = 3 restarts of
-   k-means++ seeding (dot products in a 256-dimensional random projection for these widths) and
+   k-means++ seeding (dot products in a 128-dimensional random projection for these widths) and
    Lloyd iterations (distance cache: late iterations recompute only moved centres); `assemble` is
    one Rust pass for the cluster means and member norms. `other` is the rest of the Python loop
    (validation, the merged factors' copies)."""

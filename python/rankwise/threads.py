@@ -1,6 +1,11 @@
-"""The thread count of rankwise's Rust core (one rayon pool for every core call)."""
+"""Threads: the count of rankwise's Rust core (one rayon pool for every core call), and numpy's
+BLAS held to one thread while a merge runs numpy between core calls."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from . import _core
 from .errors import OptionError
@@ -15,3 +20,24 @@ def set_num_threads(n: int) -> None:
 
 def get_num_threads() -> int:
     return int(_core.get_num_threads())
+
+
+_controller: list[Any] = []  # threadpoolctl's ThreadpoolController, made once (it scans the loaded libraries)
+
+
+@contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """numpy's BLAS on one thread for the block, when threadpoolctl is importable (a dependency;
+    tolerated missing); else nothing. OpenBLAS's idle workers busy-wait for a while after each call: after the
+    small BLAS calls of LEGO's assembly they took the cores from the next module's k-means in
+    rankwise's pool (benches/RESULTS.md, bench_merge). Without threadpoolctl, set
+    ``OPENBLAS_NUM_THREADS=1`` for the same effect."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        yield
+        return
+    if not _controller:
+        _controller.append(ThreadpoolController())
+    with _controller[0].limit(limits=1, user_api="blas"):
+        yield

@@ -39,6 +39,7 @@ from .. import peft_format as pf
 from ..errors import OptionError
 from ..kmeans import kmeans
 from ..pool import AdapterPool
+from ..threads import single_threaded_blas
 from .aligned import aligned_init
 from .contract import Factors, ModuleContext, register_method
 from .lego_projection import NORMS, project
@@ -177,8 +178,10 @@ def lego(
             init=init_c,
             sign_invariant=canonicalize,
         )
-    with ctx.timed("assemble"):
+    with ctx.timed("assemble"), single_threaded_blas():
         # Centroids are the means of the raw member units (whatever features were clustered).
+        # numpy's BLAS on one thread: its products here are small, and its spinning workers
+        # would slow the core's next call (threads.single_threaded_blas).
         cent, counts, norm_b, norm_a = _core.cluster_means(x, r.labels, r.signs, k, d_out, norms)
         if assembly in ("projection", "projection-norm"):
             probe_seed = np.random.SeedSequence([seed, ctx.index])

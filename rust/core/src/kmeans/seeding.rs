@@ -153,10 +153,16 @@ pub(crate) fn seed_kmeans_pp(
     Ok(centres)
 }
 
-/// Dimensions of the random projection that k-means++ seeding runs in for wide data.
-pub const SEED_PROJECTION_DIM: usize = 256;
+/// Dimensions of the random projection that k-means++ seeding runs in for wide data. Projecting
+/// costs n·d·p, p/k Lloyd iterations' worth: 256 made seeding cost ~4 iterations at k = 64 and
+/// most of a "seeding + a few iterations" run (issue 17's profile, benches/RESULTS.md); 128
+/// halves that, with the final inertia within ±0.02% of 256's (same runs).
+pub const SEED_PROJECTION_DIM: usize = 128;
 
-/// Whether seeding measures distances in a random projection: for d ≥ 4·p and k ≥ 16
+/// Narrowest data seeded in the projection.
+const SEED_PROJECTION_MIN_D: usize = 1024;
+
+/// Whether seeding measures distances in a random projection: for d ≥ 1024 and k ≥ 16
 /// (p = [`SEED_PROJECTION_DIM`]). Each of the k seeding steps streams every sampled point once
 /// against 2 + ln k candidates (a skinny, memory-bound GEMM), so on the units of a 7B model's
 /// module (d = 8192, k = 64) seeding cost as much as dozens of Lloyd iterations; projecting costs
@@ -167,7 +173,7 @@ pub const SEED_PROJECTION_DIM: usize = 256;
 /// only needs D² sampling and that choice; the seeds are still points of x, and Lloyd runs on
 /// x itself. bench_kmeans (benches/RESULTS.md) compares it with exact seeding.
 fn projects_for_seeding(d: usize, k: usize) -> bool {
-    d >= 4 * SEED_PROJECTION_DIM && k >= 16
+    d >= SEED_PROJECTION_MIN_D && k >= 16
 }
 
 /// A random sign matrix (p × d, entries ±1/√p drawn from `rng`): `R·x` is a
