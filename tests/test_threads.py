@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -55,3 +56,27 @@ def test_lego_assembles_on_one_blas_thread_with_the_same_bytes(tmp_path: Path, m
     for name in ref.modules:
         for r, g in zip(ref.factors(name), got.factors(name)):
             np.testing.assert_array_equal(r, g)
+
+
+def test_a_blas_loaded_after_the_first_use_is_limited_too() -> None:
+    """A fresh process: numpy's BLAS is seen on the first use, scipy's own OpenBLAS is loaded by an
+    import after it, and the next use limits both (a stale scan of the libraries missed it)."""
+    pytest.importorskip("scipy")
+    code = """
+import numpy as np, threadpoolctl
+from rankwise.threads import single_threaded_blas
+def blas():
+    return sorted((i["filepath"], i["num_threads"]) for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas")
+np.ones((4, 4)) @ np.ones((4, 4))
+with single_threaded_blas():
+    pass
+import scipy.linalg
+with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+    before = blas()
+    with single_threaded_blas():
+        inside = blas()
+print(len(before), all(n == 2 for _, n in before), all(n == 1 for _, n in inside), len(inside))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    n, two, one, m = out.stdout.split()
+    assert (two, one) == ("True", "True") and n == m

@@ -3,6 +3,7 @@ BLAS held to one thread while a merge runs numpy between core calls."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -22,7 +23,9 @@ def get_num_threads() -> int:
     return int(_core.get_num_threads())
 
 
-_controller: list[Any] = []  # threadpoolctl's ThreadpoolController, made once (it scans the loaded libraries)
+# threadpoolctl's ThreadpoolController (it scans the loaded libraries, ~1 ms) and len(sys.modules)
+# when it was made: an import since then may have loaded another BLAS, so it is made again.
+_controller: list[Any] = []
 
 
 @contextmanager
@@ -37,7 +40,7 @@ def single_threaded_blas() -> Iterator[None]:
     except ImportError:
         yield
         return
-    if not _controller:
-        _controller.append(ThreadpoolController())
+    if not _controller or _controller[1] != len(sys.modules):
+        _controller[:] = [ThreadpoolController(), len(sys.modules)]
     with _controller[0].limit(limits=1, user_api="blas"):
         yield
