@@ -7,10 +7,9 @@
 
 use rayon::prelude::*;
 
-use super::lloyd::{pass, NONE};
+use super::lloyd::{assigned_distances, pass, NONE};
 use super::{cluster, is_neg};
 use crate::error::{Error, Result};
-use crate::simd::{sq_dist_signed, Level};
 
 /// Result of [`assign`].
 #[derive(Debug, Clone, PartialEq)]
@@ -55,19 +54,7 @@ pub fn assign(x: &[f32], n: usize, d: usize, centres: &[f32], si: bool) -> Resul
     if n > 0 {
         pass(x, n, d, centres, None, None, &mut lab, si, None);
     }
-    let level = Level::detect();
-    let dist: Vec<f64> = (0..n)
-        .into_par_iter()
-        .map(|i| {
-            let (l, c) = (lab[i], cluster(lab[i]));
-            sq_dist_signed(
-                level,
-                &x[i * d..(i + 1) * d],
-                &centres[c * d..(c + 1) * d],
-                is_neg(l),
-            )
-        })
-        .collect();
+    let dist = assigned_distances(x, n, d, centres, &lab);
     let mut counts = vec![0i64; k];
     for &l in &lab {
         counts[cluster(l)] += 1;

@@ -390,6 +390,30 @@ fn update_centres(
     out
 }
 
+/// Squared distance of each point to the centre it is assigned to (`‖x − s·c‖²`, f64), points
+/// in parallel.
+pub(crate) fn assigned_distances(
+    x: &[f32],
+    n: usize,
+    d: usize,
+    centres: &[f32],
+    labels: &[u32],
+) -> Vec<f64> {
+    let level = Level::detect();
+    (0..n)
+        .into_par_iter()
+        .map(|i| {
+            let (l, c) = (labels[i], cluster(labels[i]));
+            sq_dist_signed(
+                level,
+                &x[i * d..(i + 1) * d],
+                &centres[c * d..(c + 1) * d],
+                is_neg(l),
+            )
+        })
+        .collect()
+}
+
 /// The `count` points farthest from their assigned centre, farthest first (lowest index on ties).
 fn farthest_points(
     x: &[f32],
@@ -399,20 +423,7 @@ fn farthest_points(
     labels: &[u32],
     count: usize,
 ) -> Vec<usize> {
-    let level = Level::detect();
-    let dist: Vec<f64> = (0..n)
-        .into_par_iter()
-        .map(|i| {
-            let l = labels[i];
-            let c = cluster(l);
-            sq_dist_signed(
-                level,
-                &x[i * d..(i + 1) * d],
-                &centres[c * d..(c + 1) * d],
-                is_neg(l),
-            )
-        })
-        .collect();
+    let dist = assigned_distances(x, n, d, centres, labels);
     let mut idx: Vec<usize> = (0..n).collect();
     let cmp = |a: &usize, b: &usize| dist[*b].total_cmp(&dist[*a]).then(a.cmp(b));
     if count < n {
