@@ -364,3 +364,45 @@ def test_cluster_means_rejects_bad_input() -> None:
         _core.cluster_means(x, np.array([0, 1]), signs[:2], 3, 2)
     with pytest.raises(rw.OptionError, match=r"part_norms has 4 values, expected 2·n = 6"):
         _core.cluster_means(x, np.array([0, 1, 2]), signs, 3, 2, np.ones((2, 2), dtype=np.float32))
+
+
+def test_modules_run_at_once_on_a_resident_pool_with_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a pool that stays resident LEGO merges several modules at once (one per core thread):
+    the same bytes as one thread, modules reported in order; a streaming pool goes one module at
+    a time (its pages are dropped after each)."""
+    import threading
+
+    from rankwise.methods import lego as lego_module
+    from raw_adapter import write_pool
+
+    pool = rw.AdapterPool.load(write_pool(tmp_path, 4, modules=6, d=48, rank=4, seed=5))
+    assert not pool.streams
+    names: set[str] = set()
+    real = lego_module.kmeans
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        names.add(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lego_module, "kmeans", spy)
+    try:
+        rw.set_num_threads(1)
+        want = rw.merge(pool, "lego", rank=6)
+        rw.set_num_threads(2)
+        names.clear()
+        seen: list[str] = []
+        got = rw.merge(pool, "lego", rank=6, progress=lambda i, n, m: seen.append(m))
+        assert any(n.startswith("rankwise-merge") for n in names)  # the parallel loop ran
+        assert seen == list(pool.modules)
+        monkeypatch.setattr(type(pool), "streams", property(lambda self: True))
+        names.clear()
+        streamed = rw.merge(pool, "lego", rank=6)
+        assert names == {threading.main_thread().name}
+    finally:
+        rw.set_num_threads(0)
+    for name in want.modules:
+        for w, g, s in zip(want.factors(name), got.factors(name), streamed.factors(name)):
+            np.testing.assert_array_equal(g, w)
+            np.testing.assert_array_equal(s, w)

@@ -23,6 +23,7 @@ __all__ = [
     "kmeans",
     "kmeans_assign",
     "set_num_threads",
+    "units_sq_norm",
     "write_safetensors",
 ]
 
@@ -102,6 +103,7 @@ def gram_top_k(
     allow_single: bool = False,
     parallel: bool = False,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None: ...
+def units_sq_norm(units: npt.NDArray[np.float32], d_out: int, p: npt.NDArray[np.float64]) -> float: ...
 def hungarian(cost: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]: ...
 def align_factors(
     pairs: list[

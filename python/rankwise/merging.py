@@ -28,6 +28,7 @@ from .methods import METHODS, Factors, MergeMethod, ModuleContext, weighting
 from .methods.weighting import Weighting
 from .pool import AdapterPool
 from .retention import retention as _retention
+from .threads import single_threaded_blas
 
 __all__ = ["get_method", "merge", "merge_methods", "prune"]
 
@@ -129,7 +130,8 @@ def merge(
     # the others here, parallel methods per module themselves (releasing every mapped page
     # between modules would drop those of the modules still running), and all at the end.
     threads = _core.get_num_threads()
-    workers = min(threads, len(modules)) if m.parallel_modules else 1
+    parallel = m.parallel_modules is True or (m.parallel_modules == "resident" and not pool.streams)
+    workers = min(threads, len(modules)) if parallel else 1
     if executor == "ray":
         workers = 0  # nothing of the pool is read here
         merge_modules_on_ray(
@@ -149,7 +151,12 @@ def merge(
                 ),
             )
     else:
-        _merge_parallel(m, pool, w, opts, timings, out_dtype, lock, workers, done, limit, streamed)
+        # numpy's BLAS on one thread for the whole parallel run: threadpoolctl's limit is
+        # process-wide, so per-module contexts in two threads would restore each other's value.
+        with single_threaded_blas():
+            # memory_limit is per module (what one module's units may take), so the bytes do not
+            # depend on how many modules are in flight.
+            _merge_parallel(m, pool, w, opts, timings, out_dtype, lock, workers, done, limit, streamed)
         if pool.streams:
             pool.release()
     if bar is not None:

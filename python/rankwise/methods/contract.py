@@ -6,7 +6,11 @@ optional ``prepare(pool, weights, options) -> options`` validates and resolves t
 before any module is merged. A method registered with ``parallel_modules=True`` does its heavy
 work in core calls that release the GIL and run on one thread when ``ctx.threads == 1``: the
 loop then runs that many modules at once (rankwise's thread count), each on one thread, instead
-of one module on all. ``weights`` mean the same for every method (``methods/weighting.py``:
+of one module on all. ``parallel_modules="resident"``: the same, but only for a pool whose pages
+stay resident (``AdapterPool.streams`` false), for a method whose reads do not drop their own
+pages (a streaming pool is then merged one module at a time, its pages dropped after each);
+LEGO is one: its k-means calls share the core's pool, and their bytes do not depend on it.
+``weights`` mean the same for every method (``methods/weighting.py``:
 the target is Σ_j w_j·ΔW_j); a method with a PEFT counterpart registers ``peft_factor``, the
 scalar c(w) that makes PEFT's combination with weights c(w)·w meet that rule.
 Adding a method is one file in this package with one ``@register_method``
@@ -156,7 +160,7 @@ class MergeMethod:
     prepare: Prepare | None
     summary: str
     params: list[str] = field(default_factory=list)
-    parallel_modules: bool = False
+    parallel_modules: bool | str = False
     peft_factor: PeftFactor | None = None
 
 
@@ -168,7 +172,7 @@ def register_method(
     name: str,
     *,
     prepare: Prepare | None = None,
-    parallel_modules: bool = False,
+    parallel_modules: bool | str = False,
     peft_factor: PeftFactor | None = None,
 ) -> Callable[[Callable[..., Factors]], Callable[..., Factors]]:
     """Registers ``fn(ctx, **options) -> (A, B)`` under ``name``. ``prepare(pool, weights,

@@ -123,7 +123,7 @@ def _rank_for(rank: Any, module: str, pool: AdapterPool, times: int) -> int:
     return int(rank)
 
 
-@register_method("lego", prepare=_prepare)
+@register_method("lego", prepare=_prepare, parallel_modules="resident")
 def lego(
     ctx: ModuleContext,
     *,

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _core
+
 #: Gram work n²·(d_out + d_in) up to which ‖T‖ comes exactly from the n × n unit Grams;
 #: above it, from ‖T V‖ (exact) plus a seeded Hutchinson estimate of ‖T (I − V Vᵀ)‖.
 EXACT_NORM_WORK = 2**34
@@ -102,10 +104,9 @@ def target_sq_norm(
     n, width = x.shape
     xb, xa = x[:, :d_out], x[:, d_out:]
     if norm == "exact" or (norm == "auto" and n * n * width <= EXACT_NORM_WORK):
-        gb = (xb @ xb.T).astype(np.float64)
-        ga = (xa @ xa.T).astype(np.float64)
+        # pᵀ (G_b ∘ G_a) p in the core: both Grams at once on its thread pool, GIL released.
         p = np.ones(n) if norms is None else norms[:, 0].astype(np.float64) * norms[:, 1]
-        return max(float(p @ (gb * ga) @ p), 0.0)
+        return _core.units_sq_norm(np.ascontiguousarray(x, dtype=np.float32), d_out, p)
     nb = None if norms is None else norms[:, 0].astype(np.float64)
     tv = cols_times(xb, pa, nb)  # T V = X_bᵀ (X_a V), d_out × k_a
     g = complement_probes(v, x.shape[1] - d_out, probes, seed)

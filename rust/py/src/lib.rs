@@ -67,6 +67,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(align::align_units, m)?)?;
     m.add_function(wrap_pyfunction!(align::delta_gram, m)?)?;
     m.add_function(wrap_pyfunction!(svd::gram_top_k, m)?)?;
+    m.add_function(wrap_pyfunction!(svd::units_sq_norm, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_in_worker, m)?)?;

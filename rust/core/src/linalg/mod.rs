@@ -4,5 +4,6 @@
 //! eigenpairs). faer supplies the GEMM and the Cholesky factor.
 
 pub mod lowrank_svd;
+pub mod target_norm;
 pub mod tridiag_eigen;
 pub mod tridiag_reduce;
