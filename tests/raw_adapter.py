@@ -51,3 +51,19 @@ def write_pool(folder: Path, n: int, *, modules: int, d: int, rank: int, seed: i
             )
         )
     return out
+
+
+def put_nan(folder: Path, module: int, part: str) -> tuple[Path, str]:
+    """Writes a float16 NaN over the first value of module ``module``'s ``part`` ("a" or "b")
+    factor in a write_pool adapter's file, in place; returns (file, tensor key)."""
+    target = folder / "adapter_model.safetensors"
+    adapter = Adapter.load(folder)
+    info = adapter.module(list(adapter.modules)[module])
+    del adapter  # its mapping of the file, before the file is rewritten
+    key = info.key_a if part == "a" else info.key_b
+    raw = bytearray(target.read_bytes())
+    header_len = int.from_bytes(raw[:8], "little")
+    start = 8 + header_len + json.loads(raw[8 : 8 + header_len])[key]["data_offsets"][0]
+    raw[start : start + 2] = np.array([np.nan], dtype=np.float16).tobytes()
+    target.write_bytes(bytes(raw))
+    return target, key

@@ -3,7 +3,6 @@ come back as the typed rankwise exceptions a local run raises."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 import rankwise as rw
 from rankwise.distributed import module_groups
 from rankwise.methods import METHODS
-from raw_adapter import write_pool
+from raw_adapter import put_nan, write_pool
 
 ray = pytest.importorskip("ray")
 
@@ -76,16 +75,7 @@ def test_progress_reports_every_module_in_order(cluster: None, pool_dirs: list[P
 
 def test_a_nan_in_a_worker_is_the_local_error(cluster: None, tmp_path: Path) -> None:
     dirs = write_pool(tmp_path, 2, modules=3, d=8, rank=2, seed=1)
-    target = dirs[1] / "adapter_model.safetensors"
-    a = rw.load_adapter(dirs[1])
-    key = a.module(list(a.modules)[2]).key_b
-    del a
-    raw = bytearray(target.read_bytes())
-    header_len = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8 : 8 + header_len])
-    start = 8 + header_len + header[key]["data_offsets"][0]
-    raw[start : start + 2] = np.array([np.nan], dtype=np.float16).tobytes()
-    target.write_bytes(bytes(raw))
+    target, key = put_nan(dirs[1], 2, "b")
     with pytest.raises(rw.AdapterFormatError) as local:
         rw.merge(dirs, "linear")
     with pytest.raises(rw.AdapterFormatError) as remote:

@@ -3,7 +3,6 @@ against the in-memory path as the reference, on unit matrices read from pools on
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from rankwise.memory import default_memory_limit, memory_limit
 from rankwise.methods.contract import ModuleContext
 from rankwise.methods.lego_streamed import in_memory_bytes
 from rankwise.streaming_kmeans import SEED_POINTS_PER_CENTRE, streaming_kmeans
-from raw_adapter import write_pool
+from raw_adapter import put_nan, write_pool
 
 
 def clustered_pool(
@@ -251,15 +250,7 @@ def test_nan_in_a_streamed_block_is_the_typed_error(tmp_path: Path) -> None:
     """The load check names the file and key, streamed or not; with the check off, the
     streamed merge still raises a typed error, never a non-finite output."""
     dirs = write_pool(tmp_path, 4, modules=2, d=8, rank=2, seed=1)
-    target = dirs[2] / "adapter_model.safetensors"
-    a = rw.load_adapter(dirs[2])
-    key = a.module(list(a.modules)[1]).key_a
-    del a
-    raw = bytearray(target.read_bytes())
-    header_len = int.from_bytes(raw[:8], "little")
-    start = 8 + header_len + json.loads(raw[8 : 8 + header_len])[key]["data_offsets"][0]
-    raw[start : start + 2] = np.array([np.nan], dtype=np.float16).tobytes()
-    target.write_bytes(bytes(raw))
+    target, key = put_nan(dirs[2], 1, "a")
     with pytest.raises((rw.NonFiniteError, rw.AdapterFormatError)) as e:
         rw.merge(dirs, "lego", rank=2, memory_limit=100)
     assert str(target) in str(e.value) and key in str(e.value)
