@@ -156,7 +156,7 @@ def test_unit_feature_blocks_are_the_rows_of_the_whole_matrix(tmp_path: Path) ->
         ctx = ModuleContext(pool, pool.modules[1], 1, w)
         x, norms = (a.copy() for a in ctx.unit_features(canonical=canonical))
         for lo, hi in ((0, 2), (2, 3), (3, 7)):
-            xb, nb = ctx.unit_feature_block(slice(lo, hi), canonical=canonical)
+            xb, nb = ctx.unit_features(canonical=canonical, adapters=slice(lo, hi))
             np.testing.assert_array_equal(xb, x[3 * lo : 3 * hi])
             np.testing.assert_array_equal(nb, norms[3 * lo : 3 * hi])
 

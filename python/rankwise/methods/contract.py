@@ -87,37 +87,26 @@ class ModuleContext:
             u[:, : self.shape[0]] *= rel[:, None]
             return u
 
-    def unit_features(self, *, canonical: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def unit_features(self, *, canonical: bool = False, adapters: slice | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The weighted units with unit-length parts, and their part norms (AdapterPool.unit_features),
         in the module buffer (see :meth:`rows_buffer`): valid until the next module. Canonical
-        rows: see :meth:`_canonical_weights`."""
-        out = self.rows_buffer()
+        rows: see :meth:`_canonical_weights`. ``adapters``: the rows of these adapters only (same
+        bytes as theirs in the whole matrix), in a new array: a block of a streamed module."""
+        out = self.rows_buffer() if adapters is None else None
         with self.timed("units"):
             split = self._canonical_weights() if canonical else None
             if split is None:
-                return self.pool.unit_features(self.module, self.weights, canonical=canonical, out=out)
+                return self.pool.unit_features(
+                    self.module, self.weights, canonical=canonical, out=out, adapters=adapters
+                )
             common, rel = split
-            x, norms = self.pool.unit_features(self.module, common, canonical=True, out=out)
+            x, norms = self.pool.unit_features(self.module, common, canonical=True, out=out, adapters=adapters)
+            if adapters is not None:
+                starts = np.concatenate([[0], np.cumsum(self.ranks)])
+                rel = rel[starts[adapters.start or 0] : starts[adapters.stop]]
             b = x[:, : self.shape[0]]
             b[rel < 0] *= np.float32(-1)
             b[rel == 0] = 0.0  # a zero part stays zero (its norm is 0 below)
-            norms[:, 0] *= np.abs(rel)
-            return x, norms
-
-    def unit_feature_block(self, adapters: slice, *, canonical: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`unit_features` of the adapters ``adapters`` only (rows in the same order and with
-        the same bytes as theirs in the whole matrix), in a new array: a block of a streamed module."""
-        with self.timed("units"):
-            split = self._canonical_weights() if canonical else None
-            if split is None:
-                return self.pool.unit_features(self.module, self.weights, canonical=canonical, adapters=adapters)
-            common, rel_all = split
-            x, norms = self.pool.unit_features(self.module, common, canonical=True, adapters=adapters)
-            starts = np.concatenate([[0], np.cumsum(self.ranks)])
-            rel = rel_all[starts[adapters.start or 0] : starts[adapters.stop]]
-            b = x[:, : self.shape[0]]
-            b[rel < 0] *= np.float32(-1)
-            b[rel == 0] = 0.0
             norms[:, 0] *= np.abs(rel)
             return x, norms
 

@@ -39,7 +39,7 @@ class UnitBlocks:
     def block(self, b: int) -> tuple[np.ndarray, np.ndarray]:
         """Block b's normalized rows and part norms ``(x, norms)``."""
         adapters = self.adapter_ranges[b]
-        x, norms = self.ctx.unit_feature_block(adapters, canonical=self.canonical)
+        x, norms = self.ctx.unit_features(canonical=self.canonical, adapters=adapters)
         for a in self.ctx.pool.adapters[adapters]:
             if a.source is not None:
                 a.source.release()
