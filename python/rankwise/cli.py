@@ -140,12 +140,13 @@ def _parse_options(items: Sequence[str]) -> dict[str, Any]:
 
 def _merge_recipe(args: argparse.Namespace) -> _recipe.Recipe:
     """The merge a command line asks for: its recipe file (``--config``) or its arguments."""
+    if args.memory_limit is not None:
+        memory_limit(args.memory_limit)  # an OptionError before any work
     if args.config is not None:
         if args.adapters:
             raise RankwiseError("give adapter folders or --config, not both")
         rec = _recipe.load(args.config)
         if args.memory_limit is not None:
-            memory_limit(args.memory_limit)
             rec.memory_limit = args.memory_limit  # the command line's limit over the recipe's
         return rec
     if not args.adapters:
@@ -161,8 +162,6 @@ def _merge_recipe(args: argparse.Namespace) -> _recipe.Recipe:
     peft = _parse_weights(args.peft_weights, "--peft-weights")
     if weights is not None and peft is not None:
         raise RankwiseError("give --weights or --peft-weights, not both")
-    if args.memory_limit is not None:
-        memory_limit(args.memory_limit)  # an OptionError before any work
     return _recipe.Recipe(
         folders,
         peft or weights,
