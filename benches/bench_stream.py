@@ -52,6 +52,7 @@ def inertia_child(args: argparse.Namespace) -> None:
     import rankwise as rw
     from rankwise.kmeans import kmeans
     from rankwise.memory import memory_limit
+    from rankwise.methods.lego_streamed import budget
     from rankwise.streaming_kmeans import SEED_POINTS_PER_CENTRE, streaming_kmeans
 
     C.set_threads(args.threads)
@@ -60,8 +61,7 @@ def inertia_child(args: argparse.Namespace) -> None:
     x, _ = pool.unit_features(m, canonical=True)
     k = 4 * pool.ranks(m)[0]
     limit, width = memory_limit(args.limit), x.shape[1]
-    at_limit = max(k, min(SEED_POINTS_PER_CENTRE * k, (limit // 2) // (4 * width + 4 * k)))
-    per_block = max(1, (limit // 4) // (4 * width + 4 * k + 48))
+    per_block, at_limit = budget(limit, width, k)
 
     class Blocks:
         def __init__(self) -> None:

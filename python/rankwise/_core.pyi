@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "SEED_POINTS_PER_CENTRE",
     "MappedFiles",
     "__version__",
     "_panic_in_worker",
@@ -28,6 +29,7 @@ __all__ = [
 ]
 
 __version__: str
+SEED_POINTS_PER_CENTRE: int  # k-means++ subsample per centre (rust/core/src/kmeans/seeding.rs)
 
 @final
 class MappedFiles:

@@ -22,7 +22,7 @@ from .kmeans import KMeansResult, kmeans
 
 #: The core's k-means++ subsample per centre (rust/core/src/kmeans/seeding.rs): the seeding
 #: sample is at least this many rows per centre when the memory budget allows.
-SEED_POINTS_PER_CENTRE = 256
+SEED_POINTS_PER_CENTRE: int = _core.SEED_POINTS_PER_CENTRE
 
 
 class RowBlocks(Protocol):

@@ -45,6 +45,14 @@ def must_stream(ctx: ModuleContext, k: int) -> bool:
     return ctx.memory_limit is not None and in_memory_bytes(sum(ctx.ranks), sum(ctx.shape), k) > ctx.memory_limit
 
 
+def budget(limit: int, width: int, k: int) -> tuple[int, int]:
+    """Rows per block and rows of the seeding sample for units of ``width`` under ``limit``
+    (the split of the module docstring)."""
+    per_block = max(1, (limit // 4) // (4 * width + 4 * k + 48))
+    sample = max(k, min(SEED_POINTS_PER_CENTRE * k, (limit // 2) // (4 * width + 4 * k)))
+    return per_block, sample
+
+
 def lego_streamed(
     ctx: ModuleContext,
     k: int,
@@ -76,8 +84,8 @@ def lego_streamed(
     if norm == "exact":
         raise OptionError(f"{what}: norm='exact' needs the n × n unit Grams; use norm='estimate' or raise memory_limit")
     d_out, width = ctx.shape[0], sum(ctx.shape)
-    blocks = UnitBlocks(ctx, canonical=canonicalize, rows_per_block=max(1, (limit // 4) // (4 * width + 4 * k + 48)))
-    sample = max(k, min(SEED_POINTS_PER_CENTRE * k, (limit // 2) // (4 * width + 4 * k)))
+    per_block, sample = budget(limit, width, k)
+    blocks = UnitBlocks(ctx, canonical=canonicalize, rows_per_block=per_block)
     with ctx.lock:
         ctx.streamed.append(ctx.module)
     with ctx.timed("kmeans"):

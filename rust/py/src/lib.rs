@@ -57,6 +57,10 @@ fn _panic_in_worker(py: Python<'_>) -> PyResult<()> {
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add(
+        "SEED_POINTS_PER_CENTRE",
+        rankwise_core::kmeans::SEED_POINTS_PER_CENTRE,
+    )?;
     m.add_class::<files::MappedFiles>()?;
     m.add_function(wrap_pyfunction!(files::write_safetensors, m)?)?;
     m.add_function(wrap_pyfunction!(kmeans::kmeans, m)?)?;

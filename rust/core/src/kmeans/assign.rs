@@ -8,7 +8,7 @@
 use rayon::prelude::*;
 
 use super::lloyd::{assigned_distances, pass, NONE};
-use super::{cluster, is_neg};
+use super::{cluster, is_neg, NEG};
 use crate::error::{Error, Result};
 
 /// Result of [`assign`].
@@ -45,7 +45,7 @@ pub fn assign(x: &[f32], n: usize, d: usize, centres: &[f32], si: bool) -> Resul
         });
     }
     let k = centres.len() / d;
-    if si && k >= (1 << 31) {
+    if si && k >= NEG as usize {
         return Err(Error::InvalidArgument {
             reason: "k must be below 2^31 in sign-invariant mode".into(),
         });
