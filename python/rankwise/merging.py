@@ -81,6 +81,9 @@ def merge(
     same bytes as the local merge. ``memory_limit``: bytes one module may take (an int or e.g.
     ``"64MB"``, ``"2GiB"``; default half the available RAM, ``rankwise.memory``): LEGO streams a
     module whose unit matrix would exceed it (``merge_info["streamed"]`` lists them).
+    ``merge_info["timings"]``: seconds per phase, summed over the modules; where modules run at
+    once (several core threads, or Ray tasks) that is thread-seconds, up to that many times
+    the wall time.
     """
     if executor not in ("local", "ray"):
         raise OptionError(f"executor must be 'local' or 'ray', got {executor!r}")
