@@ -387,13 +387,17 @@ def test_modules_run_at_once_on_a_resident_pool_with_the_same_bytes(
     pool = rw.AdapterPool.load(write_pool(tmp_path, 4, modules=6, d=48, rank=4, seed=5))
     assert not pool.streams
     names: set[str] = set()
-    real = lego_module.kmeans
 
-    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
-        names.add(threading.current_thread().name)
-        return real(*args, **kwargs)
+    def spying(real):  # type: ignore[no-untyped-def]
+        def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+            names.add(threading.current_thread().name)
+            return real(*args, **kwargs)
 
-    monkeypatch.setattr(lego_module, "kmeans", spy)
+        return spy
+
+    # small modules cluster from their unit Grams (kmeans_gram), others from the rows
+    monkeypatch.setattr(lego_module, "kmeans", spying(lego_module.kmeans))
+    monkeypatch.setattr(lego_module, "kmeans_gram", spying(lego_module.kmeans_gram))
     try:
         rw.set_num_threads(1)
         want = rw.merge(pool, "lego", rank=6)

@@ -20,10 +20,13 @@ __all__ = [
     "delta_gram",
     "get_num_threads",
     "gram_top_k",
+    "grams_sq_norm",
     "hungarian",
     "kmeans",
     "kmeans_assign",
+    "kmeans_gram",
     "set_num_threads",
+    "unit_grams",
     "units_sq_norm",
     "write_safetensors",
 ]
@@ -89,6 +92,16 @@ def kmeans_assign(
     npt.NDArray[np.int64],
     npt.NDArray[np.float64],
 ]: ...
+def kmeans_gram(
+    g: npt.NDArray[np.float32],
+    d: int,
+    k: int,
+    n_init: int = 1,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    seed: int = 0,
+    sign_invariant: bool = False,
+) -> tuple[npt.NDArray[np.int64], float, int, npt.NDArray[np.float32]]: ...
 def cluster_means(
     x: npt.NDArray[np.float32],
     labels: npt.NDArray[np.int64],
@@ -106,6 +119,10 @@ def gram_top_k(
     parallel: bool = False,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None: ...
 def units_sq_norm(units: npt.NDArray[np.float32], d_out: int, p: npt.NDArray[np.float64]) -> float: ...
+def unit_grams(
+    units: npt.NDArray[np.float32], d_out: int
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
+def grams_sq_norm(gb: npt.NDArray[np.float32], ga: npt.NDArray[np.float32], p: npt.NDArray[np.float64]) -> float: ...
 def hungarian(cost: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]: ...
 def align_factors(
     pairs: list[

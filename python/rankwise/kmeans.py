@@ -52,6 +52,38 @@ def kmeans(
     return KMeansResult(c, labels, float(inertia), int(n_iter), signs)
 
 
+class GramKMeansResult(NamedTuple):
+    labels: np.ndarray  # (n,) int64
+    inertia: float
+    n_iter: int
+    signs: np.ndarray  # (n,) float32 ±1
+
+
+def kmeans_gram(
+    g: np.ndarray,
+    k: int,
+    *,
+    d: int,
+    n_init: int = 1,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    seed: int = 0,
+    sign_invariant: bool = False,
+) -> GramKMeansResult:
+    """:func:`kmeans` of n points of width ``d`` given only their Gram matrix ``g`` (n × n,
+    symmetric): the same k-means++ seeding (exact distances, all points) and Lloyd loop, the
+    centres kept as combinations of points, so each iteration costs n² instead of n·k·d
+    (rust/core/src/kmeans/gram.rs). Equal to ``kmeans`` without its seeding projection up to
+    float rounding; no centroids (form them from the labels)."""
+    g = np.ascontiguousarray(g, dtype=np.float32)
+    if g.ndim != 2 or g.shape[0] != g.shape[1]:
+        raise OptionError(f"g must be a square n × n matrix, got shape {g.shape}")
+    labels, inertia, n_iter, signs = _core.kmeans_gram(
+        g, int(d), int(k), n_init, max_iter, float(tol), int(seed), bool(sign_invariant)
+    )
+    return GramKMeansResult(labels, float(inertia), int(n_iter), signs)
+
+
 def sign_invariant_kmeans(
     x: np.ndarray,
     k: int,

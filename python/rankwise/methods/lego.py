@@ -37,12 +37,12 @@ import numpy as np
 from .. import _core
 from .. import peft_format as pf
 from ..errors import OptionError
-from ..kmeans import kmeans
+from ..kmeans import kmeans, kmeans_gram
 from ..pool import AdapterPool
 from ..threads import single_threaded_blas
 from .aligned import aligned_init
 from .contract import Factors, ModuleContext, register_method
-from .lego_projection import NORMS, project
+from .lego_projection import NORMS, grams_are_cheap, project
 from .lego_streamed import lego_streamed, must_stream
 
 FEATURES = ("raw", "normalized")
@@ -164,26 +164,37 @@ def lego(
         del units
     elif init is not None:
         raise OptionError(f"init must be None or 'aligned', got {init!r}")
+    projecting = assembly in ("projection", "projection-norm")
+    grams = None
     with ctx.timed("kmeans"):
         # With canonicalize, a unit and its negation are the same rank-one update, and no per-unit
         # sign rule is stable under noise, so canonical units are clustered modulo sign; members
         # then count in their centroid's orientation (b, a) -> (-b, -a), which keeps every delta.
-        r = kmeans(
-            x,
-            k,
-            n_init=1 if init_c is not None else n_init,
-            max_iter=max_iter,
-            tol=tol,
-            seed=seed,
-            init=init_c,
-            sign_invariant=canonicalize,
-        )
+        if projecting and norms is not None and init_c is None and grams_are_cheap(*x.shape):
+            # The unit Grams the exact target norm needs anyway: their sum is the Gram of the
+            # normalized features, and k-means from it costs n² an iteration instead of n·k·width.
+            grams = _core.unit_grams(x, d_out)
+            r = kmeans_gram(
+                grams[0] + grams[1], k, d=x.shape[1], n_init=n_init, max_iter=max_iter, tol=tol,
+                seed=seed, sign_invariant=canonicalize,
+            )  # fmt: skip
+        else:
+            r = kmeans(
+                x,
+                k,
+                n_init=1 if init_c is not None else n_init,
+                max_iter=max_iter,
+                tol=tol,
+                seed=seed,
+                init=init_c,
+                sign_invariant=canonicalize,
+            )
     with ctx.timed("assemble"), single_threaded_blas():
         # Centroids are the means of the raw member units (whatever features were clustered).
         # numpy's BLAS on one thread: its products here are small, and its spinning workers
         # would slow the core's next call (threads.single_threaded_blas).
         cent, counts, norm_b, norm_a = _core.cluster_means(x, r.labels, r.signs, k, d_out, norms)
-        if assembly in ("projection", "projection-norm"):
+        if projecting:
             probe_seed = np.random.SeedSequence([seed, ctx.index])
             return project(
                 x,
@@ -195,6 +206,7 @@ def lego(
                 norm=norm,
                 probes=norm_probes,
                 seed=int(probe_seed.generate_state(1)[0]),
+                grams=grams,
             )
         del x
         if assembly == "paper":

@@ -21,6 +21,12 @@ EXACT_NORM_WORK = 2**34
 NORMS = ("auto", "exact", "estimate")
 
 
+def grams_are_cheap(n: int, width: int) -> bool:
+    """Whether ``auto`` takes ‖T‖ from the n × n unit Grams (their work is within EXACT_NORM_WORK);
+    LEGO then clusters from the same Grams (kmeans_gram)."""
+    return n * n * width <= EXACT_NORM_WORK
+
+
 def orth_rows(rows: np.ndarray) -> np.ndarray:
     """An orthonormal basis (columns, float64) of the span of ``rows`` (k × d): the right
     singular vectors whose singular value is above k·ε·σ_max (rank-deficient directions dropped)."""
@@ -43,13 +49,15 @@ def project(
     norm: str = "auto",
     probes: int = 64,
     seed: int = 0,
+    grams: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Merged factors ``(A[k, d_in], B[d_out, k])`` (float32) of U C Vᵀ, optionally rescaled to ‖T‖.
 
     ``x``: the unit rows (raw, or part-normalized with ``norms`` = [‖b‖, ‖a‖] per row, as
     AdapterPool.unit_features gives them); ``cent``: the k centroid rows [b ; a]. The core is
     split by its SVD, C = P S Qᵀ, into B = U P √S and A = √S Qᵀ Vᵀ (balanced factors); columns
-    beyond the rank of the bases are zero.
+    beyond the rank of the bases are zero. ``grams``: the unit Grams (G_b, G_a) of ``x`` when
+    the caller has them (``_core.unit_grams``), for the exact norm.
     """
     d_in = x.shape[1] - d_out
     u = orth_rows(cent[:, :d_out])
@@ -60,7 +68,7 @@ def project(
     core = pb.T @ pa  # Uᵀ T V
     p, s, qt = core_svd(core)
     if restore_norm:
-        s = s * _norm_factor(x, norms, d_out, v, pa, float(np.sum(s**2)), norm, probes, seed)
+        s = s * _norm_factor(x, norms, d_out, v, pa, float(np.sum(s**2)), norm, probes, seed, grams)
     return balanced_factors(p, s, qt, u, v, k, d_out, d_in)
 
 
@@ -96,16 +104,19 @@ def target_sq_norm(
     norm: str = "auto",
     probes: int = 64,
     seed: int = 0,
+    grams: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> float:
     """‖T‖_F² for T = X_bᵀ X_a: exactly as pᵀ (G_b ∘ G_a) p from the unit Grams (``exact``, or
-    ``auto`` when the Gram work is at most EXACT_NORM_WORK), else ‖T V‖² (exact, V the
+    ``auto`` when the Gram work is at most EXACT_NORM_WORK; ``grams`` when given), else ‖T V‖² (exact, V the
     orthonormal a basis, ``pa`` = X_a V) plus the mean of ‖T (I − V Vᵀ) g‖² over ``probes``
     Gaussian g drawn from ``seed`` (unbiased; deterministic by seed)."""
     n, width = x.shape
     xb, xa = x[:, :d_out], x[:, d_out:]
-    if norm == "exact" or (norm == "auto" and n * n * width <= EXACT_NORM_WORK):
+    if norm == "exact" or (norm == "auto" and grams_are_cheap(n, width)):
         # pᵀ (G_b ∘ G_a) p in the core: both Grams at once on its thread pool, GIL released.
         p = np.ones(n) if norms is None else norms[:, 0].astype(np.float64) * norms[:, 1]
+        if grams is not None:
+            return _core.grams_sq_norm(grams[0], grams[1], p)
         return _core.units_sq_norm(np.ascontiguousarray(x, dtype=np.float32), d_out, p)
     nb = None if norms is None else norms[:, 0].astype(np.float64)
     tv = cols_times(xb, pa, nb)  # T V = X_bᵀ (X_a V), d_out × k_a
@@ -125,11 +136,13 @@ def _norm_factor(
     norm: str,
     probes: int,
     seed: int,
+    grams: tuple[np.ndarray, np.ndarray] | None,
 ) -> float:
     """‖T‖ / ‖C‖, at least 1 (a projection is never longer than its target); 1 when C is 0."""
     if not core_sq > 0:
         return 1.0
-    return norm_ratio(target_sq_norm(x, norms, d_out, v, pa, norm=norm, probes=probes, seed=seed), core_sq)
+    t_sq = target_sq_norm(x, norms, d_out, v, pa, norm=norm, probes=probes, seed=seed, grams=grams)
+    return norm_ratio(t_sq, core_sq)
 
 
 def norm_ratio(t_sq: float, core_sq: float) -> float:

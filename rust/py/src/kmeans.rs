@@ -6,7 +6,9 @@ use pyo3::prelude::*;
 
 use crate::arrays::{c_order, int_arg, invalid, size_arg};
 use crate::run::run;
-use rankwise_core::kmeans::{assign as core_assign, kmeans as core_kmeans, KMeansParams};
+use rankwise_core::kmeans::{
+    assign as core_assign, kmeans as core_kmeans, kmeans_gram as core_kmeans_gram, KMeansParams,
+};
 
 type KMeansOut<'py> = (
     Bound<'py, PyArray2<f32>>,
@@ -111,5 +113,56 @@ pub fn kmeans_assign<'py>(
         sums.into_pyarray(py),
         PyArray1::from_vec(py, a.counts),
         PyArray1::from_vec(py, a.dist),
+    ))
+}
+
+type GramOut<'py> = (
+    Bound<'py, PyArray1<i64>>,
+    f64,
+    usize,
+    Bound<'py, PyArray1<f32>>,
+);
+
+/// k-means of n points of width `d` from their Gram matrix `g` (n × n, float32, symmetric):
+/// returns `(labels n, inertia, n_iter, signs n)`, as `kmeans` with `seed_projection=False` in
+/// exact arithmetic (rust/core/src/kmeans/gram.rs). GIL released, interruptible.
+#[pyfunction]
+#[pyo3(signature = (g, d, k, n_init=1, max_iter=300, tol=1e-4, seed=0, sign_invariant=false))]
+#[allow(clippy::too_many_arguments)]
+pub fn kmeans_gram<'py>(
+    py: Python<'py>,
+    g: PyReadonlyArray2<'py, f32>,
+    d: i128,
+    k: i128,
+    n_init: i128,
+    max_iter: i128,
+    tol: f64,
+    seed: i128,
+    sign_invariant: bool,
+) -> PyResult<GramOut<'py>> {
+    let n = g.shape()[0];
+    if g.shape()[1] != n {
+        return Err(invalid(format!(
+            "the Gram matrix must be square, got shape {:?}",
+            g.shape()
+        )));
+    }
+    let params = KMeansParams {
+        k: size_arg(k, "k", 1)?,
+        n_init: size_arg(n_init, "n_init", 1)?,
+        max_iter: size_arg(max_iter, "max_iter", 1)?,
+        tol,
+        seed: int_arg(seed, "seed", 0, u64::MAX)?,
+        sign_invariant,
+        ..KMeansParams::default()
+    };
+    let d = size_arg(d, "d", 1)?;
+    let gs = c_order(&g);
+    let res = run(py, || core_kmeans_gram(&gs, n, d, &params))?;
+    Ok((
+        PyArray1::from_vec(py, res.labels),
+        res.inertia,
+        res.n_iter,
+        PyArray1::from_vec(py, res.signs),
     ))
 }

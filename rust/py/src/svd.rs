@@ -66,19 +66,3 @@ pub fn top_k_arrays<'py>(
     let vh = Array2::from_shape_vec((k, d_in), vh).map_err(|e| invalid(e.to_string()))?;
     Ok(Some((us.into_pyarray(py), vh.into_pyarray(py))))
 }
-
-/// `‖Σ_i p_i·b_i·a_iᵀ‖_F²` of the rows `[b_i ; a_i]` of `units` (R × (d_out + d_in), float32)
-/// from the two R × R Gram matrices (rust/core/src/linalg/target_norm.rs), GIL released.
-#[pyfunction]
-pub fn units_sq_norm<'py>(
-    py: Python<'py>,
-    units: PyReadonlyArray2<'py, f32>,
-    d_out: usize,
-    p: PyReadonlyArray1<'py, f64>,
-) -> PyResult<f64> {
-    let n = units.shape()[0];
-    let (u, ps) = (c_order(&units), c_order(&p));
-    run_quick(py, || {
-        rankwise_core::linalg::target_norm::units_sq_norm(&u, n, d_out, &ps)
-    })
-}

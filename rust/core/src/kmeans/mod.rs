@@ -4,7 +4,8 @@
 //! the restarts; [`lloyd`] the iterations (assignment by GEMM, the distance cache, empty
 //! clusters); [`exact_sums`] the fixed-point cluster sums that make the centres independent of
 //! the thread count; [`seeding`] k-means++ (with a subsample and, for wide data, a random
-//! projection). The per-element kernels are `crate::simd`'s. `benches/RESULTS.md`
+//! projection); [`gram`] the same seeding and Lloyd loop from the points' Gram matrix (for n
+//! small next to d). The per-element kernels are `crate::simd`'s. `benches/RESULTS.md`
 //! (bench_kmeans) compares it with faiss and scikit-learn, and `rust/core/benches/kmeans.rs`
 //! times its phases.
 //!
@@ -48,6 +49,7 @@
 
 mod assign;
 mod exact_sums;
+mod gram;
 mod lloyd;
 mod seeding;
 #[cfg(test)]
@@ -63,6 +65,7 @@ use lloyd::lloyd;
 use seeding::{seed_kmeans_pp, SeedSpace};
 
 pub use assign::{assign, Assignment};
+pub use gram::{kmeans_gram, GramKMeansResult};
 pub use seeding::{SEED_POINTS_PER_CENTRE, SEED_PROJECTION_DIM};
 
 /// Parameters of [`kmeans`]. The defaults are scikit-learn's (`n_init = 1`).

@@ -123,10 +123,11 @@ pub(crate) fn seed_kmeans_pp(
         let pts = whole.get_or_insert_with(|| seed_points(x, n, d, r.as_deref()));
         let all = pts.y.as_deref().unwrap_or(x);
         match &idx {
-            None => kmeans_pp(all, &pts.norms, n, w, k, rng, si)?,
+            None => kmeans_pp(&SeedRows { s: all, m: n, w }, &pts.norms, k, rng, si)?,
             Some(idx) => {
                 let norms: Vec<f64> = idx.iter().map(|&i| pts.norms[i]).collect();
-                let local = kmeans_pp(&gather_rows(all, w, idx), &norms, m, w, k, rng, si)?;
+                let sub = gather_rows(all, w, idx);
+                let local = kmeans_pp(&SeedRows { s: &sub, m, w }, &norms, k, rng, si)?;
                 local.into_iter().map(|i| idx[i]).collect()
             }
         }
@@ -135,15 +136,8 @@ pub(crate) fn seed_kmeans_pp(
         let idx = idx.unwrap_or_default();
         let sample = gather_rows(x, d, &idx);
         let pts = seed_points(&sample, m, d, space.r.as_deref());
-        let local = kmeans_pp(
-            pts.y.as_deref().unwrap_or(&sample),
-            &pts.norms,
-            m,
-            w,
-            k,
-            rng,
-            si,
-        )?;
+        let s = pts.y.as_deref().unwrap_or(&sample);
+        let local = kmeans_pp(&SeedRows { s, m, w }, &pts.norms, k, rng, si)?;
         local.into_iter().map(|i| idx[i]).collect()
     };
     let mut centres = Vec::with_capacity(k * d);
@@ -201,27 +195,63 @@ fn project(x: &[f32], n: usize, d: usize, r: &[f32]) -> Vec<f32> {
     y
 }
 
-/// Greedy k-means++ (scikit-learn's) over the m rows of `s` (m × d) whose squared norms are
-/// `sn` (the exact norms, also when s is a projection): the indices of the k chosen rows.
-fn kmeans_pp(
-    s: &[f32],
+/// The dot products k-means++ needs: between the seeding points and a few candidates among
+/// them, by fixed blocks of points (so the bytes never depend on the threads).
+pub(crate) trait SeedDots: Sync {
+    /// Points per block.
+    fn block_rows(&self) -> usize;
+    /// What [`SeedDots::dots`] reads of the candidates (`cand`: point indices), built once per
+    /// seeding step.
+    fn pack(&self, cand: &[usize]) -> Vec<f32>;
+    /// `out[i·t + j] = p_{r0+i} · p_{cand[j]}` for the `mb` points from `r0` (`t = cand.len()`).
+    fn dots(&self, r0: usize, mb: usize, cand: &[usize], packed: &[f32], out: &mut [f32]);
+}
+
+/// Points as rows (m × w, row-major): one GEMM per block against the packed candidate rows.
+pub(crate) struct SeedRows<'a> {
+    pub(crate) s: &'a [f32],
+    pub(crate) m: usize,
+    pub(crate) w: usize,
+}
+
+impl SeedDots for SeedRows<'_> {
+    fn block_rows(&self) -> usize {
+        block_rows(self.m, self.w)
+    }
+    fn pack(&self, cand: &[usize]) -> Vec<f32> {
+        gather_rows(self.s, self.w, cand)
+    }
+    fn dots(&self, r0: usize, mb: usize, cand: &[usize], packed: &[f32], out: &mut [f32]) {
+        let w = self.w;
+        gemm_xct(
+            &self.s[r0 * w..(r0 + mb) * w],
+            mb,
+            w,
+            packed,
+            cand.len(),
+            out,
+        );
+    }
+}
+
+/// Greedy k-means++ (scikit-learn's) over the m points of `pts` whose squared norms are `sn`
+/// (the exact norms, also when the dot products come from a projection): the indices of the k
+/// chosen points.
+pub(crate) fn kmeans_pp(
+    pts: &impl SeedDots,
     sn: &[f64],
-    m: usize,
-    d: usize,
     k: usize,
     rng: &mut Xoshiro256,
     si: bool,
 ) -> Result<Vec<usize>> {
+    let m = sn.len();
     let trials = 2 + (k as f64).ln().floor() as usize;
     let mut chosen = Vec::with_capacity(k);
     let first = rng.below(m);
     chosen.push(first);
-    let first_row = &s[first * d..(first + 1) * d];
-    let (mut closest, pots) = candidate_distances(s, sn, m, d, first_row, &[sn[first]], None, si);
+    let (mut closest, pots) = candidate_distances(pts, sn, &[first], None, si);
     let mut pot = pots[0];
     let mut cumsum = vec![0f64; m];
-    let mut cand = vec![0f32; trials * d];
-    let mut cn = vec![0f64; trials];
     let mut ids = vec![0usize; trials];
     for _ in 1..k {
         check_cancelled()?;
@@ -230,13 +260,11 @@ fn kmeans_pp(
             acc += v;
             *cs = acc;
         }
-        for (t, id) in ids.iter_mut().enumerate() {
+        for id in ids.iter_mut() {
             let r = rng.next_f64() * pot;
             *id = cumsum.partition_point(|&v| v < r).min(m - 1);
-            cand[t * d..(t + 1) * d].copy_from_slice(&s[*id * d..(*id + 1) * d]);
-            cn[t] = sn[*id];
         }
-        let (dist, pots) = candidate_distances(s, sn, m, d, &cand, &cn, Some(&closest), si);
+        let (dist, pots) = candidate_distances(pts, sn, &ids, Some(&closest), si);
         let mut best = 0;
         for (t, &p) in pots.iter().enumerate() {
             if p < pots[best] {
@@ -252,23 +280,21 @@ fn kmeans_pp(
     Ok(chosen)
 }
 
-/// For candidates `cand` (t × d) with squared norms `cn`: `dist[i·t + j] = min(closest[i],
-/// sn_i + cn_j − 2·s_i·cand_j)` (clamped ≥ 0; without the min when `closest` is None) and each
+/// For candidate points `cand`: `dist[i·t + j] = min(closest[i], sn_i + sn_{cand_j} −
+/// 2·p_i·p_{cand_j})` (clamped ≥ 0; without the min when `closest` is None) and each
 /// candidate's potential `Σ_i dist[i·t + j]`, reduced over blocks in a fixed order. With `si`,
 /// the dot product's absolute value.
-#[allow(clippy::too_many_arguments)]
 fn candidate_distances(
-    s: &[f32],
+    pts: &impl SeedDots,
     sn: &[f64],
-    m: usize,
-    d: usize,
-    cand: &[f32],
-    cn: &[f64],
+    cand: &[usize],
     closest: Option<&[f64]>,
     si: bool,
 ) -> (Vec<f64>, Vec<f64>) {
-    let t = cand.len() / d;
-    let rows = block_rows(m, d);
+    let (m, t) = (sn.len(), cand.len());
+    let cn: Vec<f64> = cand.iter().map(|&c| sn[c]).collect();
+    let packed = pts.pack(cand);
+    let rows = pts.block_rows();
     let mut dist = vec![0f64; m * t];
     let partial: Vec<Vec<f64>> = dist
         .par_chunks_mut(rows * t)
@@ -277,7 +303,7 @@ fn candidate_distances(
             let r0 = b * rows;
             let mb = out.len() / t;
             dots.resize(mb * t, 0.0);
-            gemm_xct(&s[r0 * d..(r0 + mb) * d], mb, d, cand, t, dots);
+            pts.dots(r0, mb, cand, &packed, dots);
             let mut pots = vec![0f64; t];
             for (i, (o, p)) in out
                 .chunks_exact_mut(t)
