@@ -88,3 +88,33 @@ def test_sign_invariant_kmeans_groups_units_with_either_sign() -> None:
     # ... and within each cluster, sign·flip is constant (members oriented alike).
     for c in range(5):
         assert len(set((signs * flips)[labels == c].tolist())) == 1
+
+
+def test_kmeans_gram_equals_the_row_path_on_unit_features() -> None:
+    """LEGO's small-module route: k-means from the summed unit Grams gives the row path's labels
+    and signs (exact seeding, as the Gram route seeds), and the Grams and the target norm from
+    them match numpy."""
+    from rankwise import _core
+    from rankwise.kmeans import kmeans_gram
+
+    rng = np.random.default_rng(3)
+    d_out, d_in, n = 24, 20, 90
+    protos = rng.standard_normal((6, d_out + d_in))
+    x = protos[np.arange(n) % 6] * rng.choice([-1.0, 1.0], (n, 1)) + 0.2 * rng.standard_normal((n, d_out + d_in))
+    x = x.astype(np.float32)
+    gb, ga = _core.unit_grams(x, d_out)
+    xd = x.astype(np.float64)
+    np.testing.assert_allclose(gb, xd[:, :d_out] @ xd[:, :d_out].T, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(ga, xd[:, d_out:] @ xd[:, d_out:].T, rtol=1e-5, atol=1e-4)
+    p = rng.uniform(0.5, 2.0, n)
+    t = (xd[:, :d_out] * p[:, None]).T @ xd[:, d_out:]
+    assert _core.grams_sq_norm(gb, ga, p) == pytest.approx(float(np.sum(t**2)), rel=1e-5)
+    for si in (False, True):
+        got = kmeans_gram(gb + ga, 6, d=x.shape[1], n_init=3, max_iter=100, seed=4, sign_invariant=si)
+        _, labels, inertia, n_iter, signs = _core.kmeans(x, 6, 3, 100, 1e-4, 4, None, si, True, False)
+        np.testing.assert_array_equal(got.labels, labels)
+        np.testing.assert_array_equal(got.signs, signs)
+        assert got.n_iter == n_iter
+        assert got.inertia == pytest.approx(inertia, rel=1e-5)
+    with pytest.raises(rw.RankwiseError):
+        kmeans_gram(np.full((3, 3), np.nan, dtype=np.float32), 2, d=4)

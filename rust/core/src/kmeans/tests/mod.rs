@@ -2,6 +2,7 @@
 //! no GEMM, no threads), and its invariants: the same bytes at any thread count, with or
 //! without the distance cache, and across restarts.
 
+mod gram;
 mod lloyd;
 mod seeding;
 mod sign_invariant;
