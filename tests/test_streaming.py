@@ -222,6 +222,18 @@ def test_auto_seeding_takes_the_sample_when_it_holds_the_cores_subsample(tmp_pat
     np.testing.assert_allclose(st.centroids, mem.centroids, atol=1e-5)
 
 
+def test_auto_seeding_switches_at_min_sample_per_centre() -> None:
+    """auto: the uniform sample from MIN_SAMPLE_PER_CENTRE·k rows on, k-means|| below (same bytes)."""
+    from rankwise.streaming_kmeans import MIN_SAMPLE_PER_CENTRE
+
+    x, _ = planted(5, n=900)
+    k, edge = 10, MIN_SAMPLE_PER_CENTRE * 10
+    for rows, want in ((edge, "sample"), (edge - 1, "parallel")):
+        auto = streaming_kmeans(ArrayBlocks(x, 100), k, sample_rows=rows, n_init=2, seed=3)
+        ref = streaming_kmeans(ArrayBlocks(x, 100), k, sample_rows=rows, n_init=2, seed=3, seeding=want)
+        np.testing.assert_array_equal(auto.centroids, ref.centroids)
+
+
 @pytest.mark.parametrize("si", [False, True])
 def test_weighted_kmeans_is_a_weighted_lloyd_fixed_point(si: bool) -> None:
     """Converged (tol 0): each centre is the weighted mean of its members, oriented to it (numpy)."""

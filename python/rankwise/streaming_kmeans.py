@@ -26,6 +26,9 @@ from .threads import single_threaded_blas
 #: The core's k-means++ subsample per centre (rust/core/src/kmeans/seeding.rs): the seeding
 #: sample is at least this many rows per centre when the memory budget allows.
 SEED_POINTS_PER_CENTRE: int = _core.SEED_POINTS_PER_CENTRE
+#: Fewest sample rows per centre that the uniform-sample seeding takes (faiss's
+#: ``min_points_per_centroid``, below which it warns); with fewer, k-means|| seeds instead.
+MIN_SAMPLE_PER_CENTRE = 39
 
 
 class RowBlocks(Protocol):
@@ -62,11 +65,10 @@ def streaming_kmeans(
 
     ``seeding``: ``"sample"`` clusters a seeded uniform sample of ``sample_rows`` rows (at least
     k) in memory with the core's k-means; ``"parallel"`` is k-means|| (``kmeans_parallel``);
-    ``"auto"``: the sample when it holds the core's own seeding subsample (min(n,
-    SEED_POINTS_PER_CENTRE·k) rows), else k-means||. Restarts: each of the ``n_init`` seeds gives a
-    centre set, all scored in one streamed pass on the full data, the lowest inertia kept
-    (lowest restart on ties); a sample of all n rows is the core's k-means itself (its restarts
-    are scored on all rows already)."""
+    ``"auto"``: the sample when it holds min(n, MIN_SAMPLE_PER_CENTRE·k) rows, else k-means||.
+    Restarts: each of the ``n_init`` seeds gives a centre set, all scored in one streamed pass on
+    the full data, the lowest inertia kept (lowest restart on ties); a sample of all n rows is
+    the core's k-means itself (its restarts are scored on all rows already)."""
     n, d = blocks.n, blocks.d
     if not 1 <= k <= n:
         raise OptionError(f"k must be in [1, n = {n}], got {k}")
@@ -74,7 +76,7 @@ def streaming_kmeans(
         raise OptionError(f"seeding must be one of {SEEDINGS}, got {seeding!r}")
     m = min(n, max(int(sample_rows), k))
     if seeding == "auto":
-        seeding = "sample" if m >= min(n, SEED_POINTS_PER_CENTRE * k) else "parallel"
+        seeding = "sample" if m >= min(n, MIN_SAMPLE_PER_CENTRE * k) else "parallel"
     if init is not None:
         seeding, m = "init", 0
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5A3B1E]))

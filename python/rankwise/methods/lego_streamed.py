@@ -8,8 +8,8 @@ n²·(d_out + d_in) is at most EXACT_NORM_WORK, is pᵀ (G_b ∘ G_a) p summed o
 (each pair's Grams rows_a × rows_b), so both paths agree to float rounding.
 
 Budget split of the limit: a quarter for a block, half for the seeding (a uniform sample of at
-most SEED_POINTS_PER_CENTRE·k rows, at least k, or k-means||'s candidates, ~1 + 10k rows, when
-that sample does not fit; freed before the Lloyd passes), the rest for the per-point state
+most SEED_POINTS_PER_CENTRE·k rows, or k-means||'s candidates, ~1 + 10k rows, when fewer than
+MIN_SAMPLE_PER_CENTRE·k rows fit; freed before the Lloyd passes), the rest for the per-point state
 (labels, signs, distances, k-means||'s D² and nearest candidate: 36 bytes a unit) and the
 k-row working arrays. A single adapter larger than a block still makes one block, and
 k-means||'s candidates are held whatever the limit: either exceeds a limit that small.
