@@ -2,6 +2,11 @@
 
     python benches/bench_scale.py --write            # 500 x llama-7b-qv and 2000 x small
     python benches/bench_scale.py --quick            # 50 adapters of each (smoke test)
+    python benches/bench_scale.py --stream-only --write   # the streamed rows (memory_limit) alone
+
+Streaming rows (``--stream``, each ``shape:n:rank:limit``): whole merges forced onto LEGO's
+streamed path by ``memory_limit``, measured by ``_stream_rows.py`` (one child a row; their own
+section, ``bench_scale_stream``, so the two can be rerun apart).
 
 Each configuration (pool, k, canonicalize, warm/cold cache) runs in a fresh process, so that
 each has its own peak RSS. The child splits the wall time into load (``AdapterPool.load``,
@@ -38,6 +43,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C
+import _stream_rows
 
 PHASES = ("load", "units", "kmeans", "assemble", "other", "write")
 
@@ -219,6 +225,9 @@ def main() -> None:
     p.add_argument("--cold", default="big,small", help="pools to add a cold-cache run to (first k, first canon)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="50 adapters of each pool, k=16 only")
+    p.add_argument("--stream", default="llama-7b-qv:500:16:64MB,small:10000:4:64MB",
+                   help="streamed rows, shape:n:rank:memory_limit (comma-separated; empty: none)")  # fmt: skip
+    p.add_argument("--stream-only", action="store_true", help="run the streamed rows alone")
     p.add_argument("--write", action="store_true", help="replace the bench_scale section of RESULTS.md")
     p.add_argument("--from-json", type=Path, nargs="+", help="render (--write) results runs saved, no measuring")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -234,6 +243,7 @@ def main() -> None:
     if args.from_json:
         saves = [json.loads(f.read_text()) for f in args.from_json]
         saved = {**saves[0], "results": [r for sv in saves for r in sv["results"]]}
+        saved["stream"] = [r for sv in saves for r in sv.get("stream", [])]
         saved["command"] = " && ".join(sv["command"] for sv in saves)
         saved["seconds"] = sum(sv["seconds"] for sv in saves)
         note = f"; this section rendered from the results they saved by `{C.command_line()}`"
@@ -241,6 +251,8 @@ def main() -> None:
         return
     if args.quick:
         args.big_n, args.small_n, args.ks = min(args.big_n, 50), min(args.small_n, 50), "16"
+    if args.stream_only:
+        args.big_n = args.small_n = 0
     saved = measure(args)
     (C.POOLS / "bench_scale_last.json").write_text(json.dumps(saved))
     print(f"results saved to {C.POOLS / 'bench_scale_last.json'} (re-render: --from-json)", file=sys.stderr)
@@ -275,12 +287,22 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             label = f"{n} × `{shape}` ({r['gb_on_disk']:.2f} GB)"
             print(f"{label} {cfg}: {json.dumps(r)}", file=sys.stderr, flush=True)
             results.append((label, cfg, r))
+    stream = []
+    for spec in filter(None, args.stream.split(",")):
+        shape, n, rank, limit = spec.split(":")
+        r = _stream_rows.run_row(shape, int(n), int(rank), limit, args.threads)
+        print(f"streamed {spec}: {json.dumps(r)}", file=sys.stderr, flush=True)
+        stream.append(r)
     return {"command": C.command_line(), "machine": machine, "seconds": time.perf_counter() - t_start,
-            "threads": args.threads, "pools": str(C.POOLS), "results": results}  # fmt: skip
+            "threads": args.threads, "pools": str(C.POOLS), "results": results, "stream": stream}  # fmt: skip
 
 
 def render(saved: dict[str, Any], write: bool, rendered: str = "") -> None:
+    if saved.get("stream"):
+        render_stream(saved, write, rendered)
     results = saved["results"]
+    if not results:
+        return
     table = C.md_table(HEADERS, [_row(lbl, c, r) for lbl, c, r in results])
     print(table)
     if not write:
@@ -317,6 +339,26 @@ def render(saved: dict[str, Any], write: bool, rendered: str = "") -> None:
     )
     C.write_section("bench_scale", section)
     print(f"wrote the bench_scale section of {C.RESULTS}", file=sys.stderr)
+
+
+def render_stream(saved: dict[str, Any], write: bool, rendered: str = "") -> None:
+    rows = saved["stream"]
+    table = _stream_rows.table(rows)
+    print(table)
+    if not write:
+        return
+    raw = "\n".join(f"- `{json.dumps(r)}`" for r in rows)
+    section = (
+        "### bench_scale: the streamed path (memory_limit)\n\n"
+        f"Command: `{saved['command']}` ({saved['seconds']:.0f} s in all; pools under "
+        f"`{saved.get('pools', '$RANKWISE_POOLS')}`){rendered}\n\n{saved['machine']}\n\n"
+        f"LEGO defaults (seed 0), the whole pool merged with every module over the limit, {saved['threads']} "
+        "threads; each row a fresh process (`benches/_stream_rows.py`).\n\n"
+        f"{table}\n\n{_stream_rows.BOUND}\n\n"
+        f"<details><summary>raw child results (JSON)</summary>\n\n{raw}\n\n</details>\n"
+    )
+    C.write_section("bench_scale_stream", section)
+    print(f"wrote the bench_scale_stream section of {C.RESULTS}", file=sys.stderr)
 
 
 def analysis(results: list[Any]) -> str:

@@ -4,7 +4,9 @@ peak RSS (sampled, mapped pages included), k-means share and the k-means inertia
     python benches/bench_stream.py --shape llama-7b-qv --n 500 --limit 64MB --save big.json
     python benches/bench_stream.py --render big.json small.json --write   # the RESULTS.md section
 
-Each path runs in a fresh child process (``--child``) so the peaks do not mix.
+Each path runs in a fresh child process (``--child``) so the peaks do not mix. Whole merges at a
+limit are bench_scale.py's streamed rows (``_stream_rows.py``); ``render`` still shows the
+"merge" rows of results saved before they moved there.
 """
 
 from __future__ import annotations
@@ -20,30 +22,6 @@ from typing import Any
 import numpy as np
 
 import _common as C
-
-
-def merge_child(args: argparse.Namespace) -> None:
-    """The whole pool merged with LEGO at the limit (every module streams when over it)."""
-    import rankwise as rw
-
-    C.set_threads(args.threads)
-    paths = C.ensure_pool(args.shape, args.n, rank=args.rank)
-    with C.RssPoller() as poll:
-        base = C._status_kbs("VmRSS")[0] / 1024
-        t0 = time.perf_counter()
-        poll.phase = "load"
-        pool = rw.AdapterPool.load(paths)
-        load = time.perf_counter() - t0
-        pool_mb = C._status_kbs("VmRSS")[0] / 1024
-        poll.phase = "merge"
-        merged = rw.merge(pool, "lego", seed=0, memory_limit=args.limit)
-        wall = time.perf_counter() - t0
-    info = merged.merge_info or {}
-    print(json.dumps({"mode": "merge", "wall_s": wall, "load_s": load, "timings": info.get("timings"),
-                      "rss_before_mb": base, "peak_rss_mb": poll.peak_rss_kb / 1024,
-                      "peak_anon_mb": poll.peak_anon_kb / 1024, "streamed": len(info.get("streamed", [])),
-                      "modules": len(pool.modules), "limit": info.get("memory_limit"), "phases": poll.phases,
-                      "rss_after_load_mb": pool_mb}))  # fmt: skip
 
 
 def inertia_child(args: argparse.Namespace) -> None:
@@ -120,7 +98,11 @@ def main() -> None:
     p.add_argument("--child", action="store_true")
     p.add_argument("--mode", default="stream")
     p.add_argument("--rank", type=int, default=16, help="rank of the pool's adapters")
-    p.add_argument("--modes", default="memory,stream,inertia,merge", help="what to run (comma-separated)")
+    p.add_argument(
+        "--modes",
+        default="memory,stream,inertia",
+        help="what to run (comma-separated; whole merges at a limit: bench_scale.py's streamed rows)",
+    )
     p.add_argument("--save", type=Path, default=None, help="write the results (JSON) here")
     p.add_argument("--render", type=Path, nargs="*", default=None, help="saved results to render")
     p.add_argument("--write", action="store_true", help="with --render: replace the RESULTS.md section")
@@ -130,7 +112,7 @@ def main() -> None:
     if args.render is not None:
         return render([json.loads(f.read_text()) for f in args.render], args.write, args.quality)
     if args.child:
-        return {"merge": merge_child, "inertia": inertia_child}.get(args.mode, child)(args)
+        return {"inertia": inertia_child}.get(args.mode, child)(args)
     res: dict[str, Any] = {"command": C.command_line(),
                            "shape": args.shape, "n": args.n, "rank": args.rank, "threads": args.threads}  # fmt: skip
     t_all = time.perf_counter()
@@ -181,8 +163,10 @@ def paper_estimate(big: dict[str, Any]) -> str:
 
 
 def quality_table(files: list[Path]) -> str:
-    """Scores of LEGO's projection assemblies in memory (the first file) and streamed (the others,
-    ``LABEL=FILE``), per pool and k, from bench_quality's --json."""
+    """LEGO's projection assemblies in memory (the first file) and streamed (the others,
+    ``LABEL=FILE``), from bench_quality's --json: per pool and configuration the in-memory mean
+    score over the merge seeds and the streamed − in-memory difference paired by seed (mean ±
+    its standard deviation over seeds), and per pool the mean difference over its configurations."""
     named = [(str(f).split("=", 1) if "=" in str(f) else (f.name, str(f))) for f in files]
     runs = [(label, json.loads(Path(path).read_text())) for label, path in named]
     key = lambda r: (r["pool"], r["label"], r["seed"])  # noqa: E731
@@ -192,19 +176,30 @@ def quality_table(files: list[Path]) -> str:
         if r["method"] == "lego" and r["options"].get("assembly") in ("projection", "projection-norm")
     ]
     others = [(label, {key(r): r for r in rs}) for label, rs in runs[1:]]
-    rows = [
-        [r["pool"], r["label"], f"{r['score']:.3f}", *(f"{o[key(r)]['score'] - r['score']:+.3f}" for _, o in others)]
-        for r in base
-    ]
-    worst = [max(abs(o[key(r)]["score"] - r["score"]) for r in base) for _, o in others]
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in base:
+        groups.setdefault((r["pool"], r["label"]), []).append(r)
+    seeds = max(len(g) for g in groups.values())
+    rows, per_pool = [], {}
+    for (pool, label), rs in groups.items():
+        cells = []
+        for i, (_, o) in enumerate(others):
+            d = np.array([o[key(r)]["score"] - r["score"] for r in rs])
+            per_pool.setdefault((pool, i), []).append(d.mean())
+            cells.append(f"{d.mean():+.4f} ± {d.std(ddof=1) if d.size > 1 else 0.0:.4f}")
+        rows.append([pool, label, f"{np.mean([r['score'] for r in rs]):.3f}", *cells])
+    pools = list(dict.fromkeys(p for p, _ in groups))
+    for pool in pools:
+        rows.append([pool, "**mean over configurations**", "",
+                     *(f"**{np.mean(per_pool[(pool, i)]):+.4f}**" for i in range(len(others)))])  # fmt: skip
+    worst = [max(abs(v) for (p, j), vs in per_pool.items() if j == i for v in vs) for i in range(len(others))]
     return (
-        "bench_quality (`--quick --no-lm --threads 1`, one merge seed) with LEGO's streamed path forced by "
-        f"`RANKWISE_QUALITY_STREAM` ({', '.join(label for label, _ in others)}): score in memory "
-        f"({runs[0][0]}; norm auto, exact at these sizes; the streamed path estimates the norm, and its seeding "
-        "sample is what the limit holds, k rows at 1KB) and the streamed score's difference (a different k-means "
-        "local optimum: compare the in-memory seed spread, ± up to 0.018 at k=r in the bench_quality section); "
-        "largest |difference| "
-        + ", ".join(f"{w:.3f}" for w in worst)
+        f"bench_quality (`--quick --no-lm --threads 1 --seeds {seeds}`) with LEGO's streamed path forced by "
+        f"`RANKWISE_QUALITY_STREAM` ({', '.join(label for label, _ in others)}): in-memory score (mean over "
+        f"{seeds} merge seeds; norm auto, exact at these sizes, and now in the streamed path too) and the "
+        "streamed − in-memory difference paired by seed, mean ± standard deviation over the seeds; the "
+        "largest |mean difference| of a configuration "
+        + ", ".join(f"{w:.4f}" for w in worst)
         + ".\n\n"
         + C.md_table(["pool", "configuration", f"in memory ({runs[0][0]})", *(label for label, _ in others)], rows)
     )

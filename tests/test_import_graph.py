@@ -116,7 +116,14 @@ def test_the_import_graph_is_a_dag() -> None:
     assert graph["rankwise.card"] <= set() and graph["rankwise.recipe"] <= {"rankwise.errors", "rankwise.memory"}
     # Memory budget on errors alone; the streaming k-means below the methods, beside kmeans.
     assert graph["rankwise.memory"] <= {"rankwise.errors"}
-    assert graph["rankwise.streaming_kmeans"] <= {"rankwise._core", "rankwise.errors", "rankwise.kmeans"}
+    assert graph["rankwise.streaming_kmeans"] <= {
+        "rankwise._core",
+        "rankwise.errors",
+        "rankwise.kmeans",
+        "rankwise.kmeans_parallel",
+        "rankwise.threads",
+    }
+    assert graph["rankwise.kmeans_parallel"] <= {"rankwise._core"}
     assert "rankwise.merging" not in graph["rankwise.methods.lego_streamed"]
     assert "rankwise.card" in graph["rankwise.adapter"]
 

@@ -12,10 +12,12 @@ import rankwise as rw
 from rankwise import _core
 from rankwise.adapter import Adapter
 from rankwise.kmeans import kmeans
+from rankwise.kmeans_parallel import row_uniforms, weighted_kmeans
 from rankwise.memory import default_memory_limit, memory_limit
 from rankwise.methods.contract import ModuleContext
-from rankwise.methods.lego_streamed import in_memory_bytes
-from rankwise.streaming_kmeans import SEED_POINTS_PER_CENTRE, streaming_kmeans
+from rankwise.methods.lego_streamed import blocks_sq_norm, in_memory_bytes
+from rankwise.methods.unit_blocks import UnitBlocks
+from rankwise.streaming_kmeans import SEED_POINTS_PER_CENTRE, _best, streaming_kmeans
 from raw_adapter import put_nan, write_pool
 
 
@@ -146,6 +148,121 @@ def test_streamed_kmeans_relocates_empty_clusters() -> None:
     assert np.isfinite(r.centroids).all()
 
 
+# --------------------------------------------------------------------------------- k-means||
+def planted(seed: int, *, clusters: int = 30, d: int = 12, n: int = 1500) -> tuple[np.ndarray, np.ndarray]:
+    """Rows around ``clusters`` well-separated centres (sizes 1:10 apart) and their centres."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, d)) * 10
+    sizes = rng.integers(1, 11, clusters).astype(float)
+    lab = rng.choice(clusters, n, p=sizes / sizes.sum())
+    return (centres[lab] + rng.standard_normal((n, d))).astype(np.float32), centres
+
+
+def numpy_inertia(x: np.ndarray, c: np.ndarray, si: bool = False) -> float:
+    x64, c64 = x.astype(np.float64), c.astype(np.float64)
+    d = ((x64[:, None, :] - c64[None]) ** 2).sum(-1)
+    if si:
+        d = np.minimum(d, ((x64[:, None, :] + c64[None]) ** 2).sum(-1))
+    return float(d.min(1).sum())
+
+
+def test_row_uniforms_are_per_row_and_uniform() -> None:
+    """The draw of a row depends on (seed, round, row) alone: any subset of rows gets the same
+    values; seeds and rounds give other streams; the values look uniform."""
+    idx = np.arange(20000)
+    u = row_uniforms(3, 1, idx)
+    np.testing.assert_array_equal(row_uniforms(3, 1, idx[5::7]), u[5::7])
+    assert not np.array_equal(row_uniforms(4, 1, idx), u) and not np.array_equal(row_uniforms(3, 2, idx), u)
+    assert u.min() >= 0 and u.max() < 1
+    counts = np.bincount((u * 10).astype(int), minlength=10)
+    assert np.all(np.abs(counts - 2000) < 5 * np.sqrt(2000))  # ±5 σ of a binomial
+    assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 0.03
+
+
+@pytest.mark.parametrize("si", [False, True])
+def test_parallel_seeding_beats_a_k_row_sample_on_planted_data(si: bool) -> None:
+    """A memory limit that holds k rows only: the uniform sample is then a random init, k-means||
+    stays k-means++-quality. Reference: the inertia of the planted centres (numpy)."""
+    worse = 0
+    for seed in range(4):
+        x, centres = planted(seed)
+        truth = numpy_inertia(x, centres, si)
+        kw = {"sample_rows": 30, "n_init": 3, "max_iter": 100, "seed": seed, "sign_invariant": si}
+        par = streaming_kmeans(ArrayBlocks(x, 128), 30, seeding="parallel", **kw)
+        uni = streaming_kmeans(ArrayBlocks(x, 128), 30, seeding="sample", **kw)
+        assert par.inertia <= 1.01 * truth, (seed, par.inertia / truth)
+        assert abs(numpy_inertia(x, par.centroids, si) - par.inertia) <= 1e-4 * par.inertia
+        assert par.inertia <= uni.inertia * (1 + 1e-9)
+        worse += uni.inertia > 1.05 * truth
+    assert worse >= 2  # the k-row sample does get stuck (what k-means|| is for)
+
+
+def test_parallel_seeding_same_bytes_across_threads_and_runs() -> None:
+    x, _ = planted(7, d=40)
+    runs = []
+    try:
+        for threads in (1, 2, 2):
+            rw.set_num_threads(threads)
+            runs.append(
+                streaming_kmeans(ArrayBlocks(x, 100), 20, sample_rows=20, n_init=3, seed=11, seeding="parallel")
+            )
+    finally:
+        rw.set_num_threads(0)
+    for r in runs[1:]:
+        np.testing.assert_array_equal(r.centroids, runs[0].centroids)
+        np.testing.assert_array_equal(r.labels, runs[0].labels)
+
+
+def test_auto_seeding_takes_the_sample_when_it_holds_the_cores_subsample(tmp_path: Path) -> None:
+    """A sample of all n rows is the core's in-memory k-means itself: same centres and labels."""
+    x, _ = planted(2, n=400)
+    mem = kmeans(x, 8, n_init=3, max_iter=100, seed=5)
+    st = streaming_kmeans(ArrayBlocks(x, 64), 8, sample_rows=400, n_init=3, max_iter=100, seed=5)
+    np.testing.assert_array_equal(st.labels, mem.labels)
+    np.testing.assert_allclose(st.centroids, mem.centroids, atol=1e-5)
+
+
+def test_auto_seeding_switches_at_min_sample_per_centre() -> None:
+    """auto: the uniform sample from MIN_SAMPLE_PER_CENTRE·k rows on, k-means|| below (same bytes)."""
+    from rankwise.streaming_kmeans import MIN_SAMPLE_PER_CENTRE
+
+    x, _ = planted(5, n=900)
+    k, edge = 10, MIN_SAMPLE_PER_CENTRE * 10
+    for rows, want in ((edge, "sample"), (edge - 1, "parallel")):
+        auto = streaming_kmeans(ArrayBlocks(x, 100), k, sample_rows=rows, n_init=2, seed=3)
+        ref = streaming_kmeans(ArrayBlocks(x, 100), k, sample_rows=rows, n_init=2, seed=3, seeding=want)
+        np.testing.assert_array_equal(auto.centroids, ref.centroids)
+
+
+@pytest.mark.parametrize("si", [False, True])
+def test_weighted_kmeans_is_a_weighted_lloyd_fixed_point(si: bool) -> None:
+    """Converged (tol 0): each centre is the weighted mean of its members, oriented to it (numpy)."""
+    rng = np.random.default_rng(1)
+    c = rng.standard_normal((200, 6))
+    w = rng.integers(1, 20, 200).astype(float)
+    cent = weighted_kmeans(c, w, 7, seed=3, si=si, max_iter=500, tol_abs=0.0).astype(np.float64)
+    dots = c @ cent.T
+    d = (c**2).sum(1)[:, None] + (cent**2).sum(1)[None] - 2 * (np.abs(dots) if si else dots)
+    lab = d.argmin(1)
+    sg = np.where(dots[np.arange(200), lab] < 0, -1.0, 1.0) if si else np.ones(200)
+    for j in range(7):
+        members = lab == j
+        assert members.any()
+        want = (w[members] * sg[members]) @ c[members] / w[members].sum()
+        np.testing.assert_allclose(cent[j], want, atol=1e-5)
+    again = weighted_kmeans(c, w, 7, seed=3, si=si, max_iter=500, tol_abs=0.0)
+    np.testing.assert_array_equal(again, cent.astype(np.float32))
+
+
+def test_restarts_are_scored_on_all_rows() -> None:
+    x, centres = planted(4, n=600)
+    rng = np.random.default_rng(0)
+    sets = [x[rng.choice(600, 30, replace=False)] for _ in range(4)] + [centres.astype(np.float32)]
+    got = _best(ArrayBlocks(x, 50), sets, False)
+    want = int(np.argmin([numpy_inertia(x, c) for c in sets]))
+    np.testing.assert_array_equal(got, sets[want])
+
+
 # ------------------------------------------------------------------------------- block source
 def test_unit_feature_blocks_are_the_rows_of_the_whole_matrix(tmp_path: Path) -> None:
     """Blocks with unequal and negative weights, canonical or not: the same bytes as the rows
@@ -184,6 +301,38 @@ def test_forced_stream_merge_is_close_to_the_in_memory_merge(tmp_path: Path) -> 
             dm, ds = mem.delta(m).astype(np.float64), st.delta(m).astype(np.float64)
             assert np.isfinite(ds).all()
             assert np.linalg.norm(ds - dm) <= 1e-4 * np.linalg.norm(dm), m
+
+
+def test_block_pair_norm_is_the_dense_norm(tmp_path: Path) -> None:
+    """blocks_sq_norm (block pairs, unequal blocks and weights, canonical or not) = ‖T‖_F² of
+    the dense target Σ w_j ΔW_j."""
+    pool = rw.AdapterPool.load(clustered_pool(tmp_path, 9, d=14, rank=3, protos=4))
+    w = np.array([0.5, -1.0, 2.0, 0.0, 1.5, 1.0, -0.25, 3.0, 0.1])
+    m = pool.modules[0]
+    want = float(np.sum(weighted_target(pool, m, w) ** 2))
+    for canonical, rows in ((False, 7), (True, 3), (True, 100)):
+        blocks = UnitBlocks(ModuleContext(pool, m, 0, w), canonical=canonical, rows_per_block=rows)
+        assert len(blocks) == -(-9 // max(1, rows // 3))  # whole adapters of 3 rows a block
+        assert abs(blocks_sq_norm(blocks, pool.shape(m)[0]) - want) <= 1e-5 * want
+
+
+def test_forced_stream_takes_the_same_norm_as_in_memory(tmp_path: Path) -> None:
+    """norm "auto" (exact at this size) and "exact": the streamed projection-norm merge is rescaled
+    to ‖T‖ (dense numpy) as the in-memory one is, to float rounding; "estimate" is not exact."""
+    pool = rw.AdapterPool.load(clustered_pool(tmp_path, 12, d=30, rank=3, protos=5, noise=0.3))
+    w = np.linspace(0.2, 1.8, 12)
+    for norm in ("auto", "exact", "estimate"):
+        opts = {"rank": 6, "seed": 1, "weights": w, "norm": norm, "norm_probes": 4}
+        st = rw.merge(pool, "lego", memory_limit=_forced(pool, 6), **opts)
+        mem = rw.merge(pool, "lego", **opts)
+        assert st.merge_info["streamed"] == pool.modules
+        for m in pool.modules:
+            t = np.linalg.norm(weighted_target(pool, m, w))
+            got, ref = np.linalg.norm(st.delta(m).astype(np.float64)), np.linalg.norm(mem.delta(m).astype(np.float64))
+            if norm == "estimate":
+                assert abs(got / t - 1) > 1e-4
+            else:
+                assert abs(got / t - 1) <= 1e-5 and abs(ref / t - 1) <= 1e-5, (norm, m, got / t, ref / t)
 
 
 def test_streamed_merge_with_every_unit_a_cluster_is_the_target(tmp_path: Path) -> None:
@@ -239,7 +388,6 @@ def test_streaming_rejects_what_it_cannot_stream(tmp_path: Path) -> None:
         ({"assembly": "paper"}, "streaming supports assembly"),
         ({"init": "aligned"}, "features='normalized' without init"),
         ({"features": "raw"}, "features='normalized' without init"),
-        ({"norm": "exact"}, "norm='exact' needs the n × n unit Grams"),
     ):
         with pytest.raises(rw.OptionError, match=match) as e:
             rw.merge(pool, "lego", rank=4, memory_limit=100, **opts)
