@@ -24,11 +24,11 @@ from ..errors import OptionError
 from ..streaming_kmeans import SEED_POINTS_PER_CENTRE, streaming_kmeans
 from .contract import Factors, ModuleContext
 from .lego_projection import (
-    EXACT_NORM_WORK,
     balanced_factors,
     cols_times,
     complement_probes,
     core_svd,
+    grams_are_cheap,
     norm_ratio,
     orth_rows,
     rows_times,
@@ -41,8 +41,10 @@ _KMEANS_CACHE_BYTES = 512 << 20
 
 def in_memory_bytes(n: int, width: int, k: int) -> int:
     """What the in-memory path holds for a module: the n × width float32 unit matrix and its
-    part norms, the k-means distance cache, and the assembly's two n × k float64 products."""
-    return 4 * n * width + 8 * n + min(4 * n * k, _KMEANS_CACHE_BYTES) + 16 * n * k
+    part norms, the k-means distance cache, the assembly's two n × k float64 products, and for
+    small modules the two n × n unit Grams and their sum (float32) that it clusters from."""
+    grams = 12 * n * n if grams_are_cheap(n, width) else 0
+    return 4 * n * width + 8 * n + min(4 * n * k, _KMEANS_CACHE_BYTES) + 16 * n * k + grams
 
 
 def must_stream(ctx: ModuleContext, k: int) -> bool:
@@ -111,7 +113,7 @@ def lego_streamed(
             k,
             d_out,
             restore_norm=assembly == "projection-norm",
-            exact=norm == "exact" or (norm == "auto" and blocks.n**2 * width <= EXACT_NORM_WORK),
+            exact=norm == "exact" or (norm == "auto" and grams_are_cheap(blocks.n, width)),
             probes=norm_probes,
             seed=probe_seed,
         )
