@@ -20,7 +20,7 @@ use rayon::prelude::*;
 
 use super::lloyd::NONE;
 use super::seeding::{kmeans_pp, SeedDots};
-use super::{cluster, is_neg, KMeansParams, NEG};
+use super::{cluster, is_neg, public_labels, signs_of, KMeansParams, NEG};
 use crate::error::{catch_panic, Error, Result};
 use crate::rng::{SplitMix64, Xoshiro256};
 use crate::threads::check_cancelled;
@@ -379,12 +379,9 @@ fn lloyd_gram(
     }
     let inertia = assigned_distances(gm, &dots, &labels).iter().sum();
     Ok(GramKMeansResult {
-        labels: labels.iter().map(|&l| cluster(l) as i64).collect(),
+        labels: public_labels(&labels),
         inertia,
         n_iter,
-        signs: labels
-            .iter()
-            .map(|&l| if is_neg(l) { -1.0 } else { 1.0 })
-            .collect(),
+        signs: signs_of(&labels),
     })
 }

@@ -20,7 +20,9 @@
 use rayon::prelude::*;
 
 use super::exact_sums::{ClusterSums, FixedPoint, Slots};
-use super::{block_rows, cluster, column_means, gemm_xct, is_neg, KMeansResult, NEG};
+use super::{
+    block_rows, cluster, column_means, gemm_xct, is_neg, public_labels, signs_of, KMeansResult, NEG,
+};
 use crate::error::Result;
 use crate::simd::{fx_accumulate, sq_dist_signed, sq_norm, Level};
 use crate::threads::check_cancelled;
@@ -103,13 +105,10 @@ pub(super) fn lloyd(
     debug_assert!(labels.iter().all(|&l| cluster(l) < k));
     Ok(KMeansResult {
         centroids: centres,
-        labels: labels.iter().map(|&l| cluster(l) as i64).collect(),
+        labels: public_labels(&labels),
         inertia,
         n_iter,
-        signs: labels
-            .iter()
-            .map(|&l| if is_neg(l) { -1.0 } else { 1.0 })
-            .collect(),
+        signs: signs_of(&labels),
     })
 }
 

@@ -137,6 +137,19 @@ pub(crate) fn is_neg(l: u32) -> bool {
     l & NEG != 0
 }
 
+/// The clusters of internal labels, as the results give them.
+pub(crate) fn public_labels(labels: &[u32]) -> Vec<i64> {
+    labels.iter().map(|&l| cluster(l) as i64).collect()
+}
+
+/// The orientation (±1) of each point that internal labels carry.
+pub(crate) fn signs_of(labels: &[u32]) -> Vec<f32> {
+    labels
+        .iter()
+        .map(|&l| if is_neg(l) { -1.0 } else { 1.0 })
+        .collect()
+}
+
 /// k-means of the `n × d` row-major matrix `x` (Lloyd, k-means++ seeding), on the current rayon
 /// pool. `init`: optional `k × d` initial centres; then `n_init` is forced to 1, as
 /// scikit-learn does.
