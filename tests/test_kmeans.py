@@ -116,5 +116,13 @@ def test_kmeans_gram_equals_the_row_path_on_unit_features() -> None:
         np.testing.assert_array_equal(got.signs, signs)
         assert got.n_iter == n_iter
         assert got.inertia == pytest.approx(inertia, rel=1e-5)
-    with pytest.raises(rw.RankwiseError):
+    with pytest.raises(rw.RankwiseError, match="non-finite value .* at row 0, column 0"):
         kmeans_gram(np.full((3, 3), np.nan, dtype=np.float32), 2, d=4)
+    with pytest.raises(rw.OptionError, match="square"):
+        kmeans_gram(np.zeros((3, 4), dtype=np.float32), 2, d=4)
+    with pytest.raises(rw.RankwiseError, match="larger than the n=3 points"):
+        kmeans_gram(np.eye(3, dtype=np.float32), 4, d=4)
+    with pytest.raises(rw.RankwiseError, match="d_out = 50"):
+        _core.unit_grams(x, 50)
+    with pytest.raises(rw.RankwiseError, match="for 89 row scales"):
+        _core.grams_sq_norm(gb, ga, p[1:])

@@ -10,6 +10,26 @@ use rankwise_core::kmeans::{
     assign as core_assign, kmeans as core_kmeans, kmeans_gram as core_kmeans_gram, KMeansParams,
 };
 
+/// The parameters both k-means calls take from Python (the rest at their defaults).
+fn params(
+    k: i128,
+    n_init: i128,
+    max_iter: i128,
+    tol: f64,
+    seed: i128,
+    sign_invariant: bool,
+) -> PyResult<KMeansParams> {
+    Ok(KMeansParams {
+        k: size_arg(k, "k", 1)?,
+        n_init: size_arg(n_init, "n_init", 1)?,
+        max_iter: size_arg(max_iter, "max_iter", 1)?,
+        tol,
+        seed: int_arg(seed, "seed", 0, u64::MAX)?,
+        sign_invariant,
+        ..KMeansParams::default()
+    })
+}
+
 type KMeansOut<'py> = (
     Bound<'py, PyArray2<f32>>,
     Bound<'py, PyArray1<i64>>,
@@ -39,10 +59,12 @@ pub fn kmeans<'py>(
     distance_cache: bool,
     seed_projection: bool,
 ) -> PyResult<KMeansOut<'py>> {
-    let k = size_arg(k, "k", 1)?;
-    let n_init = size_arg(n_init, "n_init", 1)?;
-    let max_iter = size_arg(max_iter, "max_iter", 1)?;
-    let seed = int_arg(seed, "seed", 0, u64::MAX)?;
+    let params = KMeansParams {
+        distance_cache,
+        seed_projection,
+        ..params(k, n_init, max_iter, tol, seed, sign_invariant)?
+    };
+    let k = params.k;
     let (n, d) = (x.shape()[0], x.shape()[1]);
     let xs = c_order(&x);
     let init_s = match &init {
@@ -54,16 +76,6 @@ pub fn kmeans<'py>(
         }
         Some(c) => Some(c_order(c)),
         None => None,
-    };
-    let params = KMeansParams {
-        k,
-        n_init,
-        max_iter,
-        tol,
-        seed,
-        sign_invariant,
-        distance_cache,
-        seed_projection,
     };
     let res = run(py, || core_kmeans(&xs, n, d, &params, init_s.as_deref()))?;
     let c = Array2::from_shape_vec((k, d), res.centroids).map_err(|e| invalid(e.to_string()))?;
@@ -147,15 +159,7 @@ pub fn kmeans_gram<'py>(
             g.shape()
         )));
     }
-    let params = KMeansParams {
-        k: size_arg(k, "k", 1)?,
-        n_init: size_arg(n_init, "n_init", 1)?,
-        max_iter: size_arg(max_iter, "max_iter", 1)?,
-        tol,
-        seed: int_arg(seed, "seed", 0, u64::MAX)?,
-        sign_invariant,
-        ..KMeansParams::default()
-    };
+    let params = params(k, n_init, max_iter, tol, seed, sign_invariant)?;
     let d = size_arg(d, "d", 1)?;
     let gs = c_order(&g);
     let res = run(py, || core_kmeans_gram(&gs, n, d, &params))?;

@@ -20,7 +20,9 @@ use rayon::prelude::*;
 
 use super::lloyd::NONE;
 use super::seeding::{kmeans_pp, SeedDots};
-use super::{cluster, is_neg, public_labels, signs_of, KMeansParams, NEG};
+use super::{
+    cluster, first_non_finite, is_neg, public_labels, signs_of, validate_params, KMeansParams, NEG,
+};
 use crate::error::{catch_panic, Error, Result};
 use crate::rng::{SplitMix64, Xoshiro256};
 use crate::threads::check_cancelled;
@@ -49,7 +51,6 @@ pub fn kmeans_gram(
     d: usize,
     params: &KMeansParams,
 ) -> Result<GramKMeansResult> {
-    let k = params.k;
     if n.checked_mul(n) != Some(g.len()) {
         return Err(Error::invalid(format!(
             "the Gram matrix has {} values, expected n*n = {n}*{n}",
@@ -59,27 +60,8 @@ pub fn kmeans_gram(
     if d < 1 {
         return Err(Error::invalid("k-means needs at least one feature (d=0)"));
     }
-    if k < 1 || k > n {
-        return Err(Error::invalid(format!(
-            "k must be in [1, n = {n}], got k={k}"
-        )));
-    }
-    if params.sign_invariant && k >= NEG as usize {
-        return Err(Error::invalid(format!("k={k} is too large")));
-    }
-    if params.n_init < 1 || params.max_iter < 1 {
-        return Err(Error::invalid(format!(
-            "n_init and max_iter must be at least 1, got {} and {}",
-            params.n_init, params.max_iter
-        )));
-    }
-    if !(params.tol.is_finite() && params.tol >= 0.0) {
-        return Err(Error::invalid(format!(
-            "tol must be a finite number >= 0, got {}",
-            params.tol
-        )));
-    }
-    if let Some(pos) = g.iter().position(|v| !v.is_finite()) {
+    validate_params(n, params)?;
+    if let Some(pos) = first_non_finite(g) {
         return Err(Error::invalid(format!(
             "the Gram matrix has a non-finite value ({}) at row {}, column {}",
             g[pos],
@@ -99,7 +81,7 @@ pub fn kmeans_gram(
         let mut best: Option<GramKMeansResult> = None;
         for _ in 0..params.n_init {
             let mut rng = Xoshiro256::new(seeds.next_u64());
-            let chosen = kmeans_pp(&gm, &gm.diag, k, &mut rng, params.sign_invariant)?;
+            let chosen = kmeans_pp(&gm, &gm.diag, params.k, &mut rng, params.sign_invariant)?;
             let init = chosen.into_iter().map(Centre::Point).collect();
             let r = lloyd_gram(&gm, init, params.max_iter, tol_abs, params.sign_invariant)?;
             if best.as_ref().is_none_or(|b| r.inertia < b.inertia) {

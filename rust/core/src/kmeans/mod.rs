@@ -228,6 +228,29 @@ fn validate(
             )))
         }
     }
+    validate_params(n, params)?;
+    if let Some(c) = init {
+        if c.len() != k * d {
+            return Err(Error::invalid(format!(
+                "init has {} values, expected k*d = {k}*{d}",
+                c.len()
+            )));
+        }
+        if let Some(pos) = first_non_finite(c) {
+            return Err(Error::invalid(format!(
+                "init has a non-finite value ({}) at row {}, column {}",
+                c[pos],
+                pos / d,
+                pos % d
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the parameters against n points (the row and the Gram paths share them).
+pub(crate) fn validate_params(n: usize, params: &KMeansParams) -> Result<()> {
+    let k = params.k;
     if k < 1 {
         return Err(Error::invalid(format!("k must be at least 1, got k={k}")));
     }
@@ -256,22 +279,6 @@ fn validate(
             "tol must be a finite number >= 0, got {}",
             params.tol
         )));
-    }
-    if let Some(c) = init {
-        if c.len() != k * d {
-            return Err(Error::invalid(format!(
-                "init has {} values, expected k*d = {k}*{d}",
-                c.len()
-            )));
-        }
-        if let Some(pos) = first_non_finite(c) {
-            return Err(Error::invalid(format!(
-                "init has a non-finite value ({}) at row {}, column {}",
-                c[pos],
-                pos / d,
-                pos % d
-            )));
-        }
     }
     Ok(())
 }
@@ -305,7 +312,7 @@ fn column_abs_max_bits(x: &[f32], n: usize, d: usize) -> Vec<u32> {
         )
 }
 
-fn first_non_finite(v: &[f32]) -> Option<usize> {
+pub(crate) fn first_non_finite(v: &[f32]) -> Option<usize> {
     const CHUNK: usize = 1 << 16;
     let bad = |f: &f32| f.to_bits() & 0x7f80_0000 == 0x7f80_0000;
     let chunk = v
